@@ -1,0 +1,51 @@
+"""Build a :class:`~pwm.algorithms.pwm.PWM` learner from an ``alg`` Hydra config."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pwm.algorithms.pwm import PWM
+from pwm.utils.common import resolve_device
+
+#: ``alg`` keys read by the training scripts rather than by the PWM learner.
+SCRIPT_KEYS = {"batch_size", "world_model_config", "actor_config", "critic_config"}
+PWM_KEYS = set(inspect.signature(PWM.__init__).parameters) - {"self", "world_model", "actor", "critic", "device"}
+
+
+def build_pwm(
+    alg_cfg: DictConfig | Mapping[str, Any],
+    obs_dim: int,
+    act_dim: int,
+    tasks: Sequence[str] | None = None,
+    action_dims: Sequence[int] | None = None,
+    device: str = "auto",
+) -> PWM:
+    """Instantiate world model, actor and critic from ``alg_cfg`` and wrap them in a :class:`PWM`.
+
+    ``obs_dim``, ``act_dim``, ``tasks`` and ``action_dims`` come from the environment or dataset, so the
+    same config serves every task. Unknown keys raise an error naming them (typos do not pass silently).
+    """
+    cfg = alg_cfg if isinstance(alg_cfg, DictConfig) else OmegaConf.create(dict(alg_cfg))
+    unknown = sorted(set(cfg.keys()) - SCRIPT_KEYS - PWM_KEYS)
+    if unknown:
+        raise ValueError(f"unknown alg config keys: {', '.join(f'alg.{k}' for k in unknown)}")
+    world_model = instantiate(
+        cfg.world_model_config, obs_dim=obs_dim, act_dim=act_dim,
+        tasks=list(tasks) if tasks else None, action_dims=list(action_dims) if action_dims else None,
+        _convert_="all",
+    )
+    policy_in_dim = world_model.latent_dim + world_model.task_dim
+    actor = instantiate(cfg.actor_config, in_dim=policy_in_dim, act_dim=act_dim, _convert_="all")
+    critic = instantiate(cfg.critic_config, in_dim=policy_in_dim, _convert_="all")
+    kwargs = {k: cfg[k] for k in PWM_KEYS if k in cfg}
+    return PWM(world_model, actor, critic, device=resolve_device(device), **kwargs)
+
+
+def is_flow_config(alg_cfg: DictConfig | Mapping[str, Any]) -> bool:
+    """True when the config's world model is the flow-matching one."""
+    return str(alg_cfg["world_model_config"]["_target_"]).endswith("FlowWorldModel")

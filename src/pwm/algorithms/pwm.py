@@ -1,0 +1,413 @@
+"""PWM: policy learning by backpropagating through a learned latent world model.
+
+One training iteration on a batch of ``H + 1``-step windows ``(obs, action, reward, task)``:
+
+1. World model: :func:`compute_wm_loss` (dynamics + reward), Adam step with grad clipping.
+2. Actor: from encoded start states, roll the *frozen* world model ``H`` steps with the policy and
+   maximise ``sum_{t<H} gamma^t r_t + gamma^H V'(z_H)`` by backpropagation through the rollout
+   (``V'`` is the target critic, reduced over the ensemble).
+3. Critic: regress every critic on TD(lambda) targets built from the rollout's rewards and target
+   critic values, then Polyak-average the target critic.
+
+Every update is NaN-guarded: a non-finite loss or gradient norm skips that optimizer step and is
+counted in :attr:`PWM.nan_counts` (never silently zeroed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from pwm.models.world_model import LatentWorldModel, TaskLike
+
+#: World-model submodules handed to the WM optimizer; ``_velocity`` exists only on FlowWorldModel.
+WM_MODULE_NAMES = ("_task_emb", "_encoder", "_dynamics", "_velocity", "_reward")
+
+
+def discount_weights(horizon: int, gamma: float, device: torch.device | None = None) -> torch.Tensor:
+    """``[gamma^0, ..., gamma^(H-1)]``."""
+    return gamma ** torch.arange(horizon, dtype=torch.float32, device=device)
+
+
+def mse_rollout_dynamics_loss(
+    wm: LatentWorldModel,
+    z0: torch.Tensor,
+    action: torch.Tensor,
+    next_z: torch.Tensor,
+    gamma: float,
+    task: TaskLike = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Baseline dynamics loss: ``(1/H) sum_t gamma^t MSE(next(z_t, a_t), next_z[t])`` along a rollout.
+
+    Returns ``(zs [H + 1, B, latent_dim], loss)``, the same contract as
+    :meth:`~pwm.models.flow_world_model.FlowWorldModel.latent_rollout_and_dynamics_loss`.
+    """
+    horizon = action.shape[0]
+    zs = [z0]
+    loss = z0.new_zeros(())
+    for t in range(horizon):
+        zs.append(wm.next(zs[-1], action[t], task))
+        loss = loss + gamma**t * (zs[-1] - next_z[t]).pow(2).mean()
+    return torch.stack(zs), loss / horizon
+
+
+def compute_wm_loss(
+    wm: LatentWorldModel,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    gamma: float,
+    task: TaskLike = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """World-model loss on a batch of windows.
+
+    Args:
+        obs: ``[H + 1, B, obs_dim]``; action: ``[H, B, act_dim]``; reward: ``[H, B]``; task: ``[B]`` or None.
+
+    Returns:
+        total: ``L_dyn + L_rew``, each already normalised by ``1/H`` (spec section 4). The spec's
+            section 11 pseudocode divides the sum by H once more; we do not, in either branch, so
+            the flow and baseline dynamics terms share one scale.
+        terms: detached ``{"dynamics_loss", "reward_loss"}``.
+        zs: predicted latents ``[H + 1, B, latent_dim]``.
+
+    Dynamics: if the model exposes ``latent_rollout_and_dynamics_loss`` (FlowWorldModel) it computes
+    the flow-matching loss; otherwise the baseline gamma-weighted MSE rollout is used. Targets
+    ``E(obs[1:])`` are computed without gradient (TD-MPC2's consistency target). Reward loss is the
+    same in both branches: ``(1/H) sum_t gamma^t mean_B two_hot_loss(R(zs[t], a_t), r_t)``.
+    """
+    horizon = action.shape[0]
+    if obs.shape[0] != horizon + 1 or reward.shape[0] != horizon:
+        raise ValueError(
+            f"compute_wm_loss: expected obs [H+1, ...], action [H, ...], reward [H, ...]; got obs "
+            f"{tuple(obs.shape)}, action {tuple(action.shape)}, reward {tuple(reward.shape)}"
+        )
+    z0 = wm.encode(obs[0], task)
+    with torch.no_grad():
+        next_z = wm.encode(obs[1:], task)
+    if hasattr(wm, "latent_rollout_and_dynamics_loss"):
+        zs, dynamics_loss = wm.latent_rollout_and_dynamics_loss(z0, action, next_z, horizon, gamma, task)
+    else:
+        zs, dynamics_loss = mse_rollout_dynamics_loss(wm, z0, action, next_z, gamma, task)
+    per_step_reward_loss = wm.two_hot.loss(wm.reward(zs[:-1], action, task), reward).mean(-1)
+    reward_loss = (discount_weights(horizon, gamma, obs.device) * per_step_reward_loss).sum() / horizon
+    terms = {"dynamics_loss": dynamics_loss.detach(), "reward_loss": reward_loss.detach()}
+    return dynamics_loss + reward_loss, terms, zs
+
+
+def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """TD(lambda) targets ``[H, B]`` for a truncated rollout.
+
+    Args:
+        rewards: ``r_t`` ``[H, B]``.
+        next_values: ``V'(z_{t+1})`` ``[H, B]`` (target critic on the rollout's next latents).
+
+    ``G_{H-1} = r_{H-1} + gamma V'(z_H)`` and ``G_t = r_t + gamma ((1 - lam) V'(z_{t+1}) + lam G_{t+1})``.
+    """
+    returns = torch.empty_like(rewards)
+    running = next_values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * ((1.0 - lam) * next_values[t] + lam * running)
+        returns[t] = running
+    return returns
+
+
+def wm_parameter_groups(wm: nn.Module) -> list[dict[str, Any]]:
+    """Parameter groups for the WM optimizer: one per submodule in :data:`WM_MODULE_NAMES`.
+
+    Raises if the model has trainable parameters outside those modules, so a new submodule can not
+    silently go untrained.
+    """
+    groups = [
+        {"params": list(getattr(wm, name).parameters()), "name": name}
+        for name in WM_MODULE_NAMES
+        if hasattr(wm, name)
+    ]
+    covered = {id(p) for group in groups for p in group["params"]}
+    missing = [n for n, p in wm.named_parameters() if p.requires_grad and id(p) not in covered]
+    if missing:
+        raise ValueError(f"world-model parameters not covered by the optimizer: {missing}")
+    return groups
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Temporarily stop gradients accumulating in ``module``'s parameters (they still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def esnr_proxy(split_grads: torch.Tensor, eps: float = 1e-12) -> float:
+    """Gradient signal-to-noise proxy from per-split gradients ``[M, P]`` (M >= 2).
+
+    ``ESNR = mean_p( mean_m(g_{m,p})^2 / (var_m(g_{m,p}) + eps) )``: for each parameter, the squared
+    mean gradient over M equal minibatch splits divided by the unbiased variance across the splits,
+    averaged over parameters. Higher means the batch gradient direction is more consistent.
+    Parameters whose gradient is zero in every split contribute 0.
+    """
+    mean = split_grads.mean(0)
+    var = split_grads.var(0, unbiased=True)
+    return (mean.pow(2) / (var + eps)).mean().item()
+
+
+class PWM:
+    """PWM learner: world model, actor, critic ensemble, target critic and their optimizers.
+
+    Args:
+        world_model: a :class:`~pwm.models.world_model.LatentWorldModel` (baseline or flow).
+        actor: maps ``[..., latent_dim (+ task_dim)]`` to actions in ``[-1, 1]``.
+        critic: :class:`~pwm.models.critic.CriticEnsemble` on the same inputs.
+        horizon: H, latent rollout length for actor and world-model training.
+        gamma: discount; lam: TD(lambda) parameter of the critic targets.
+        model_lr, actor_lr, critic_lr: Adam learning rates.
+        wm_grad_norm, actor_grad_norm, critic_grad_norm: gradient clipping norms.
+        critic_iterations: critic gradient steps per iteration; critic_batch_size: samples per step.
+        critic_tau: Polyak rate of the target critic (fraction of the online weights mixed in).
+        esnr_splits: M >= 2 splits the actor batch into M equal parts, whose gradients are averaged
+            (the same update as one pass) and also give the ESNR proxy; 1 disables it.
+        device: torch device for all modules.
+    """
+
+    def __init__(
+        self,
+        world_model: LatentWorldModel,
+        actor: nn.Module,
+        critic: nn.Module,
+        horizon: int = 16,
+        gamma: float = 0.99,
+        lam: float = 0.95,
+        model_lr: float = 3e-4,
+        actor_lr: float = 5e-4,
+        critic_lr: float = 5e-4,
+        wm_grad_norm: float = 20.0,
+        actor_grad_norm: float = 1.0,
+        critic_grad_norm: float = 100.0,
+        critic_iterations: int = 8,
+        critic_batch_size: int = 1024,
+        critic_tau: float = 0.2,
+        esnr_splits: int = 4,
+        device: str | torch.device = "cpu",
+    ):
+        checks = {
+            "horizon": horizon >= 1,
+            "gamma": 0.0 < gamma <= 1.0,
+            "lam": 0.0 <= lam <= 1.0,
+            "critic_tau": 0.0 < critic_tau <= 1.0,
+            "critic_iterations": critic_iterations >= 0,
+            "esnr_splits": esnr_splits >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"alg.{name} has an invalid value: {locals()[name]!r}")
+        self.device = torch.device(device)
+        self.wm = world_model.to(self.device)
+        self.actor = actor.to(self.device)
+        self.critic = critic.to(self.device)
+        self.target_critic = _clone_frozen(self.critic)
+        self.horizon, self.gamma, self.lam = int(horizon), float(gamma), float(lam)
+        self.wm_grad_norm, self.actor_grad_norm, self.critic_grad_norm = wm_grad_norm, actor_grad_norm, critic_grad_norm
+        self.critic_iterations, self.critic_batch_size = int(critic_iterations), int(critic_batch_size)
+        self.critic_tau, self.esnr_splits = float(critic_tau), int(esnr_splits)
+        self.wm_optim = torch.optim.Adam(wm_parameter_groups(self.wm), lr=model_lr)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.nan_counts = {"wm": 0, "actor": 0, "critic": 0}
+
+    # ------------------------------------------------------------------ helpers
+    def policy_input(self, z: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        """Actor/critic input: the latent, plus the (detached) task embedding in multi-task mode."""
+        emb = self.wm.task_embedding(task, z)
+        return z if emb is None else torch.cat([z, emb.detach()], dim=-1)
+
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _guarded_step(self, name: str, params: Sequence[torch.Tensor], optim: torch.optim.Optimizer,
+                      max_norm: float, loss: torch.Tensor) -> float:
+        """Clip and apply the gradients already in ``params``; skip and count if anything is non-finite."""
+        grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            self.nan_counts[name] += 1
+            optim.zero_grad(set_to_none=True)
+            return float("nan")
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        return grad_norm.item()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, task: TaskLike = None, deterministic: bool = False) -> torch.Tensor:
+        """Actions ``[B, act_dim]`` for observations ``[B, obs_dim]``; padded action dims are zero."""
+        z = self.wm.encode(obs.to(self.device), task)
+        return self.wm.mask_action(self.actor(self.policy_input(z, task), deterministic=deterministic), task)
+
+    # ------------------------------------------------------------------ updates
+    def update_world_model(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                           task: TaskLike = None) -> dict[str, float]:
+        """One WM gradient step on windows ``obs [H+1, B, obs_dim]``, ``action [H, B, A]``, ``reward [H, B]``."""
+        start = self._sync()
+        self.wm.train()
+        loss, terms, _ = compute_wm_loss(self.wm, obs, action, reward, self.gamma, task)
+        if torch.isfinite(loss):
+            loss.backward()
+        params = [p for group in self.wm_optim.param_groups for p in group["params"]]
+        grad_norm = self._guarded_step("wm", params, self.wm_optim, self.wm_grad_norm, loss)
+        metrics = {f"wm/{k}": v.item() for k, v in terms.items()}
+        metrics.update({"wm/total_loss": loss.item(), "wm/grad_norm": grad_norm,
+                        "time/wm_update_s": self._sync() - start})
+        if hasattr(self.wm, "latent_clip_count"):
+            metrics["wm/latent_clips"] = float(self.wm.latent_clip_count.item())
+        return metrics
+
+    def rollout(self, z0: torch.Tensor, task: TaskLike = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy rollout in the frozen world model.
+
+        Args:
+            z0: start latents ``[B, latent_dim]`` (detached).
+
+        Returns:
+            zs ``[H + 1, B, latent_dim]``, predicted rewards ``[H, B]`` and the actor objective
+            ``sum_t gamma^t r_t + gamma^H V'(z_H)`` per sample ``[B]``; all differentiable w.r.t. the actor.
+        """
+        zs, rewards = [z0], []
+        with frozen(self.wm), frozen(self.target_critic):
+            for _ in range(self.horizon):
+                z = zs[-1]
+                action = self.wm.mask_action(self.actor(self.policy_input(z, task)), task)
+                rewards.append(self.wm.predict_reward(z, action, task))
+                zs.append(self.wm.next(z, action, task))
+            terminal_value = self.target_critic.value(self.policy_input(zs[-1], task))
+        rewards_t = torch.stack(rewards)
+        objective = (discount_weights(self.horizon, self.gamma, z0.device)[:, None] * rewards_t).sum(0)
+        objective = objective + self.gamma**self.horizon * terminal_value
+        return torch.stack(zs), rewards_t, objective
+
+    def update_actor_critic(self, obs0: torch.Tensor, task: TaskLike = None) -> dict[str, float]:
+        """Actor step through ``H``-step latent rollouts from ``obs0`` ``[B, obs_dim]``, then critic steps."""
+        start = self._sync()
+        self.actor.train()
+        with torch.no_grad():
+            z0 = self.wm.encode(obs0, task)
+        splits = self.esnr_splits if z0.shape[0] >= 2 * self.esnr_splits else 1
+        index_splits = torch.arange(z0.shape[0], device=z0.device).chunk(splits)
+        params = [p for p in self.actor.parameters() if p.requires_grad]
+        split_grads, all_zs, all_rewards, losses = [], [], [], []
+        for index in index_splits:
+            task_split = task[index] if torch.is_tensor(task) and task.dim() > 0 else task
+            zs, rewards, objective = self.rollout(z0[index], task_split)
+            loss = -objective.mean() / self.horizon
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            split_grads.append(torch.cat([
+                (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
+            ]))
+            all_zs.append(zs.detach())
+            all_rewards.append(rewards.detach())
+            losses.append(loss.detach())
+        stacked = torch.stack(split_grads)
+        sizes = torch.tensor([len(i) for i in index_splits], dtype=stacked.dtype, device=stacked.device)
+        mean_grad = (stacked * sizes[:, None]).sum(0) / sizes.sum()
+        _assign_grads(params, mean_grad)
+        actor_loss = (torch.stack(losses) * sizes).sum() / sizes.sum()
+        actor_grad_norm = self._guarded_step("actor", params, self.actor_optim, self.actor_grad_norm, actor_loss)
+        zs = torch.cat(all_zs, dim=1)
+        rewards = torch.cat(all_rewards, dim=1)
+        latent_norms = zs.norm(dim=-1)  # [H + 1, B]
+        metrics = {
+            "actor/loss": actor_loss.item(),
+            "actor/grad_norm": actor_grad_norm,
+            "actor/esnr": esnr_proxy(stacked) if splits >= 2 else float("nan"),
+            "actor/predicted_reward": rewards.mean().item(),
+            "rollout/latent_norm_mean": latent_norms.mean().item(),
+            "rollout/latent_norm_max": latent_norms.max().item(),
+            "rollout/latent_norm_final": latent_norms[-1].mean().item(),
+            "rollout/nonfinite_latents": float((~torch.isfinite(zs)).any(-1).sum().item()),
+            "time/actor_update_s": self._sync() - start,
+        }
+        metrics.update(self.update_critic(zs, rewards, task))
+        return metrics
+
+    def update_critic(self, zs: torch.Tensor, rewards: torch.Tensor, task: TaskLike = None) -> dict[str, float]:
+        """Fit the critics to TD(lambda) targets of a detached rollout (``zs [H+1, B, L]``, ``rewards [H, B]``)."""
+        start = self._sync()
+        with torch.no_grad():
+            inputs = self.policy_input(zs, task)
+            targets = lambda_returns(rewards, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
+            flat_inputs = inputs[:-1].reshape(-1, inputs.shape[-1])
+            flat_targets = targets.reshape(-1)
+        losses, grad_norms = [], []
+        for _ in range(self.critic_iterations):
+            index = torch.randint(flat_inputs.shape[0], (min(self.critic_batch_size, flat_inputs.shape[0]),),
+                                  device=flat_inputs.device)
+            loss = (self.critic(flat_inputs[index]) - flat_targets[index]).pow(2).mean()
+            if torch.isfinite(loss):
+                loss.backward()
+            grad_norms.append(self._guarded_step("critic", list(self.critic.parameters()), self.critic_optim,
+                                                 self.critic_grad_norm, loss))
+            losses.append(loss.item())
+        with torch.no_grad():
+            for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
+                target.lerp_(online, self.critic_tau)
+        nan = float("nan")
+        return {
+            "critic/loss": sum(losses) / len(losses) if losses else nan,
+            "critic/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else nan,
+            "critic/target_mean": flat_targets.mean().item(),
+            "time/critic_update_s": self._sync() - start,
+        }
+
+    def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: TaskLike = None,
+               train_world_model: bool = True) -> dict[str, float]:
+        """One PWM iteration on a batch of windows; returns scalar metrics (NaN counts included)."""
+        metrics = self.update_world_model(obs, action, reward, task) if train_world_model else {}
+        metrics.update(self.update_actor_critic(obs[0], task))
+        metrics.update({f"nan/{name}_skipped_steps": float(count) for name, count in self.nan_counts.items()})
+        return metrics
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "world_model": self.wm.state_dict(),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "wm_optim": self.wm_optim.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "nan_counts": dict(self.nan_counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wm.load_state_dict(state["world_model"])
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.wm_optim.load_state_dict(state["wm_optim"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.nan_counts.update(state.get("nan_counts", {}))
+
+
+def _clone_frozen(module: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(module)
+    clone.requires_grad_(False)
+    return clone
+
+
+def _assign_grads(params: Sequence[torch.Tensor], flat_grad: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat_grad[offset:offset + n].view_as(p).clone()
+        offset += n

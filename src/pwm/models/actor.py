@@ -1,0 +1,50 @@
+"""Stochastic policy on world-model latents (PWM/SHAC style)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from pwm.models.layers import init_weights, mlp
+
+
+class ActorStochasticMLP(nn.Module):
+    """Gaussian policy squashed by tanh: ``a = tanh(mu(x) + exp(log_std) * eps)``.
+
+    The log standard deviation is a state-independent learned vector, clamped to
+    ``[min_log_std, max_log_std]``. Samples are reparameterised so actor gradients flow through them.
+
+    Args:
+        in_dim: input width (``latent_dim`` plus ``task_dim`` in multi-task mode).
+        act_dim: action width.
+        units: hidden widths.
+        activation: hidden activation name.
+        init_log_std, min_log_std, max_log_std: exploration noise scale and its bounds.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        act_dim: int,
+        units: Sequence[int] = (400, 200, 100),
+        activation: str = "elu",
+        init_log_std: float = -1.0,
+        min_log_std: float = -5.0,
+        max_log_std: float = 1.0,
+    ):
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp(in_dim, list(units), act_dim, hidden_act=activation)
+        self.net.apply(init_weights)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        self.min_log_std, self.max_log_std = float(min_log_std), float(max_log_std)
+
+    def forward(self, x: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions ``[..., act_dim]`` in ``[-1, 1]`` for inputs ``[..., in_dim]``."""
+        mean = self.net(x)
+        if deterministic:
+            return torch.tanh(mean)
+        std = self.log_std.clamp(self.min_log_std, self.max_log_std).exp()
+        return torch.tanh(mean + std * torch.randn_like(mean))

@@ -1,0 +1,141 @@
+"""Flow-matching latent dynamics for PWM (design spec sections 2-4, 6).
+
+The one-call MLP dynamics ``z' = F(z, a)`` of :class:`~pwm.models.world_model.WorldModel` is replaced by
+a conditional velocity field ``v(z, a, task, t)`` integrated over ``t in [0, 1]`` with ``K`` uniform
+Euler sub-steps at the midpoints ``t_k = (k + 0.5) / K``. The field is trained by rectified-flow
+matching: for a source latent ``z_s`` and a target ``z_tgt = E(obs_{t+1})``,
+
+    z_tau = (1 - tau) z_s + tau z_tgt,   loss = || v(z_tau, a, tau) - (z_tgt - z_s) ||^2.
+
+Encoder, reward head, task embedding and action masks are the baseline's (shared base class), so a
+flow model and a baseline built after the same seed start from identical copies of them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pwm.models.layers import init_weights, mlp
+from pwm.models.world_model import LatentWorldModel, TaskLike
+
+TAU_SAMPLING_MODES = ("uniform", "midpoint")
+
+
+class FlowWorldModel(LatentWorldModel):
+    """World model whose dynamics integrate a learned velocity field (rectified flow).
+
+    Args (in addition to :class:`~pwm.models.world_model.LatentWorldModel`'s):
+        integrate_steps: Euler sub-steps ``K`` per environment step (spec default 4).
+        fm_tau_sampling: ``"uniform"`` draws ``tau ~ U[0, 1]`` per sample; ``"midpoint"`` uses 0.5
+            (the deterministic variant).
+        latent_clip_norm: if set, latents leaving :meth:`next` with an L2 norm above this are scaled
+            back onto that norm (spec section 10 mitigation); every clipped sample is counted in
+            :attr:`latent_clip_count` so the training loop can log it. ``None`` disables clipping.
+
+    The velocity MLP takes ``[z, a, task_emb, t]`` and has the same hidden widths (``units``) as the
+    baseline dynamics, so its parameter count exceeds the baseline's by exactly ``units[0]`` (the
+    first layer's weights for the extra time input). Its head is a plain linear layer: a velocity is
+    unconstrained, unlike the baseline's SimNorm-ed next latent.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        integrate_steps: int = 4,
+        fm_tau_sampling: Literal["uniform", "midpoint"] = "uniform",
+        latent_clip_norm: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(obs_dim, act_dim, **kwargs)
+        if int(integrate_steps) < 1:
+            raise ValueError(f"world_model_config.integrate_steps must be >= 1, got {integrate_steps}")
+        if fm_tau_sampling not in TAU_SAMPLING_MODES:
+            raise ValueError(
+                f"world_model_config.fm_tau_sampling must be one of {TAU_SAMPLING_MODES}, got {fm_tau_sampling!r}"
+            )
+        if latent_clip_norm is not None and latent_clip_norm <= 0:
+            raise ValueError(f"world_model_config.latent_clip_norm must be > 0 or null, got {latent_clip_norm}")
+        self.integrate_steps = int(integrate_steps)
+        self.fm_tau_sampling = fm_tau_sampling
+        self.latent_clip_norm = latent_clip_norm
+        self._velocity = mlp(self.latent_dim + self.act_dim + self.task_dim + 1, self.units, self.latent_dim)
+        self._velocity.apply(init_weights)
+        self.register_buffer("latent_clip_count", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def velocity(self, z: torch.Tensor, action: torch.Tensor, t: torch.Tensor, task: TaskLike = None) -> torch.Tensor:
+        """Velocity ``[..., latent_dim]`` at latent ``z``, action ``a`` and flow time ``t`` ``[..., 1]``."""
+        x = self._with_task(torch.cat([z, self.mask_action(action, task)], dim=-1), task)
+        return self._velocity(torch.cat([x, t.expand(*x.shape[:-1], 1)], dim=-1))
+
+    def _clip(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latent_clip_norm is None:
+            return z
+        norm = z.norm(dim=-1, keepdim=True)
+        too_large = norm > self.latent_clip_norm
+        self.latent_clip_count += too_large.sum()
+        return torch.where(too_large, z * (self.latent_clip_norm / norm.clamp_min(1e-12)), z)
+
+    def next(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike = None) -> torch.Tensor:
+        """Integrate ``v`` from t=0 to 1: ``z <- z + dt * v(z, a, (k + 0.5) dt)`` for ``k = 0..K-1``."""
+        dt = 1.0 / self.integrate_steps
+        for k in range(self.integrate_steps):
+            t = torch.full((1,), (k + 0.5) * dt, device=z.device, dtype=z.dtype)
+            z = z + dt * self.velocity(z, action, t, task)
+        return self._clip(z)
+
+    def sample_tau(self, like: torch.Tensor) -> torch.Tensor:
+        """Flow times ``[B, 1]`` for a batch of latents ``like`` ``[B, latent_dim]``."""
+        shape = (*like.shape[:-1], 1)
+        if self.fm_tau_sampling == "midpoint":
+            return torch.full(shape, 0.5, device=like.device, dtype=like.dtype)
+        return torch.rand(shape, device=like.device, dtype=like.dtype)
+
+    def latent_rollout_and_dynamics_loss(
+        self,
+        z0: torch.Tensor,
+        act_seq: torch.Tensor,
+        next_z_seq: torch.Tensor,
+        horizon: int,
+        gamma: float,
+        task: TaskLike = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Roll the flow dynamics ``horizon`` steps and compute the flow-matching loss along the way.
+
+        Args:
+            z0: start latents ``[B, latent_dim]`` (with gradient to the encoder).
+            act_seq: actions ``[H, B, act_dim]``.
+            next_z_seq: target latents ``E(obs_{t+1})`` ``[H, B, latent_dim]``.
+            horizon: H, the number of steps to unroll (``<= act_seq.shape[0]``).
+            gamma: discount of the per-step loss weights.
+            task: task ids ``[B]`` (multi-task) or None.
+
+        Returns:
+            zs: predicted latents ``[H + 1, B, latent_dim]``, ``zs[0] = z0``, ``zs[t+1] = next(zs[t], a_t)``.
+            dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2)``
+                with ``z_s = zs[t]`` (the prediction, so the loss also shapes the earlier steps of the
+                rollout) and ``z_tgt = next_z_seq[t]``. The squared norm is averaged over latent
+                dimensions and batch, the reduction of the baseline's MSE, so both branches' dynamics
+                terms have one scale next to the reward loss.
+
+        The design spec divides by H twice (here, section 4, and again in section 11's pseudocode).
+        This helper returns the loss already normalised by ``1/H``; the algorithm must not divide it
+        again (``pwm.algorithms.pwm.compute_wm_loss`` does not), exactly as for the baseline branch.
+        """
+        if act_seq.shape[0] < horizon or next_z_seq.shape[0] < horizon:
+            raise ValueError(
+                f"horizon={horizon} exceeds act_seq ({act_seq.shape[0]}) or next_z_seq ({next_z_seq.shape[0]}) length"
+            )
+        zs = [z0]
+        dynamics_loss = z0.new_zeros(())
+        for t in range(horizon):
+            z_source, z_target = zs[-1], next_z_seq[t]
+            tau = self.sample_tau(z_source)
+            z_tau = (1.0 - tau) * z_source + tau * z_target
+            predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
+            step_loss = (predicted_velocity - (z_target - z_source)).pow(2).mean()
+            dynamics_loss = dynamics_loss + gamma**t * step_loss
+            zs.append(self.next(z_source, act_seq[t], task))
+        return torch.stack(zs), dynamics_loss / horizon

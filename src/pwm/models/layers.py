@@ -1,0 +1,114 @@
+"""Building blocks shared by the world models, actor and critic (TD-MPC2 style).
+
+* :class:`SimNorm` projects a latent onto a product of simplices.
+* :class:`NormedLinear` is Linear -> LayerNorm -> activation.
+* :func:`mlp` stacks them, with a plain (or SimNorm-ed) linear head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "mish": nn.Mish,
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """Return a fresh activation module by name (``mish``, ``elu``, ``relu``, ``silu``, ``tanh``)."""
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+class SimNorm(nn.Module):
+    """Simplicial normalisation: split ``[..., D]`` into ``D / simnorm_dim`` groups and softmax each.
+
+    Keeps every latent on a bounded product of simplices, which is what stops long latent rollouts
+    from drifting off to large norms in TD-MPC2.
+    """
+
+    def __init__(self, simnorm_dim: int = 8):
+        super().__init__()
+        if simnorm_dim < 1:
+            raise ValueError(f"simnorm_dim must be >= 1, got {simnorm_dim}")
+        self.simnorm_dim = simnorm_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.simnorm_dim:
+            raise ValueError(
+                f"SimNorm: last dim {x.shape[-1]} is not divisible by simnorm_dim={self.simnorm_dim}"
+            )
+        shape = x.shape
+        x = x.reshape(*shape[:-1], -1, self.simnorm_dim)
+        return F.softmax(x, dim=-1).reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"simnorm_dim={self.simnorm_dim}"
+
+
+class NormedLinear(nn.Linear):
+    """Linear layer followed by LayerNorm and an activation (Mish by default)."""
+
+    def __init__(self, in_features: int, out_features: int, act: nn.Module | None = None):
+        super().__init__(in_features, out_features)
+        self.ln = nn.LayerNorm(out_features)
+        self.act = act if act is not None else nn.Mish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.ln(super().forward(x)))
+
+
+def mlp(
+    in_dim: int,
+    hidden_dims: Sequence[int],
+    out_dim: int,
+    head_act: nn.Module | None = None,
+    hidden_act: str = "mish",
+) -> nn.Sequential:
+    """MLP of :class:`NormedLinear` hidden layers and a linear head.
+
+    Args:
+        in_dim: input features.
+        hidden_dims: widths of the hidden layers (may be empty: a single linear map).
+        out_dim: output features.
+        head_act: if given (e.g. :class:`SimNorm`), the head becomes Linear -> LayerNorm -> head_act,
+            as TD-MPC2 does for latent-valued outputs; otherwise the head is a plain Linear.
+        hidden_act: activation name for the hidden layers.
+    """
+    dims = [in_dim, *hidden_dims]
+    layers: list[nn.Module] = [
+        NormedLinear(dims[i], dims[i + 1], act=activation(hidden_act)) for i in range(len(dims) - 1)
+    ]
+    if head_act is None:
+        layers.append(nn.Linear(dims[-1], out_dim))
+    else:
+        layers.append(NormedLinear(dims[-1], out_dim, act=head_act))
+    return nn.Sequential(*layers)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for linear layers; TD-MPC2's init."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.uniform_(module.weight, -0.02, 0.02)
+
+
+def zero_head(net: nn.Sequential) -> None:
+    """Zero the last linear layer so a value/reward head starts by predicting 0."""
+    head = net[-1]
+    nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)

@@ -1,0 +1,231 @@
+"""World models, flow dynamics, two-hot reward, actor and critic."""
+
+import math
+
+import pytest
+import torch
+
+from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, TwoHot, WorldModel
+from pwm.models.layers import SimNorm
+from pwm.models.two_hot import symexp, symlog
+
+TINY = dict(obs_dim=10, act_dim=4, latent_dim=16, encoder_units=[32], units=[24, 24], num_bins=11)
+MT = dict(TINY, tasks=["a", "b", "c"], action_dims=[4, 2, 3], task_dim=8)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+@pytest.mark.parametrize("kwargs", [TINY, MT], ids=["single", "multi"])
+def test_world_model_shapes(cls, kwargs):
+    wm = cls(**kwargs)
+    task = torch.tensor([0, 1, 2, 1, 0]) if "tasks" in kwargs else None
+    obs = torch.randn(5, 10)
+    z = wm.encode(obs, task)
+    action = torch.rand(5, 4) * 2 - 1
+    assert z.shape == (5, 16)
+    assert wm.next(z, action, task).shape == (5, 16)
+    assert wm.reward(z, action, task).shape == (5, 11)
+    z_next, reward = wm.step(z, action, task)
+    assert z_next.shape == (5, 16) and reward.shape == (5, 11)
+    assert wm.predict_reward(z, action, task).shape == (5,)
+    # time-major inputs [T, B, D] share the per-sample task ids
+    assert wm.encode(torch.randn(3, 5, 10), task).shape == (3, 5, 16)
+    # encoder output lies on simplices of 8
+    assert torch.allclose(z.reshape(5, 2, 8).sum(-1), torch.ones(5, 2), atol=1e-5)
+
+
+def test_simnorm_groups_sum_to_one():
+    x = torch.randn(3, 24)
+    y = SimNorm(8)(x)
+    assert torch.allclose(y.reshape(3, 3, 8).sum(-1), torch.ones(3, 3), atol=1e-6)
+    with pytest.raises(ValueError, match="divisible"):
+        SimNorm(8)(torch.randn(3, 20))
+
+
+def test_bad_config_values_name_the_field():
+    with pytest.raises(ValueError, match="latent_dim=20 must be divisible"):
+        WorldModel(**dict(TINY, latent_dim=20))
+    with pytest.raises(ValueError, match="integrate_steps"):
+        FlowWorldModel(**TINY, integrate_steps=0)
+    with pytest.raises(ValueError, match="fm_tau_sampling"):
+        FlowWorldModel(**TINY, fm_tau_sampling="beta")
+    with pytest.raises(ValueError, match="action_dims"):
+        WorldModel(**dict(MT, action_dims=[4, 2]))
+    with pytest.raises(ValueError, match="obs_dim=10"):
+        WorldModel(**TINY).encode(torch.randn(2, 9))
+    with pytest.raises(ValueError, match="task id out of range"):
+        WorldModel(**MT).encode(torch.randn(2, 10), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="needs a task id"):
+        WorldModel(**MT).encode(torch.randn(2, 10))
+
+
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_action_mask_is_applied(cls):
+    """Task 1 has 2 real action dims: its padded dims must not change dynamics or reward."""
+    torch.manual_seed(0)
+    wm = cls(**MT)
+    torch.nn.init.normal_(wm._reward[-1].weight)  # the zero-initialised head would hide any dependence
+    task = torch.tensor([1, 1, 0])
+    z = wm.encode(torch.randn(3, 10), task)
+    a = torch.rand(3, 4)
+    a_other = a.clone()
+    a_other[:, 2:] = torch.rand(3, 2)
+    same = wm.next(z, a, task)[:2], wm.reward(z, a, task)[:2]
+    other = wm.next(z, a_other, task)[:2], wm.reward(z, a_other, task)[:2]
+    assert torch.allclose(same[0], other[0]) and torch.allclose(same[1], other[1])
+    # task 0 uses all 4 dims, so the same change is visible there
+    assert not torch.allclose(wm.next(z, a, task)[2], wm.next(z, a_other, task)[2])
+    assert torch.equal(wm.mask_action(a, task)[:2, 2:], torch.zeros(2, 2))
+
+
+def test_parameter_counts_differ_only_by_dynamics_head():
+    """Flow adds units[0] weights for the time input; its velocity head drops the baseline's output
+    LayerNorm (2 * latent_dim affine params), since a velocity must not be normalised. Nothing else differs."""
+    for kwargs in (TINY, MT):
+        base, flow = WorldModel(**kwargs), FlowWorldModel(**kwargs)
+        assert n_params(flow) - n_params(base) == kwargs["units"][0] - 2 * kwargs["latent_dim"]
+        for name in ("_encoder", "_reward"):
+            assert n_params(getattr(flow, name)) == n_params(getattr(base, name))
+        hidden_base = [m.weight.shape for m in base._dynamics if isinstance(m, torch.nn.Linear)]
+        hidden_flow = [m.weight.shape for m in flow._velocity if isinstance(m, torch.nn.Linear)]
+        assert [s[0] for s in hidden_base] == [s[0] for s in hidden_flow]  # same widths
+        assert hidden_flow[0][1] == hidden_base[0][1] + 1  # +1 input for t
+
+
+def test_shared_modules_start_identical_under_same_seed():
+    torch.manual_seed(3)
+    base = WorldModel(**MT)
+    torch.manual_seed(3)
+    flow = FlowWorldModel(**MT)
+    for name in ("_encoder", "_reward", "_task_emb"):
+        for p, q in zip(getattr(base, name).parameters(), getattr(flow, name).parameters()):
+            assert torch.equal(p, q), name
+
+
+def test_euler_integration_matches_hand_computation():
+    torch.manual_seed(0)
+    wm = FlowWorldModel(**MT, integrate_steps=4)
+    task = torch.tensor([2, 0])
+    z = torch.randn(2, 16)
+    a = torch.rand(2, 4)
+    masked = a * torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1]])
+    emb = wm._task_emb(task)
+    expected = z.clone()
+    for t_k in (0.125, 0.375, 0.625, 0.875):
+        inp = torch.cat([expected, masked, emb, torch.full((2, 1), t_k)], dim=-1)
+        expected = expected + 0.25 * wm._velocity(inp)
+    assert torch.allclose(wm.next(z, a, task), expected, atol=1e-6)
+
+
+def test_euler_integration_of_a_linear_field():
+    """With v(z, t) = -z exactly, K Euler steps give z (1 - 1/K)^K."""
+    wm = FlowWorldModel(**TINY, integrate_steps=8)
+    wm.velocity = lambda z, a, t, task=None: -z
+    z = torch.randn(3, 16)
+    assert torch.allclose(wm.next(z, torch.zeros(3, 4)), z * (1 - 1 / 8) ** 8, atol=1e-6)
+
+
+def test_latent_clip_rescales_and_counts():
+    wm = FlowWorldModel(**TINY, integrate_steps=1, latent_clip_norm=1.0)
+    wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+    z = torch.stack([torch.full((16,), 1.0), torch.full((16,), 0.01)])  # norms 4 and 0.04
+    out = wm.next(z, torch.zeros(2, 4))
+    assert torch.allclose(out[0].norm(), torch.tensor(1.0)) and torch.equal(out[1], z[1])
+    assert wm.latent_clip_count.item() == 1
+
+
+def _hand_flow_loss(wm, z0, actions, targets, gamma, taus):
+    zs, total = [z0], 0.0
+    for t in range(actions.shape[0]):
+        z_s, z_t = zs[-1], targets[t]
+        tau = taus[t]
+        z_tau = (1 - tau) * z_s + tau * z_t
+        v = wm.velocity(z_tau, actions[t], tau)
+        total = total + gamma**t * ((v - (z_t - z_s)) ** 2).mean()
+        zs.append(wm.next(z_s, actions[t]))
+    return torch.stack(zs), total / actions.shape[0]
+
+
+@pytest.mark.parametrize("mode", ["uniform", "midpoint"])
+def test_flow_loss_matches_hand_computation(mode):
+    torch.manual_seed(0)
+    wm = FlowWorldModel(**TINY, fm_tau_sampling=mode)
+    horizon, batch = 3, 5
+    z0, targets = torch.randn(batch, 16), torch.randn(horizon, batch, 16)
+    actions = torch.rand(horizon, batch, 4)
+    torch.manual_seed(7)
+    zs, loss = wm.latent_rollout_and_dynamics_loss(z0, actions, targets, horizon, 0.9)
+    torch.manual_seed(7)
+    if mode == "uniform":
+        taus = [torch.rand(batch, 1) for _ in range(horizon)]
+        assert len({round(float(x), 6) for x in torch.cat(taus)}) > 1  # really per-sample
+    else:
+        taus = [torch.full((batch, 1), 0.5)] * horizon
+    hand_zs, hand_loss = _hand_flow_loss(wm, z0, actions, targets, 0.9, taus)
+    assert zs.shape == (horizon + 1, batch, 16)
+    assert torch.allclose(zs, hand_zs, atol=1e-6)
+    assert torch.allclose(loss, hand_loss, atol=1e-6)
+
+
+def test_flow_loss_gamma_weighting():
+    """Zero velocity: step loss is mean((z_tgt - z_s)^2); the total weights it by gamma^t / H."""
+    wm = FlowWorldModel(**TINY, fm_tau_sampling="midpoint")
+    wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+    z0 = torch.zeros(4, 16)
+    targets = torch.stack([torch.full((4, 16), float(t + 1)) for t in range(3)])
+    # zero velocity keeps every z_s at 0, so step t loses (t + 1)^2
+    _, loss = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(3, 4, 4), targets, 3, 0.5)
+    assert loss.item() == pytest.approx((1 * 1 + 0.5 * 4 + 0.25 * 9) / 3)
+
+
+def test_flow_loss_rejects_short_sequences():
+    wm = FlowWorldModel(**TINY)
+    with pytest.raises(ValueError, match="horizon=4"):
+        wm.latent_rollout_and_dynamics_loss(torch.zeros(2, 16), torch.zeros(3, 2, 4), torch.zeros(3, 2, 16), 4, 0.99)
+
+
+def test_two_hot_round_trip_and_loss():
+    support = TwoHot(101, -10, 10)
+    x = torch.tensor([-500.0, -3.3, -0.01, 0.0, 0.2, 7.5, 1000.0])
+    target = support.encode(x)
+    assert target.shape == (7, 101)
+    assert torch.allclose(target.sum(-1), torch.ones(7))
+    assert ((target > 0).sum(-1) <= 2).all()
+    assert torch.allclose(support.decode(torch.log(target)), x, rtol=1e-4, atol=1e-4)
+    # hand check: symlog(0.2) = log(1.2) = 0.18232 -> position 50.9116 -> bins 50/51 weights .0884/.9116
+    pos = math.log(1.2) / 0.2 + 50
+    assert target[4, 50].item() == pytest.approx(51 - pos, abs=1e-5)
+    assert target[4, 51].item() == pytest.approx(pos - 50, abs=1e-5)
+    # soft cross-entropy is minimised (= entropy of the target) by the target itself
+    ce_self = support.loss(torch.log(target + 1e-12), x)
+    ce_uniform = support.loss(torch.zeros(7, 101), x)
+    assert (ce_self < ce_uniform).all()
+    assert torch.allclose(symexp(symlog(x)), x)
+
+
+def test_scalar_reward_head_when_num_bins_le_1():
+    support = TwoHot(num_bins=1)
+    assert support.out_dim == 1
+    assert torch.allclose(support.decode(torch.tensor([[2.0], [-1.0]])), torch.tensor([2.0, -1.0]))
+    assert torch.allclose(support.loss(torch.tensor([[2.0]]), torch.tensor([0.5])), torch.tensor([2.25]))
+    wm = WorldModel(**dict(TINY, num_bins=0))
+    assert wm.reward(torch.zeros(2, 16), torch.zeros(2, 4)).shape == (2, 1)
+
+
+def test_actor_and_critic():
+    torch.manual_seed(0)
+    actor = ActorStochasticMLP(16, 4, units=[32])
+    x = torch.randn(7, 16)
+    a = actor(x)
+    assert a.shape == (7, 4) and (a.abs() <= 1).all()
+    assert torch.equal(actor(x, deterministic=True), actor(x, deterministic=True))
+    critic = CriticEnsemble(16, units=[32], num_critics=3)
+    assert critic(x).shape == (3, 7)
+    for c in critic.critics:
+        torch.nn.init.normal_(c[-1].weight)
+    assert torch.allclose(critic.value(x), critic(x).min(0).values)
+    with pytest.raises(ValueError, match="num_critics"):
+        CriticEnsemble(16, num_critics=0)
