@@ -101,6 +101,18 @@ def compute_wm_loss(
     return dynamics_loss + reward_loss, terms, zs
 
 
+class WorldModelLoss(nn.Module):
+    """:func:`compute_wm_loss` as a module, so the world-model update can be wrapped in
+    ``DistributedDataParallel`` (which synchronises gradients of what its ``forward`` computes)."""
+
+    def __init__(self, wm: LatentWorldModel, gamma: float):
+        super().__init__()
+        self.wm, self.gamma = wm, gamma
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: TaskLike = None):
+        return compute_wm_loss(self.wm, obs, action, reward, self.gamma, task)
+
+
 def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
     """TD(lambda) targets ``[H, B]`` for a truncated rollout.
 
@@ -219,6 +231,8 @@ class PWM:
         self.wm_grad_norm, self.actor_grad_norm, self.critic_grad_norm = wm_grad_norm, actor_grad_norm, critic_grad_norm
         self.critic_iterations, self.critic_batch_size = int(critic_iterations), int(critic_batch_size)
         self.critic_tau, self.esnr_splits = float(critic_tau), int(esnr_splits)
+        #: What computes the WM loss; distributed pretraining replaces it with a DDP wrapper of itself.
+        self.wm_loss: nn.Module = WorldModelLoss(self.wm, self.gamma)
         self.wm_optim = torch.optim.Adam(wm_parameter_groups(self.wm), lr=model_lr)
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
@@ -259,9 +273,10 @@ class PWM:
         """One WM gradient step on windows ``obs [H+1, B, obs_dim]``, ``action [H, B, A]``, ``reward [H, B]``."""
         start = self._sync()
         self.wm.train()
-        loss, terms, _ = compute_wm_loss(self.wm, obs, action, reward, self.gamma, task)
-        if torch.isfinite(loss):
-            loss.backward()
+        loss, terms, _ = self.wm_loss(obs, action, reward, task)
+        # Always backward, even on a non-finite loss: under DDP every rank must join the gradient
+        # all-reduce; the non-finite gradients then make every rank skip the step together.
+        loss.backward()
         params = [p for group in self.wm_optim.param_groups for p in group["params"]]
         grad_norm = self._guarded_step("wm", params, self.wm_optim, self.wm_grad_norm, loss)
         metrics = {f"wm/{k}": v.item() for k, v in terms.items()}

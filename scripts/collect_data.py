@@ -1,0 +1,21 @@
+"""Collect episodes with our own agents (or a random policy) into TD-MPC2-format dataset files.
+
+    python scripts/collect_data.py tasks=[walker-walk,cup-catch] task_set=mt30 episodes=20 out_dir=data/mt30
+    python scripts/collect_data.py tasks=[walker-walk] policy=checkpoint \
+        checkpoints={walker-walk:runs/singletask/walker-walk/pwm_5M/seed0/checkpoint.pt}
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from pwm.data.collect import collect_dataset
+
+
+@hydra.main(config_path="cfg", config_name="collect", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    files = collect_dataset(cfg)
+    print(f"wrote {len(files)} file(s) to {cfg.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

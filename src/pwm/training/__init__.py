@@ -1,0 +1,1 @@
+"""Training loops (online single-task, offline policy extraction), evaluation and run logging."""

@@ -1,0 +1,293 @@
+"""Training loops shared by the scripts.
+
+* :func:`train_online`: single-task online PWM (collect with the policy, update, evaluate).
+* :func:`train_offline`: PWM on a fixed dataset (the A/B protocol and multi-task policy extraction).
+
+Both log every iteration to ``<run_dir>/metrics.csv`` (+ TensorBoard), checkpoint atomically to
+``<run_dir>/checkpoint.pt`` and resume from it when ``resume`` is true, show a progress bar, and
+write ``<run_dir>/summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.algorithms.pwm import PWM
+from pwm.data.buffer import EpisodeBuffer
+from pwm.data.collect import random_policy, run_episode
+from pwm.envs.tasks import make_env
+from pwm.envs.wrappers import TaskEnv
+from pwm.training.evaluation import agent_policy, evaluate
+from pwm.training.logger import RunLogger
+from pwm.utils.common import atomic_torch_save, atomic_write_text, seed_everything
+
+
+def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key mean over a list of metric dicts, ignoring NaNs (NaN if a key is NaN everywhere)."""
+    keys = {k for metrics in history for k in metrics}
+    out = {}
+    for key in keys:
+        values = [m[key] for m in history if key in m and not math.isnan(m[key])]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def parameter_counts(agent: PWM) -> dict[str, float]:
+    count = lambda module: float(sum(p.numel() for p in module.parameters()))  # noqa: E731
+    return {"params/world_model": count(agent.wm), "params/actor": count(agent.actor),
+            "params/critic": count(agent.critic)}
+
+
+@dataclass
+class Progress:
+    """Loop position saved in checkpoints."""
+
+    iteration: int = 0
+    env_steps: int = 0
+    elapsed_s: float = 0.0
+    train_elapsed_s: float = 0.0
+
+
+def _rng_state(generator: torch.Generator, np_rng: np.random.Generator | None = None) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "sampler": generator.get_state(),
+            "numpy": np_rng.bit_generator.state if np_rng is not None else None}
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator, np_rng: np.random.Generator | None = None):
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["sampler"])
+    if np_rng is not None and state.get("numpy") is not None:
+        np_rng.bit_generator.state = state["numpy"]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by these loops, with an error that names the file if it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(json.dumps(summary, indent=2, sort_keys=True), run_dir / "summary.json")
+
+
+def _eval_due(iteration: int, every: int, last: int) -> bool:
+    return (iteration + 1) % every == 0 or iteration == last
+
+
+def train_offline(
+    agent: PWM,
+    buffer: EpisodeBuffer,
+    eval_env: TaskEnv,
+    run_dir: str | Path,
+    train_cfg: DictConfig,
+    batch_size: int,
+    seed: int,
+    task_id: int | None = None,
+    run_info: dict[str, Any] | None = None,
+    desc: str = "pwm",
+) -> dict[str, Any]:
+    """Train ``agent`` on windows of ``buffer`` and evaluate in ``eval_env``.
+
+    Batches come from a generator seeded with ``seed``, so two agents given the same buffer and seed
+    train on exactly the same windows in the same order (the A/B data-parity control).
+
+    ``train_cfg`` keys: ``iterations``, ``eval_every``, ``eval_episodes``, ``checkpoint_every``,
+    ``resume``, ``train_world_model``, ``tensorboard``, ``wandb``.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    generator = torch.Generator().manual_seed(seed)
+    progress = Progress()
+    if train_cfg.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        agent.load_state_dict(state["agent"])
+        progress = Progress(**state["progress"])
+        _restore_rng(state["rng"], generator)
+    logger = RunLogger(run_dir, progress.iteration, tensorboard=train_cfg.tensorboard, wandb=train_cfg.wandb,
+                       config=run_info)
+    last = train_cfg.iterations - 1
+    sample_task = task_id if agent.wm.multitask else None
+    bar = tqdm(range(progress.iteration, train_cfg.iterations), initial=progress.iteration,
+               total=train_cfg.iterations, desc=desc, dynamic_ncols=True)
+    for iteration in bar:
+        start = time.perf_counter()
+        batch = buffer.sample(batch_size, generator, task=sample_task).to(agent.device)
+        metrics = agent.update(batch.obs, batch.action, batch.reward, batch.task if agent.wm.multitask else None,
+                               train_world_model=train_cfg.train_world_model)
+        progress.train_elapsed_s += time.perf_counter() - start
+        if _eval_due(iteration, train_cfg.eval_every, last):
+            metrics.update(evaluate(agent, eval_env, train_cfg.eval_episodes, seed=10_000 + seed, task_id=task_id))
+            bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}")
+        progress.iteration = iteration + 1
+        progress.elapsed_s += time.perf_counter() - start
+        metrics.update({"time/train_elapsed_s": progress.train_elapsed_s, "time/elapsed_s": progress.elapsed_s})
+        logger.log(iteration, metrics)
+        if _eval_due(iteration, train_cfg.checkpoint_every, last):
+            atomic_torch_save({"agent": agent.state_dict(), "progress": vars(progress),
+                               "rng": _rng_state(generator), "run_info": run_info}, checkpoint_path)
+    logger.close()
+    summary = _summarise(logger.rows, agent, progress, run_info)
+    _write_summary(run_dir, summary)
+    return summary
+
+
+def _summarise(rows: list[dict[str, float]], agent: PWM, progress: Progress,
+               run_info: dict[str, Any] | None) -> dict[str, Any]:
+    evals = [r for r in rows if "eval/episode_reward" in r]
+    summary: dict[str, Any] = dict(run_info or {})
+    summary.update(parameter_counts(agent))
+    summary.update({
+        "iterations": progress.iteration,
+        "env_steps": progress.env_steps,
+        "train_elapsed_s": progress.train_elapsed_s,
+        "elapsed_s": progress.elapsed_s,
+        "final_reward": evals[-1]["eval/episode_reward"] if evals else float("nan"),
+        "final_success": evals[-1]["eval/success"] if evals else float("nan"),
+        "best_reward": max(r["eval/episode_reward"] for r in evals) if evals else float("nan"),
+        "nan_skipped_steps": {name: count for name, count in agent.nan_counts.items()},
+    })
+    return summary
+
+
+def train_online(cfg: DictConfig) -> dict[str, Any]:
+    """Single-task online PWM on ``cfg.env``: random seed episodes, then per iteration collect
+    ``episodes_per_iteration`` episodes with the stochastic policy and run ``updates_per_iteration``
+    PWM updates; evaluate every ``eval_every`` iterations. Checkpoints include the replay buffer."""
+    run_dir = Path(cfg.general.run_dir)
+    train = cfg.train
+    seed_everything(cfg.seed)
+    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 10_000)
+    agent = build_pwm(cfg.alg, env.obs_dim, env.act_dim, device=cfg.device)
+    buffer = EpisodeBuffer(env.obs_dim, env.act_dim, cfg.alg.horizon)
+    generator, np_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    progress = Progress()
+    if train.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        agent.load_state_dict(state["agent"])
+        buffer.load_state_dict(state["buffer"])
+        progress = Progress(**state["progress"])
+        _restore_rng(state["rng"], generator, np_rng)
+    run_info = {"task": cfg.env, "seed": cfg.seed, "variant": "flow" if is_flow_config(cfg.alg) else "baseline",
+                "config": OmegaConf.to_container(cfg, resolve=True)}
+    logger = RunLogger(run_dir, progress.iteration, tensorboard=train.tensorboard, wandb=train.wandb,
+                       config=run_info["config"])
+    while buffer.num_episodes < train.seed_episodes:
+        episode = run_episode(env, random_policy(env.act_dim, np_rng))
+        buffer.add_episode(episode.obs, episode.action, episode.reward)
+        progress.env_steps += episode.length
+    last = train.iterations - 1
+    bar = tqdm(range(progress.iteration, train.iterations), initial=progress.iteration, total=train.iterations,
+               desc=f"{cfg.env} {run_info['variant']}", dynamic_ncols=True)
+    for iteration in bar:
+        start = time.perf_counter()
+        episodes = [run_episode(env, agent_policy(agent)) for _ in range(train.episodes_per_iteration)]
+        for episode in episodes:
+            buffer.add_episode(episode.obs, episode.action, episode.reward)
+            progress.env_steps += episode.length
+        collect_s = time.perf_counter() - start
+        updates = []
+        for _ in range(train.updates_per_iteration):
+            batch = buffer.sample(cfg.alg.batch_size, generator).to(agent.device)
+            updates.append(agent.update(batch.obs, batch.action, batch.reward))
+        metrics = mean_metrics(updates)
+        progress.train_elapsed_s += time.perf_counter() - start - collect_s
+        metrics.update({"train/episode_reward": float(np.mean([e.total_reward for e in episodes])),
+                        "train/env_steps": float(progress.env_steps), "time/collect_s": collect_s})
+        if _eval_due(iteration, train.eval_every, last):
+            metrics.update(evaluate(agent, eval_env, train.eval_episodes, seed=10_000 + cfg.seed))
+            bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}", steps=progress.env_steps)
+        progress.iteration = iteration + 1
+        progress.elapsed_s += time.perf_counter() - start
+        metrics.update({"time/train_elapsed_s": progress.train_elapsed_s, "time/elapsed_s": progress.elapsed_s})
+        logger.log(iteration, metrics)
+        if _eval_due(iteration, train.checkpoint_every, last):
+            atomic_torch_save({"agent": agent.state_dict(), "buffer": buffer.state_dict(), "progress": vars(progress),
+                               "rng": _rng_state(generator, np_rng), "run_info": run_info}, checkpoint_path)
+    logger.close()
+    summary = _summarise(logger.rows, agent, progress, run_info)
+    _write_summary(run_dir, summary)
+    return summary
+
+
+def pretrain_world_model(
+    agent: PWM,
+    buffer: EpisodeBuffer,
+    run_dir: str | Path,
+    pretrain_cfg: DictConfig,
+    batch_size: int,
+    seed: int,
+    meta: dict[str, Any],
+    rank: int = 0,
+    desc: str = "wm pretrain",
+) -> dict[str, Any]:
+    """World-model-only training on windows of ``buffer`` (the first stage of the offline pipeline).
+
+    Rank 0 logs (mean metrics every ``log_every`` iterations) and writes ``<run_dir>/checkpoint.pt``
+    holding the world model, its optimizer and ``meta`` (dims, tasks, action_dims, world-model
+    class), which is what ``train_multitask.py`` loads. Other ranks only train (their gradients are
+    averaged when ``agent.wm_loss`` is DDP-wrapped); each rank samples with its own seed.
+
+    ``pretrain_cfg`` keys: ``iterations``, ``log_every``, ``checkpoint_every``, ``resume``,
+    ``tensorboard``, ``wandb``.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    generator = torch.Generator().manual_seed(seed + rank)
+    progress = Progress()
+    if pretrain_cfg.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        agent.wm.load_state_dict(state["world_model"])
+        agent.wm_optim.load_state_dict(state["wm_optim"])
+        progress = Progress(**state["progress"])
+    is_main = rank == 0
+    logger = RunLogger(run_dir, progress.iteration, tensorboard=pretrain_cfg.tensorboard,
+                       wandb=pretrain_cfg.wandb, config=meta) if is_main else None
+    last = pretrain_cfg.iterations - 1
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(progress.iteration, pretrain_cfg.iterations), initial=progress.iteration,
+               total=pretrain_cfg.iterations, desc=desc, dynamic_ncols=True, disable=not is_main)
+    for iteration in bar:
+        start = time.perf_counter()
+        batch = buffer.sample(batch_size, generator).to(agent.device)
+        history.append(agent.update_world_model(batch.obs, batch.action, batch.reward,
+                                                batch.task if agent.wm.multitask else None))
+        progress.train_elapsed_s += time.perf_counter() - start
+        progress.elapsed_s += time.perf_counter() - start
+        progress.iteration = iteration + 1
+        if is_main and _eval_due(iteration, pretrain_cfg.log_every, last):
+            metrics = mean_metrics(history)
+            metrics.update({"time/train_elapsed_s": progress.train_elapsed_s,
+                            "nan/wm_skipped_steps": float(agent.nan_counts["wm"])})
+            logger.log(iteration, metrics)
+            bar.set_postfix(wm=f"{metrics['wm/total_loss']:.4f}")
+            history = []
+        if is_main and _eval_due(iteration, pretrain_cfg.checkpoint_every, last):
+            atomic_torch_save({"world_model": agent.wm.state_dict(), "wm_optim": agent.wm_optim.state_dict(),
+                               "progress": vars(progress), "meta": meta}, checkpoint_path)
+    if logger is not None:
+        logger.close()
+    return {"iterations": progress.iteration, "train_elapsed_s": progress.train_elapsed_s,
+            "wm_nan_skipped_steps": agent.nan_counts["wm"], "checkpoint": str(checkpoint_path)}
+
+
+def world_model_meta(agent: PWM, alg_cfg: DictConfig, task_set_name: str | None) -> dict[str, Any]:
+    """What a world-model checkpoint must carry to be rebuilt and checked against a config."""
+    wm = agent.wm
+    return {"obs_dim": wm.obs_dim, "act_dim": wm.act_dim, "tasks": wm.tasks,
+            "action_dims": wm._action_masks.sum(-1).long().tolist(), "task_set": task_set_name,
+            "world_model_target": str(alg_cfg.world_model_config._target_),
+            "alg": OmegaConf.to_container(alg_cfg, resolve=True)}

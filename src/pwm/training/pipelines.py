@@ -1,0 +1,126 @@
+"""The offline multi-task pipeline behind the scripts: world-model pretraining, then per-task
+policy extraction from a pretrained checkpoint with evaluation in the real environment."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.data.tdmpc2_format import DatasetError, load_dataset
+from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
+from pwm.envs.wrappers import PaddedEnv
+from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline, world_model_meta
+from pwm.utils.common import atomic_write_text, resolve_device, seed_everything
+
+
+def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain a multi-task world model on ``cfg.general.data_dir`` (see ``scripts/cfg/pretrain.yaml``).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains on its own batches and DDP averages
+    the gradients (gloo on CPU, nccl on GPU); rank 0 logs and checkpoints.
+    """
+    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = resolve_device(cfg.device)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    seed_everything(cfg.seed)
+    tasks = task_set(cfg.task_set)
+    buffer = load_dataset(cfg.general.data_dir, cfg.alg.horizon, num_tasks=len(tasks))
+    action_dims = [action_dim(t) for t in tasks]
+    too_wide = [(t, d) for t, d in zip(tasks, action_dims) if d > buffer.act_dim]
+    if too_wide:
+        raise DatasetError(f"{cfg.general.data_dir}: actions have {buffer.act_dim} dims but tasks need more: {too_wide}")
+    agent = build_pwm(cfg.alg, buffer.obs_dim, buffer.act_dim, tasks, action_dims, device=str(device))
+    if world_size > 1:
+        agent.wm_loss = DistributedDataParallel(
+            agent.wm_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    meta = world_model_meta(agent, cfg.alg, cfg.task_set)
+    try:
+        summary = pretrain_world_model(agent, buffer, cfg.general.run_dir, cfg.pretrain, cfg.alg.batch_size,
+                                       cfg.seed, meta, rank=rank,
+                                       desc=f"pretrain {cfg.task_set} {'flow' if is_flow_config(cfg.alg) else 'baseline'}")
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+    return summary
+
+
+def _check_checkpoint(meta: dict[str, Any], cfg: DictConfig, tasks: list[str], path: str) -> None:
+    wanted = str(cfg.alg.world_model_config._target_)
+    if meta["world_model_target"] != wanted:
+        raise ValueError(
+            f"{path}: world model is {meta['world_model_target']} but alg '{cfg.alg.world_model_config._target_}' "
+            f"was asked for; pretrain with the same alg (or pick the matching alg=...)"
+        )
+    if meta["tasks"] != tasks:
+        raise ValueError(f"{path}: pretrained on task set {meta.get('task_set')!r} "
+                         f"({len(meta['tasks'])} tasks), but the config uses {cfg.task_set!r} ({len(tasks)} tasks)")
+
+
+def append_result(path: str | Path, row: dict[str, Any]) -> None:
+    """Append a row to a results CSV shared by many runs (file lock, then atomic rewrite)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+        rows.append({k: str(v) for k, v in row.items()})
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out.getvalue(), path)
+
+
+def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
+    """Extract a policy for ``cfg.task`` from a pretrained world model on the task's offline data,
+    optionally finetuning the world model, and evaluate it in the real environment."""
+    tasks = task_set(cfg.task_set)
+    if cfg.task not in tasks:
+        raise UnknownTaskError(f"task {cfg.task!r} is not in task set {cfg.task_set!r}")
+    task_id = tasks.index(cfg.task)
+    env = make_env(cfg.task, seed=cfg.seed + 10_000)  # fails early, naming the task, if unavailable here
+    state = load_checkpoint(cfg.general.checkpoint)
+    if "meta" not in state:
+        raise ValueError(f"{cfg.general.checkpoint}: not a world-model checkpoint of pretrain_world_model.py")
+    meta = state["meta"]
+    _check_checkpoint(meta, cfg, tasks, cfg.general.checkpoint)
+    seed_everything(cfg.seed)
+    agent = build_pwm(cfg.alg, meta["obs_dim"], meta["act_dim"], tasks, meta["action_dims"], device=cfg.device)
+    try:
+        agent.wm.load_state_dict(state["world_model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{cfg.general.checkpoint}: world-model weights do not fit alg "
+                         f"{cfg.alg.world_model_config._target_} with these sizes: {exc}") from exc
+    for group in agent.wm_optim.param_groups:
+        group["lr"] *= cfg.train.finetune_lr_scale
+    buffer = load_dataset(cfg.general.data_dir, cfg.alg.horizon, num_tasks=len(tasks), tasks=[task_id],
+                          act_dim=meta["act_dim"])
+    if buffer.obs_dim != meta["obs_dim"]:
+        raise DatasetError(f"{cfg.general.data_dir}: obs have {buffer.obs_dim} dims, the world model expects "
+                           f"{meta['obs_dim']}")
+    eval_env = PaddedEnv(env, meta["obs_dim"], meta["act_dim"])
+    variant = "flow" if is_flow_config(cfg.alg) else "baseline"
+    run_info = {"task": cfg.task, "task_id": task_id, "task_set": cfg.task_set, "seed": cfg.seed,
+                "variant": variant, "finetune_wm": bool(cfg.train.train_world_model)}
+    summary = train_offline(agent, buffer, eval_env, cfg.general.run_dir, cfg.train, cfg.alg.batch_size,
+                            cfg.seed, task_id=task_id, run_info=run_info, desc=f"{cfg.task} {variant}")
+    append_result(cfg.general.results_csv, {
+        **run_info, "final_reward": summary["final_reward"], "final_success": summary["final_success"],
+        "best_reward": summary["best_reward"], "train_elapsed_s": round(summary["train_elapsed_s"], 3),
+        "iterations": summary["iterations"], "run_dir": cfg.general.run_dir,
+    })
+    return summary

@@ -1,0 +1,122 @@
+"""TD-MPC2 dataset format (writer, validating reader) and window sampling."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from pwm.data.buffer import EpisodeBuffer
+from pwm.data.tdmpc2_format import DatasetError, load_dataset, read_chunk, write_episodes
+
+
+def episodes(num=3, length=6, obs_dim=4, act_dim=2, task=0, episode_offset=0):
+    """Episodes whose obs encode (episode, t), so windows can be checked for boundary crossing."""
+    t = torch.arange(length + 1, dtype=torch.float32)
+    ep = torch.arange(episode_offset, episode_offset + num, dtype=torch.float32)
+    obs = torch.zeros(num, length + 1, obs_dim)
+    obs[..., 0], obs[..., 1] = ep[:, None], t[None, :]
+    action = t[None, :, None].expand(num, length + 1, act_dim).clone()
+    reward = (ep[:, None] * 100 + t[None, :]).clone()
+    action[:, 0], reward[:, 0] = float("nan"), float("nan")
+    return obs, action, reward, torch.full((num, length + 1), task)
+
+
+def test_write_read_round_trip(tmp_path):
+    data = episodes()
+    path = write_episodes(tmp_path / "chunk.pt", *data)
+    loaded = torch.load(path, weights_only=False)
+    assert isinstance(loaded, TensorDict) and tuple(loaded.batch_size) == (3, 7)
+    chunk = read_chunk(path, num_tasks=30)
+    for key, value in zip(("obs", "action", "reward", "task"), data):
+        assert torch.equal(chunk[key].nan_to_num(-1), value.nan_to_num(-1).to(chunk[key].dtype)), key
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def _write(tmp_path, **changes):
+    obs, action, reward, task = episodes()
+    fields = {"obs": obs, "action": action, "reward": reward, "task": task, **changes}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    path = tmp_path / "bad.pt"
+    torch.save(TensorDict(fields, batch_size=[3, 7]) if all(v.shape[:2] == (3, 7) for v in fields.values())
+               else fields, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"reward": None}, r"missing field\(s\) \['reward'\]"),
+    ({"obs": torch.zeros(3, 7)}, "field 'obs' has shape"),
+    ({"action": torch.zeros(3, 6, 2)}, "field 'action' has leading shape"),
+    ({"obs": torch.zeros(3, 7, 4, dtype=torch.long)}, "field 'obs' has dtype"),
+    ({"task": torch.zeros(3, 7)}, "field 'task' has dtype"),
+    ({"task": torch.full((3, 7), 30)}, r"outside \[0, 30\)"),
+    ({"task": torch.cat([torch.zeros(3, 3), torch.ones(3, 4)], 1).long()}, "changes within episode 0"),
+])
+def test_reader_rejects_bad_files_naming_field(tmp_path, changes, message):
+    path = _write(tmp_path, **changes)
+    with pytest.raises(DatasetError, match=message) as info:
+        read_chunk(path, num_tasks=30)
+    assert str(path) in str(info.value)
+
+
+def test_reader_locates_nans_beyond_t0(tmp_path):
+    obs, action, reward, task = episodes()
+    reward[1, 4] = float("nan")
+    write_episodes(tmp_path / "r.pt", obs, action, reward, task)
+    with pytest.raises(DatasetError, match=r"'reward' has NaN/Inf at \(episode, t\) = \(1, 4\)"):
+        read_chunk(tmp_path / "r.pt")
+    obs, action, reward, task = episodes()
+    obs[2, 0, 3] = float("inf")
+    write_episodes(tmp_path / "o.pt", obs, action, reward, task)
+    with pytest.raises(DatasetError, match=r"'obs' has NaN/Inf at \(episode, t\) = \(2, 0\)"):
+        read_chunk(tmp_path / "o.pt")
+
+
+def test_corrupt_empty_and_mismatched_datasets(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(DatasetError, match="junk.pt: cannot be read"):
+        load_dataset(tmp_path / "a", horizon=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no \\*.pt files"):
+        load_dataset(tmp_path / "empty", horizon=2)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "missing", horizon=2)
+    write_episodes(tmp_path / "b" / "1.pt", *episodes(obs_dim=4))
+    write_episodes(tmp_path / "b" / "2.pt", *episodes(obs_dim=5))
+    with pytest.raises(DatasetError, match="2.pt: obs/action widths"):
+        load_dataset(tmp_path / "b", horizon=2)
+
+
+def test_windows_stay_inside_episodes_and_align(tmp_path):
+    write_episodes(tmp_path / "0.pt", *episodes(num=4, length=6, task=1))
+    write_episodes(tmp_path / "1.pt", *episodes(num=2, length=3, task=2, episode_offset=10))
+    buffer = load_dataset(tmp_path, horizon=3, num_tasks=5)
+    assert buffer.num_episodes == 6 and buffer.num_windows == 4 * 4 + 2 * 1
+    batch = buffer.sample(500, torch.Generator().manual_seed(0))
+    assert batch.obs.shape == (4, 500, 4) and batch.action.shape == (3, 500, 2) and batch.reward.shape == (3, 500)
+    episode, t = batch.obs[..., 0], batch.obs[..., 1]
+    assert (episode == episode[0]).all()  # one episode per window
+    assert torch.equal(t - t[0], torch.arange(4.0)[:, None].expand_as(t))
+    # action/reward at window step k belong to the transition obs[k] -> obs[k+1]
+    assert torch.equal(batch.action[..., 0], t[1:]) and torch.equal(batch.reward, episode[1:] * 100 + t[1:])
+    assert torch.isfinite(batch.action).all() and set(batch.task.tolist()) == {1, 2}
+    only_two = buffer.sample(50, task=2)
+    assert (only_two.task == 2).all() and (only_two.obs[0, :, 0] >= 10).all()
+    with pytest.raises(ValueError, match="for task 3"):
+        buffer.sample(4, task=3)
+    filtered = load_dataset(tmp_path, horizon=3, num_tasks=5, tasks=[2])
+    assert filtered.num_episodes == 2
+
+
+def test_buffer_grows_and_round_trips():
+    buffer = EpisodeBuffer(obs_dim=4, act_dim=2, horizon=2, capacity=5)
+    for i in range(5):
+        obs, action, reward, _ = episodes(num=1, length=4, episode_offset=i)
+        buffer.add_episode(obs[0], action[0], reward[0], task=i)
+    assert len(buffer) == 25 and buffer.num_windows == 5 * 3
+    clone = EpisodeBuffer(obs_dim=4, act_dim=2, horizon=2)
+    clone.load_state_dict(buffer.state_dict())
+    a = buffer.sample(16, torch.Generator().manual_seed(1))
+    b = clone.sample(16, torch.Generator().manual_seed(1))
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.task, b.task)
+    with pytest.raises(ValueError, match="do not match"):
+        buffer.add_episode(torch.zeros(5, 3), torch.zeros(5, 2), torch.zeros(5))

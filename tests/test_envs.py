@@ -1,0 +1,72 @@
+"""Task registry and environment wrappers on the real simulators."""
+
+import numpy as np
+import pytest
+
+from pwm.envs import (PaddedEnv, UnavailableTaskError, UnknownTaskError, action_dim, make_env, task_family,
+                      task_set)
+
+
+def test_task_sets_follow_tdmpc2_order():
+    mt30, mt80 = task_set("mt30"), task_set("mt80")
+    assert len(mt30) == 30 and len(set(mt30)) == 30 and len(mt80) == 80 and len(set(mt80)) == 80
+    assert mt30[:3] == ["walker-stand", "walker-walk", "walker-run"] and mt30[12] == "cup-catch"
+    assert mt80[:30] == mt30 and mt80[30] == "mw-assembly" and mt80[-1] == "mw-hand-insert"
+    with pytest.raises(UnknownTaskError, match="mt31"):
+        task_set("mt31")
+
+
+def test_unknown_and_unavailable_tasks_are_named():
+    with pytest.raises(UnknownTaskError, match="walker-fly"):
+        make_env("walker-fly")
+    with pytest.raises(UnknownTaskError, match="mw-juggle"):
+        task_family("mw-juggle")
+    with pytest.raises(UnavailableTaskError, match="cheetah-jump"):
+        make_env("cheetah-jump")
+    assert action_dim("cheetah-jump") == 6  # still known for multi-task masks
+
+
+@pytest.mark.parametrize("name, obs_dim, act_dim, max_steps", [
+    ("cup-catch", 8, 2, 500), ("mw-reach", 39, 4, 100), ("hopper", 11, 3, 1000)])
+def test_wrappers_step_and_report(name, obs_dim, act_dim, max_steps):
+    env = make_env(name, seed=0)
+    assert (env.obs_dim, env.act_dim, env.max_episode_steps) == (obs_dim, act_dim, max_steps)
+    obs = env.reset(seed=1)
+    assert obs.shape == (obs_dim,) and obs.dtype == np.float32
+    obs2, reward, terminated, truncated, info = env.step(np.zeros(act_dim))
+    assert obs2.shape == (obs_dim,) and np.isfinite(reward) and "success" in info
+    with pytest.raises(ValueError, match="expected"):
+        env.step(np.zeros(act_dim + 1))
+    with pytest.raises(ValueError, match="non-finite"):
+        env.step(np.full(act_dim, np.nan))
+    env.close()
+
+
+def test_dmc_episode_is_500_agent_steps_and_reset_seed_repeats():
+    env = make_env("cup-catch", seed=0)
+    first = env.reset(seed=5)
+    steps, done = 0, False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(np.zeros(2))
+        steps, done = steps + 1, terminated or truncated
+    assert steps == 500
+    assert np.allclose(env.reset(seed=5), first)
+
+
+def test_gym_locomotion_keeps_terminations():
+    env = make_env("hopper", seed=0)
+    env.reset(seed=0)
+    for step in range(1000):
+        _, _, terminated, truncated, _ = env.step(np.ones(3))
+        if terminated or truncated:
+            break
+    assert terminated and step < 999  # full-throttle hopper falls over long before the time limit
+
+
+def test_padded_env():
+    env = PaddedEnv(make_env("cup-catch"), obs_dim=24, act_dim=6)
+    obs = env.reset(seed=0)
+    assert obs.shape == (24,) and np.all(obs[8:] == 0)
+    assert env.step(np.ones(6))[0].shape == (24,)
+    with pytest.raises(ValueError, match="smaller"):
+        PaddedEnv(make_env("cup-catch"), obs_dim=4, act_dim=6)

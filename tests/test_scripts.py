@@ -1,0 +1,90 @@
+"""End-to-end runs of every script with tiny models (real simulators, real files)."""
+
+import csv
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import run_script
+from pwm.data.tdmpc2_format import load_dataset, read_chunk
+
+pytestmark = pytest.mark.slow
+TINY_PRETRAIN = ("pretrain.iterations=6", "pretrain.log_every=3", "pretrain.checkpoint_every=3",
+                 "pretrain.tensorboard=false")
+TINY_EXTRACT = ("train.iterations=4", "train.eval_every=2", "train.eval_episodes=1", "train.checkpoint_every=2")
+
+
+def test_collected_data_is_tdmpc2_format(mt30_data):
+    files = sorted(mt30_data.glob("*.pt"))
+    assert len(files) == 4
+    chunk = read_chunk(files[0], num_tasks=30)
+    assert chunk["obs"].shape == (1, 501, 8) and chunk["action"].shape == (1, 501, 6)  # padded to MT30's widest
+    assert torch.isnan(chunk["action"][:, 0]).all() and torch.isnan(chunk["reward"][:, 0]).all()
+    buffer = load_dataset(mt30_data, horizon=16, num_tasks=30)
+    assert set(buffer.task[: len(buffer)].unique().tolist()) == {7, 12}  # pendulum-swingup, cup-catch in MT30 order
+
+
+@pytest.mark.parametrize("alg", ["pwm_tiny", "pwm_tiny_flow"])
+def test_pretrain_then_train_multitask_section14_command(mt30_data, tmp_path, alg):
+    pre_dir = tmp_path / "pre"
+    run_script("pretrain_world_model.py", f"alg={alg}", "task_set=mt30", f"general.data_dir={mt30_data}",
+               f"general.run_dir={pre_dir}", *TINY_PRETRAIN)
+    checkpoint = pre_dir / "checkpoint.pt"
+    meta = torch.load(checkpoint, weights_only=False)["meta"]
+    assert meta["tasks"][12] == "cup-catch" and meta["action_dims"][12] == 2 and meta["obs_dim"] == 8
+    results = tmp_path / "results.csv"
+    # the spec's command, with tiny-run overrides appended
+    run_script("train_multitask.py", "-cn", "config_mt30", f"alg={alg}", "task=cup-catch",
+               f"general.data_dir={mt30_data}", f"general.checkpoint={checkpoint}",
+               f"general.run_dir={tmp_path / 'extract'}", f"general.results_csv={results}", *TINY_EXTRACT)
+    rows = list(csv.DictReader(open(results)))
+    assert rows[0]["task"] == "cup-catch" and rows[0]["variant"] == ("flow" if "flow" in alg else "baseline")
+    summary = json.loads((tmp_path / "extract" / "summary.json").read_text())
+    assert summary["iterations"] == 4 and summary["final_reward"] == float(rows[0]["final_reward"])
+
+
+def test_train_multitask_rejects_mismatched_checkpoint_and_unavailable_task(mt30_data, tmp_path):
+    run_script("pretrain_world_model.py", "alg=pwm_tiny", f"general.data_dir={mt30_data}",
+               f"general.run_dir={tmp_path / 'pre'}", *TINY_PRETRAIN)
+
+    def extract(config, alg, task):
+        return run_script("train_multitask.py", "-cn", config, f"alg={alg}", f"task={task}",
+                          f"general.data_dir={mt30_data}", f"general.checkpoint={tmp_path / 'pre' / 'checkpoint.pt'}",
+                          f"general.run_dir={tmp_path / 'x'}", f"general.results_csv={tmp_path / 'r.csv'}",
+                          *TINY_EXTRACT, check=False)
+
+    result = extract("config_mt30", "pwm_tiny_flow", "cup-catch")
+    assert result.returncode != 0
+    assert "world model is pwm.models.world_model.WorldModel" in result.stderr and "FlowWorldModel" in result.stderr
+    result = extract("config_mt30", "pwm_tiny", "cheetah-jump")
+    assert result.returncode != 0 and "cheetah-jump" in result.stderr and "custom DMC" in result.stderr
+    result = extract("config_mt80", "pwm_tiny", "cup-catch")
+    assert result.returncode != 0 and "task set 'mt30'" in result.stderr
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_pretrain_with_torchrun_gloo(mt30_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent))
+    run_script("pretrain_world_model.py", "alg=pwm_tiny_flow", f"general.data_dir={mt30_data}",
+               f"general.run_dir={tmp_path}", *TINY_PRETRAIN,
+               launcher=(torchrun, "--nproc_per_node=2", "--master_port=29533"))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["progress"]["iteration"] == 6
+
+
+def test_train_singletask_runs_and_resumes(tmp_path):
+    args = ("env=pendulum-swingup", "alg=pwm_tiny_flow", f"general.run_dir={tmp_path}", "train.seed_episodes=1",
+            "train.updates_per_iteration=2", "train.eval_every=2", "train.eval_episodes=1",
+            "train.checkpoint_every=2", "train.tensorboard=true")
+    run_script("train_singletask.py", *args, "train.iterations=2")
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["progress"]["iteration"] == 2 and state["buffer"]["num_episodes"] == 3
+    run_script("train_singletask.py", *args, "train.iterations=4")
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["eval/episode_reward"] != "" and float(rows[-1]["train/env_steps"]) == 5 * 500
+    assert list((tmp_path / "tensorboard").glob("events.*"))
+    assert json.loads((tmp_path / "summary.json").read_text())["variant"] == "flow"
