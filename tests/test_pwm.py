@@ -220,3 +220,17 @@ def test_short_training_run_losses_fall(cls):
     clone.load_state_dict(state)
     obs = torch.randn(3, 6)
     assert torch.equal(clone.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+
+
+def test_same_seed_gives_identical_shared_modules_across_variants():
+    agents = []
+    for name in ("pwm_tiny", "pwm_tiny_flow"):
+        torch.manual_seed(11)
+        agents.append(build_pwm(load_alg(name), obs_dim=6, act_dim=2, device="cpu"))
+    base, flow = agents
+    for part in ("actor", "critic"):
+        for p, q in zip(getattr(base, part).parameters(), getattr(flow, part).parameters()):
+            assert torch.equal(p, q), part
+    for name in ("_encoder", "_reward"):
+        for p, q in zip(getattr(base.wm, name).parameters(), getattr(flow.wm, name).parameters()):
+            assert torch.equal(p, q), name

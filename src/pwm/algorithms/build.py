@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,14 +35,19 @@ def build_pwm(
     unknown = sorted(set(cfg.keys()) - SCRIPT_KEYS - PWM_KEYS)
     if unknown:
         raise ValueError(f"unknown alg config keys: {', '.join(f'alg.{k}' for k in unknown)}")
+    # Drawn before the world model is built: the two WM variants consume different amounts of RNG,
+    # and actor/critic must still start identical across them under one seed (A/B parity).
+    policy_init_seed = int(torch.randint(2**62, ()).item())
     world_model = instantiate(
         cfg.world_model_config, obs_dim=obs_dim, act_dim=act_dim,
         tasks=list(tasks) if tasks else None, action_dims=list(action_dims) if action_dims else None,
         _convert_="all",
     )
     policy_in_dim = world_model.latent_dim + world_model.task_dim
-    actor = instantiate(cfg.actor_config, in_dim=policy_in_dim, act_dim=act_dim, _convert_="all")
-    critic = instantiate(cfg.critic_config, in_dim=policy_in_dim, _convert_="all")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(policy_init_seed)
+        actor = instantiate(cfg.actor_config, in_dim=policy_in_dim, act_dim=act_dim, _convert_="all")
+        critic = instantiate(cfg.critic_config, in_dim=policy_in_dim, _convert_="all")
     kwargs = {k: cfg[k] for k in PWM_KEYS if k in cfg}
     return PWM(world_model, actor, critic, device=resolve_device(device), **kwargs)
 

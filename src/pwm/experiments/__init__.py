@@ -1,0 +1,1 @@
+"""The A/B protocol (flow vs MLP dynamics): jobs, report and verdict."""

@@ -1,0 +1,112 @@
+"""Throughput and peak memory of world-model and policy updates: baseline vs flow at several K.
+
+    python benchmarks/bench_updates.py                                  # pwm_5M, batch 256, H 16, K 2/4/8
+    python benchmarks/bench_updates.py --alg pwm_tiny --repeats 5       # quick look
+    python benchmarks/bench_updates.py --alg pwm_48M --device cuda --out bench.json
+
+Every configuration runs in a fresh process (so its peak memory is its own): peak RSS on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA. Ratios are flow / baseline (time ratios > 1 = slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+CFG_DIR = Path(__file__).resolve().parent.parent / "scripts" / "cfg"
+
+
+def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Queue) -> None:
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pwm.algorithms.build import build_pwm
+    from pwm.utils.common import resolve_device
+
+    torch.manual_seed(0)
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    with initialize_config_dir(config_dir=str(CFG_DIR), version_base="1.3"):
+        alg = compose(config_name=f"alg/{alg_name}").alg
+    alg = OmegaConf.create(OmegaConf.to_container(alg))
+    alg.horizon, alg.esnr_splits = args["horizon"], args["esnr_splits"]
+    if integrate_steps is not None:
+        alg.world_model_config.integrate_steps = integrate_steps
+    device = resolve_device(args["device"])
+    agent = build_pwm(alg, args["obs_dim"], args["act_dim"], device=str(device))
+    batch, horizon = args["batch"], args["horizon"]
+    obs = torch.randn(horizon + 1, batch, args["obs_dim"], device=device)
+    action = torch.rand(horizon, batch, args["act_dim"], device=device) * 2 - 1
+    reward = torch.randn(horizon, batch, device=device)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args["repeats"]):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / args["repeats"]
+
+    wm_s = timed(lambda: agent.update_world_model(obs, action, reward))
+    policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put({"wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb,
+               "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device)})
+
+
+def measure(alg_name: str, integrate_steps: int | None, args: dict) -> dict:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measure, args=(alg_name, integrate_steps, args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--alg", default="pwm_5M", help="baseline alg config; its _flow twin is the flow variant")
+    parser.add_argument("--integrate-steps", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--horizon", type=int, default=16)
+    parser.add_argument("--obs-dim", type=int, default=24)
+    parser.add_argument("--act-dim", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--esnr-splits", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    cli = parser.parse_args()
+    args = {"batch": cli.batch, "horizon": cli.horizon, "obs_dim": cli.obs_dim, "act_dim": cli.act_dim,
+            "repeats": cli.repeats, "esnr_splits": cli.esnr_splits, "threads": cli.threads, "device": cli.device}
+
+    rows = [{"variant": "baseline", "K": "-", **measure(cli.alg, None, args)}]
+    rows += [{"variant": "flow", "K": k, **measure(f"{cli.alg}_flow", k, args)} for k in cli.integrate_steps]
+    base = rows[0]
+    print(f"{cli.alg}: batch {cli.batch}, H {cli.horizon}, device {base['device']}, {cli.repeats} repeats\n")
+    header = (f"{'variant':<9}{'K':>3}{'WM params':>12}{'WM upd/s':>10}{'x base':>8}"
+              f"{'policy upd/s':>14}{'x base':>8}{'peak MB':>10}{'x base':>8}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['variant']:<9}{row['K']:>3}{row['wm_params']:>12,}{1 / row['wm_update_s']:>10.2f}"
+              f"{row['wm_update_s'] / base['wm_update_s']:>8.2f}{1 / row['policy_update_s']:>14.2f}"
+              f"{row['policy_update_s'] / base['policy_update_s']:>8.2f}{row['peak_mb']:>10.0f}"
+              f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
+    print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more.")
+    if cli.out:
+        cli.out.write_text(json.dumps({"args": args, "alg": cli.alg, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Hydra callback that writes the A/B report when a run or a multirun ends."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class ABReportCallback(Callback):
+    """Build the report over every run under ``general.root`` (all settings and sweeps run there).
+
+    In a multirun this runs once, in the launching process, after every job (local or SLURM) ended.
+    """
+
+    def _report(self, config: DictConfig) -> None:
+        from pwm.experiments.report import build_report
+
+        report = build_report(config.general.root, config.report.dir, tuple(config.report.thresholds),
+                              config.report.bootstrap_reps)
+        for comparison in report["comparisons"]:
+            log.info("A/B %s vs baseline [%s]: %s", comparison["flow_variant"], comparison["setting"],
+                     comparison["verdict"].upper())
+        log.info("report: %s/report.md", config.report.dir)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._report(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._report(config)

@@ -1,0 +1,455 @@
+"""A/B report: parity, reward curves, time to thresholds, stability, aggregate statistics, verdict.
+
+Input: the run directories written by :mod:`pwm.experiments.ab` (``summary.json``, ``metrics.csv``,
+``pretrain/metrics.csv``). Output in ``out_dir``: ``report.md``, ``report.json`` (tables and verdicts),
+``runs.csv`` (one row per run) and PNG plots.
+
+A *comparison* is one flow variant against the baseline within a setting (e.g. ``flow-K4-uniform``
+vs ``baseline`` under ``default``), over every task both were run on. Its verdict checks the design
+spec's acceptance criteria (section 15):
+
+1. ``runs_complete``: every run of both variants finished its iterations with a final evaluation.
+2. ``reward_on_half_of_tasks``: flow's mean final reward >= baseline's on at least half of the tasks.
+3. ``faster_convergence_on_subset``: on at least one task flow reaches the upper reward threshold
+   in less wall-clock time (pretraining included) than the baseline, or reaches it where the
+   baseline never does.
+4. ``stability_or_esnr``: flow has lower actor grad-norm variance, or higher mean ESNR, or fewer
+   skipped (non-finite) updates than the baseline, averaged over its runs.
+
+The verdict is ``accept`` when all four hold, else ``reject`` naming the failed criteria.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pwm.utils.common import atomic_write_text  # noqa: E402
+
+REWARD = "eval/episode_reward"
+
+
+@dataclass
+class Run:
+    """One finished (or partial) A/B run."""
+
+    path: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    pretrain: pd.DataFrame | None
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        """Evaluation rows with the total wall-clock (pretraining + policy training) ``wall_s``."""
+        rows = self.metrics[self.metrics[REWARD].notna()] if REWARD in self.metrics else self.metrics.iloc[:0]
+        rows = rows.copy()
+        rows["wall_s"] = rows["time/train_elapsed_s"] + float(self.summary.get("pretrain_elapsed_s", 0.0))
+        return rows
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv``."""
+    runs = []
+    for summary_path in sorted(Path(root).rglob("summary.json")):
+        metrics_path = summary_path.parent / "metrics.csv"
+        if not metrics_path.exists():
+            continue
+        pretrain_path = summary_path.parent / "pretrain" / "metrics.csv"
+        runs.append(Run(summary_path.parent, json.loads(summary_path.read_text()), pd.read_csv(metrics_path),
+                        pd.read_csv(pretrain_path) if pretrain_path.exists() else None))
+    return runs
+
+
+def _column_stat(frame: pd.DataFrame | None, column: str, how: str) -> float:
+    if frame is None or column not in frame:
+        return float("nan")
+    values = frame[column].dropna()
+    if values.empty:
+        return float("nan")
+    return float(getattr(values, how)())
+
+
+def run_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: identity, outcome, cost and stability statistics."""
+    rows = []
+    for run in runs:
+        s, m = run.summary, run.metrics
+        nan_counts = s.get("nan_skipped_steps", {})
+        rows.append({
+            "task": s["task"], "setting": s.get("setting", "default"), "variant": s["variant"],
+            "is_flow": bool(s.get("is_flow", s["variant"] != "baseline")), "seed": int(s["seed"]),
+            "iterations": int(s.get("iterations", 0)),
+            "expected_iterations": int(s.get("expected_iterations", s.get("iterations", 0))),
+            "final_reward": float(s.get("final_reward", math.nan)),
+            "final_success": float(s.get("final_success", math.nan)),
+            "best_reward": float(s.get("best_reward", math.nan)),
+            "pretrain_s": float(s.get("pretrain_elapsed_s", 0.0)),
+            "policy_s": float(s.get("train_elapsed_s", math.nan)),
+            "wall_s": float(s.get("pretrain_elapsed_s", 0.0)) + float(s.get("train_elapsed_s", math.nan)),
+            "params_world_model": s.get("params/world_model", math.nan),
+            "params_actor": s.get("params/actor", math.nan),
+            "params_critic": s.get("params/critic", math.nan),
+            "nan_skipped": float(sum(nan_counts.values())) if nan_counts else 0.0,
+            "actor_grad_norm_var": _column_stat(m, "actor/grad_norm", "var"),
+            "critic_grad_norm_var": _column_stat(m, "critic/grad_norm", "var"),
+            "esnr_mean": _column_stat(m, "actor/esnr", "mean"),
+            "latent_norm_max": _column_stat(m, "rollout/latent_norm_max", "max"),
+            "latent_norm_mean": _column_stat(m, "rollout/latent_norm_mean", "mean"),
+            "nonfinite_latents": _column_stat(m, "rollout/nonfinite_latents", "sum"),
+            "wm_update_s": _column_stat(run.pretrain, "time/wm_update_s", "mean"),
+            "actor_update_s": _column_stat(m, "time/actor_update_s", "mean"),
+            "dynamics_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
+                                                "wm/dynamics_loss", "mean"),
+            "reward_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
+                                              "wm/reward_loss", "mean"),
+        })
+    return pd.DataFrame(rows)
+
+
+def reward_range(runs: list[Run]) -> tuple[float, float]:
+    """Lowest and highest evaluation reward over a group of runs (the threshold scale)."""
+    values = pd.concat([r.evals[REWARD] for r in runs]) if runs else pd.Series(dtype=float)
+    return (float(values.min()), float(values.max())) if len(values) else (math.nan, math.nan)
+
+
+def time_to_threshold(run: Run, target: float) -> tuple[float, float]:
+    """(iteration, wall seconds) of the first evaluation with reward >= target; (inf, inf) if never."""
+    evals = run.evals
+    hit = evals[evals[REWARD] >= target]
+    if hit.empty:
+        return math.inf, math.inf
+    first = hit.iloc[0]
+    return float(first["iteration"]), float(first["wall_s"])
+
+
+def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """IQM of ``[runs, tasks]`` score matrices with 95% stratified-bootstrap CIs (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)  # rliable's bootstrap draws from NumPy's global RNG
+    point, interval = rly.get_interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    return {k: {"iqm": float(point[k][0]), "ci_low": float(interval[k][0][0]), "ci_high": float(interval[k][1][0])}
+            for k in scores}
+
+
+def probability_of_improvement(flow: np.ndarray, baseline: np.ndarray, reps: int, seed: int = 0) -> dict[str, float]:
+    """P(flow > baseline) on ``[runs, tasks]`` scores, with a 95% stratified-bootstrap CI (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)
+    point, interval = rly.get_interval_estimates(
+        {"flow>baseline": (flow, baseline)},
+        lambda x, y: np.array([metrics.probability_of_improvement(x, y)]), reps=reps)
+    return {"p": float(point["flow>baseline"][0]), "ci_low": float(interval["flow>baseline"][0][0]),
+            "ci_high": float(interval["flow>baseline"][1][0])}
+
+
+def decide(per_task: pd.DataFrame, stability: dict[str, dict[str, float]], complete: bool) -> dict[str, Any]:
+    """Verdict on the acceptance criteria (see the module docstring).
+
+    Args:
+        per_task: one row per task with ``baseline_reward``, ``flow_reward``, ``baseline_time_to_high``
+            and ``flow_time_to_high`` (wall seconds to the upper threshold; inf if never reached).
+        stability: ``{"baseline": {...}, "flow": {...}}`` with ``actor_grad_norm_var``, ``esnr_mean``
+            and ``nan_skipped`` averaged over runs.
+        complete: whether every run finished.
+    """
+    tasks = len(per_task)
+    wins = int((per_task["flow_reward"] >= per_task["baseline_reward"]).sum())
+    faster = per_task[np.isfinite(per_task["flow_time_to_high"])
+                      & (per_task["flow_time_to_high"] < per_task["baseline_time_to_high"])]
+    base, flow = stability["baseline"], stability["flow"]
+    stable_reasons = []
+    if flow["actor_grad_norm_var"] < base["actor_grad_norm_var"]:
+        stable_reasons.append("lower actor grad-norm variance")
+    if flow["esnr_mean"] > base["esnr_mean"]:
+        stable_reasons.append("higher ESNR")
+    if flow["nan_skipped"] < base["nan_skipped"]:
+        stable_reasons.append("fewer skipped non-finite updates")
+    criteria = {
+        "runs_complete": {"passed": bool(complete), "detail": "all runs finished" if complete else "unfinished runs"},
+        "reward_on_half_of_tasks": {"passed": tasks > 0 and wins >= tasks / 2,
+                                    "detail": f"flow >= baseline on {wins}/{tasks} tasks"},
+        "faster_convergence_on_subset": {"passed": len(faster) > 0,
+                                         "detail": f"faster to the upper threshold on {len(faster)}/{tasks} tasks"
+                                         + (f" ({', '.join(faster['task'])})" if len(faster) else "")},
+        "stability_or_esnr": {"passed": bool(stable_reasons),
+                              "detail": ", ".join(stable_reasons) if stable_reasons
+                              else "no lower grad-norm variance, higher ESNR or fewer skipped updates"},
+    }
+    failed = [name for name, c in criteria.items() if not c["passed"]]
+    return {"verdict": "accept" if not failed else "reject", "failed": failed, "criteria": criteria}
+
+
+# ---------------------------------------------------------------------- plotting
+def _curve(ax, runs: list[Run], x: str, label: str, color: str) -> None:
+    frames = [r.evals[[x, REWARD]].reset_index(drop=True) for r in runs]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return
+    length = min(len(f) for f in frames)
+    xs = np.mean([f[x].to_numpy()[:length] for f in frames], axis=0)
+    ys = np.array([f[REWARD].to_numpy()[:length] for f in frames])
+    ax.plot(xs, ys.mean(0), color=color, label=f"{label} (n={len(frames)})", marker="o", markersize=3)
+    if len(frames) > 1:
+        ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=color, alpha=0.2)
+
+
+def plot_curves(groups: dict[str, list[Run]], title: str, path: Path, thresholds: dict[str, float]) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, runs) in enumerate(groups.items()):
+        _curve(axes[0], runs, "iteration", label, colors[i % len(colors)])
+        _curve(axes[1], runs, "wall_s", label, colors[i % len(colors)])
+    for ax, xlabel in zip(axes, ("policy iteration", "wall-clock s (incl. WM pretraining)")):
+        for name, value in thresholds.items():
+            ax.axhline(value, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, color="grey", va="bottom")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("eval episode reward (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+DIAGNOSTICS = [("pretrain", "wm/dynamics_loss", "WM dynamics loss (pretraining)"),
+               ("pretrain", "wm/reward_loss", "WM reward loss (pretraining)"),
+               ("policy", "actor/grad_norm", "actor grad norm"),
+               ("policy", "actor/esnr", "actor ESNR proxy"),
+               ("policy", "rollout/latent_norm_max", "max latent norm along rollouts"),
+               ("policy", "critic/grad_norm", "critic grad norm")]
+
+
+def plot_diagnostics(groups: dict[str, list[Run]], title: str, path: Path) -> Path:
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (phase, column, name) in zip(axes.flat, DIAGNOSTICS):
+        for i, (label, runs) in enumerate(groups.items()):
+            for j, run in enumerate(runs):
+                frame = run.pretrain if phase == "pretrain" else run.metrics
+                if frame is None or column not in frame:
+                    continue
+                data = frame[["iteration", column]].dropna()
+                ax.plot(data["iteration"], data[column], color=colors[i % len(colors)], alpha=0.6, linewidth=1,
+                        label=label if j == 0 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"{phase} iteration", fontsize=8)
+        ax.grid(alpha=0.3)
+        if "loss" in column:
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_aggregate(aggregates: dict[str, dict[str, Any]], path: Path) -> Path:
+    names = list(aggregates)
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.8 * len(names)))
+    for row, name in enumerate(names):
+        for offset, (variant, color) in enumerate((("baseline", "tab:blue"), ("flow", "tab:orange"))):
+            est = aggregates[name]["iqm"][variant]
+            y = row + 0.18 * (offset * 2 - 1)
+            ax.errorbar(est["iqm"], y, xerr=[[est["iqm"] - est["ci_low"]], [est["ci_high"] - est["iqm"]]],
+                        fmt="o", color=color, capsize=4, label=variant if row == 0 else None)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("IQM of normalised final reward (95% stratified-bootstrap CI)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- report
+def _fmt(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "never"
+    return f"{value:,.{digits}f}"
+
+
+def _slug(*parts: str) -> str:
+    return "_".join(p.replace("/", "-").replace("=", "-").replace(",", "-") for p in parts)
+
+
+def compare(runs: list[Run], table: pd.DataFrame, setting: str, flow_variant: str, thresholds: list[float],
+            reps: int) -> dict[str, Any]:
+    """All statistics of one comparison (``flow_variant`` vs baseline within ``setting``)."""
+    sub = table[(table.setting == setting) & table.variant.isin(["baseline", flow_variant])]
+    tasks = sorted(set(sub[sub.variant == "baseline"].task) & set(sub[sub.variant == flow_variant].task))
+    per_task, scores = [], {"baseline": [], "flow": []}
+    threshold_names = [f"{int(q * 100)}%" for q in thresholds]
+    for task in tasks:
+        group = [r for r, (_, row) in zip(runs, table.iterrows())
+                 if row.task == task and row.setting == setting and row.variant in ("baseline", flow_variant)]
+        low, high = reward_range(group)
+        entry: dict[str, Any] = {"task": task}
+        for variant, key in (("baseline", "baseline"), (flow_variant, "flow")):
+            rows = sub[(sub.task == task) & (sub.variant == variant)]
+            variant_runs = [r for r in group if r.summary["variant"] == variant]
+            entry[f"{key}_reward"] = float(rows.final_reward.mean())
+            entry[f"{key}_reward_std"] = float(rows.final_reward.std(ddof=0))
+            entry[f"{key}_success"] = float(rows.final_success.mean())
+            entry[f"{key}_seeds"] = int(len(rows))
+            entry[f"{key}_wall_s"] = float(rows.wall_s.mean())
+            for q, name in zip(thresholds, threshold_names):
+                times = [time_to_threshold(r, low + q * (high - low))[1] for r in variant_runs]
+                entry[f"{key}_time_to_{name}"] = float(np.mean(times)) if times else math.inf
+            scale = (high - low) or 1.0
+            scores[key].append(((rows.sort_values("seed").final_reward.to_numpy() - low) / scale))
+        entry["baseline_time_to_high"] = entry[f"baseline_time_to_{threshold_names[-1]}"]
+        entry["flow_time_to_high"] = entry[f"flow_time_to_{threshold_names[-1]}"]
+        entry["targets"] = {name: low + q * (high - low) for q, name in zip(thresholds, threshold_names)}
+        per_task.append(entry)
+    per_task_df = pd.DataFrame(per_task)
+    stability = {
+        key: {col: float(sub[sub.variant == variant][col].mean())
+              for col in ("actor_grad_norm_var", "critic_grad_norm_var", "esnr_mean", "nan_skipped",
+                          "latent_norm_max", "latent_norm_mean", "nonfinite_latents")}
+        for variant, key in (("baseline", "baseline"), (flow_variant, "flow"))
+    }
+    complete = bool(len(sub)) and bool((sub.iterations >= sub.expected_iterations).all()) \
+        and bool(sub.final_reward.notna().all())
+    result: dict[str, Any] = {"setting": setting, "flow_variant": flow_variant, "tasks": tasks,
+                              "per_task": per_task, "stability": stability}
+    if tasks:
+        seeds = min(min(len(s) for s in scores["baseline"]), min(len(s) for s in scores["flow"]))
+        matrices = {k: np.stack([s[:seeds] for s in v], axis=1) for k, v in scores.items()}  # [runs, tasks]
+        result["iqm"] = iqm_with_ci(matrices, reps)
+        result["probability_of_improvement"] = probability_of_improvement(matrices["flow"], matrices["baseline"], reps)
+        result["seeds_used"] = seeds
+        result.update(decide(per_task_df, stability, complete))
+    else:
+        result.update({"verdict": "no data", "failed": [], "criteria": {}})
+    return result
+
+
+def parity(table: pd.DataFrame) -> pd.DataFrame:
+    """Parameter counts and wall-clock per (setting, variant), with ratios to the baseline."""
+    agg = table.groupby(["setting", "variant"]).agg(
+        runs=("seed", "count"), params_world_model=("params_world_model", "first"),
+        params_actor=("params_actor", "first"), params_critic=("params_critic", "first"),
+        wm_update_ms=("wm_update_s", lambda s: 1000 * s.mean()), actor_update_ms=("actor_update_s", lambda s: 1000 * s.mean()),
+        pretrain_s=("pretrain_s", "mean"), policy_s=("policy_s", "mean"), wall_s=("wall_s", "mean"),
+    ).reset_index()
+    base = agg[agg.variant == "baseline"].set_index("setting")
+    for column in ("params_world_model", "wm_update_ms", "wall_s"):
+        agg[f"{column}_vs_baseline"] = [
+            row[column] / base.loc[row.setting, column] if row.setting in base.index else math.nan
+            for _, row in agg.iterrows()]
+    return agg
+
+
+def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = (0.5, 0.8),
+                 bootstrap_reps: int = 2000) -> dict[str, Any]:
+    """Build the A/B report for every run under ``root``; returns the ``report.json`` content."""
+    root = Path(root)
+    out_dir = Path(out_dir) if out_dir is not None else root / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(root / "runs" if (root / "runs").is_dir() else root)
+    if not runs:
+        raise FileNotFoundError(f"no A/B runs (summary.json + metrics.csv) under {root}")
+    table = run_table(runs)
+    atomic_write_text(table.to_csv(index=False), out_dir / "runs.csv")
+    comparisons = []
+    for setting in sorted(table.setting.unique()):
+        for flow_variant in sorted(table[(table.setting == setting) & table.is_flow].variant.unique()):
+            comparisons.append(compare(runs, table, setting, flow_variant, list(thresholds), bootstrap_reps))
+    parity_table = parity(table)
+    figures = []
+    for (task, setting), _ in table.groupby(["task", "setting"]):
+        groups: dict[str, list[Run]] = {}
+        for run, (_, row) in zip(runs, table.iterrows()):
+            if row.task == task and row.setting == setting:
+                groups.setdefault(row.variant, []).append(run)
+        groups = dict(sorted(groups.items(), key=lambda kv: (kv[0] != "baseline", kv[0])))
+        low, high = reward_range([r for rs in groups.values() for r in rs])
+        targets = {f"{int(q * 100)}%": low + q * (high - low) for q in thresholds}
+        title = f"{task} [{setting}]"
+        figures.append(plot_curves(groups, title, out_dir / f"curves_{_slug(task, setting)}.png", targets))
+        figures.append(plot_diagnostics(groups, title, out_dir / f"diagnostics_{_slug(task, setting)}.png"))
+    aggregates = {f"{c['setting']}: {c['flow_variant']}": c for c in comparisons if "iqm" in c}
+    if aggregates:
+        figures.append(plot_aggregate(aggregates, out_dir / "aggregate_iqm.png"))
+    report = {"root": str(root), "runs": len(runs), "comparisons": comparisons,
+              "parity": parity_table.to_dict(orient="records"), "thresholds": list(thresholds),
+              "figures": [f.name for f in figures]}
+    atomic_write_text(json.dumps(report, indent=2, default=float), out_dir / "report.json")
+    atomic_write_text(render_markdown(report, parity_table), out_dir / "report.md")
+    return report
+
+
+def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame) -> str:
+    lines = ["# A/B report: flow-matching vs MLP latent dynamics", "",
+             f"{report['runs']} runs under `{report['root']}`. Rewards are deterministic-policy evaluation "
+             "episode returns; thresholds are fractions of each task's observed reward range (lowest to highest "
+             "evaluation over both variants) and a time to a threshold is the mean over seeds, \"never\" if any seed never reaches it; wall-clock includes world-model pretraining.", "", "## Verdicts", ""]
+    for c in report["comparisons"]:
+        lines.append(f"### {c['flow_variant']} vs baseline [{c['setting']}]: **{c['verdict'].upper()}**")
+        lines.append("")
+        for name, crit in c.get("criteria", {}).items():
+            lines.append(f"- {'PASS' if crit['passed'] else 'FAIL'} `{name}`: {crit['detail']}")
+        if c.get("seeds_used", 0) and c["seeds_used"] < 3:
+            lines.append(f"- note: {c['seeds_used']} seed(s) per task; confidence intervals are wide, "
+                         "treat this verdict as preliminary")
+        lines.append("")
+    lines += ["## Parity", "", "| setting | variant | runs | WM params | vs baseline | actor params | critic params "
+              "| WM update ms | vs baseline | actor update ms | pretrain s | policy s | total s | vs baseline |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in parity_table.iterrows():
+        lines.append(f"| {r.setting} | {r.variant} | {r.runs} | {int(r.params_world_model):,} | "
+                     f"{_fmt(r.params_world_model_vs_baseline, 4)} | {int(r.params_actor):,} | {int(r.params_critic):,} | "
+                     f"{_fmt(r.wm_update_ms)} | {_fmt(r.wm_update_ms_vs_baseline)} | {_fmt(r.actor_update_ms)} | "
+                     f"{_fmt(r.pretrain_s, 1)} | {_fmt(r.policy_s, 1)} | {_fmt(r.wall_s, 1)} | {_fmt(r.wall_s_vs_baseline)} |")
+    for c in report["comparisons"]:
+        if not c["tasks"]:
+            continue
+        names = [f"{int(q * 100)}%" for q in report["thresholds"]]
+        lines += ["", f"## Results: {c['flow_variant']} vs baseline [{c['setting']}]", "",
+                  "| task | baseline reward | flow reward | baseline success | flow success | "
+                  + " | ".join(f"time to {n} (b / f), s" for n in names) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(names)]
+        for t in c["per_task"]:
+            times = " | ".join(f"{_fmt(t[f'baseline_time_to_{n}'], 1)} / {_fmt(t[f'flow_time_to_{n}'], 1)}" for n in names)
+            lines.append(f"| {t['task']} | {_fmt(t['baseline_reward'])} ± {_fmt(t['baseline_reward_std'])} "
+                         f"(n={t['baseline_seeds']}) | {_fmt(t['flow_reward'])} ± {_fmt(t['flow_reward_std'])} "
+                         f"(n={t['flow_seeds']}) | {_fmt(t['baseline_success'])} | {_fmt(t['flow_success'])} | {times} |")
+        iqm, poi = c["iqm"], c["probability_of_improvement"]
+        lines += ["", "Aggregate over tasks (final reward normalised to each task's observed range; "
+                  f"{c['seeds_used']} seed(s) per task; 95% stratified-bootstrap CIs, rliable):", "",
+                  f"- IQM baseline: {_fmt(iqm['baseline']['iqm'], 3)} [{_fmt(iqm['baseline']['ci_low'], 3)}, "
+                  f"{_fmt(iqm['baseline']['ci_high'], 3)}]",
+                  f"- IQM flow: {_fmt(iqm['flow']['iqm'], 3)} [{_fmt(iqm['flow']['ci_low'], 3)}, {_fmt(iqm['flow']['ci_high'], 3)}]",
+                  f"- P(flow > baseline): {_fmt(poi['p'], 3)} [{_fmt(poi['ci_low'], 3)}, {_fmt(poi['ci_high'], 3)}]",
+                  "", "Stability (mean over runs):", "",
+                  "| variant | actor grad-norm var | critic grad-norm var | ESNR | skipped non-finite updates "
+                  "| max latent norm | mean latent norm | non-finite latents |", "|---|---|---|---|---|---|---|---|"]
+        for key in ("baseline", "flow"):
+            s = c["stability"][key]
+            lines.append(f"| {key} | {_fmt(s['actor_grad_norm_var'], 6)} | {_fmt(s['critic_grad_norm_var'], 4)} | "
+                         f"{_fmt(s['esnr_mean'], 4)} | {_fmt(s['nan_skipped'], 0)} | {_fmt(s['latent_norm_max'], 3)} | "
+                         f"{_fmt(s['latent_norm_mean'], 3)} | {_fmt(s['nonfinite_latents'], 0)} |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in report["figures"]]
+    return "\n".join(lines) + "\n"

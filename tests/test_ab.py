@@ -1,0 +1,62 @@
+"""A/B jobs end to end, sweep presets and launcher configs."""
+
+import json
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO, run_script
+from pwm.experiments.ab import variant_alg, variant_label
+
+CFG = str(REPO / "scripts" / "cfg")
+TINY_AB = ("pretrain.iterations=4", "train.iterations=4", "train.eval_every=2", "train.eval_episodes=1",
+           "data.episodes=2", "report.bootstrap_reps=50", "alg.batch_size=16")
+
+
+def compose_ab(*overrides):
+    with initialize_config_dir(config_dir=CFG, version_base="1.3"):
+        return compose(config_name="ab", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_flow_knobs_apply_only_to_flow_variants():
+    cfg = compose_ab("alg=pwm_tiny_flow")
+    flow = variant_alg(cfg.alg, {"integrate_steps": 8, "fm_tau_sampling": None})
+    assert flow.world_model_config.integrate_steps == 8 and variant_label(flow) == "flow-K8-uniform"
+    base = variant_alg(compose_ab("alg=pwm_tiny").alg, {"integrate_steps": 8, "fm_tau_sampling": "midpoint"})
+    assert "integrate_steps" not in base.world_model_config and variant_label(base) == "baseline"
+
+
+@pytest.mark.parametrize("preset, axis, values", [
+    ("integrate_steps", "flow.integrate_steps", "2,4,8"), ("tau_sampling", "flow.fm_tau_sampling", "uniform,midpoint"),
+    ("horizon", "alg.horizon", "10,16,20"), ("finetune", "train.train_world_model", "false,true")])
+def test_sweep_presets_add_their_axis_to_the_ab_grid(preset, axis, values):
+    params = compose_ab(f"+sweep={preset}").hydra.sweeper.params
+    assert params[axis] == values
+    assert params["alg"] == "pwm_tiny,pwm_tiny_flow" and params["seed"] == "0,1"
+
+
+def test_launcher_configs_compose():
+    assert compose_ab().hydra.launcher._target_.endswith("JoblibLauncher")
+    slurm = compose_ab("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.partition == "gpu" and slurm.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_ab_multirun_with_integrate_steps_sweep_shares_the_baseline(tmp_path):
+    """Baseline x {K2, K4} on one seed: the baseline runs once, both flows pair with it, report written."""
+    result = run_script("ab_compare.py", "-m", "task=pendulum-swingup", "seed=0", "flow.integrate_steps=2,4",
+                        f"general.root={tmp_path}", *TINY_AB)
+    assert "A/B" in result.stderr + result.stdout
+    runs = sorted(p.parent.relative_to(tmp_path / "runs") for p in tmp_path.glob("runs/**/summary.json"))
+    setting = runs[0].parts[1]
+    assert [r.parts[2] for r in runs] == ["baseline", "flow-K2-uniform", "flow-K4-uniform"]
+    assert "pretrain.iterations=4" in setting and "integrate_steps" not in setting
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert sorted(c["flow_variant"] for c in report["comparisons"]) == ["flow-K2-uniform", "flow-K4-uniform"]
+    assert all(c["criteria"]["runs_complete"]["passed"] for c in report["comparisons"])
+    # identical data and initialisation: both variants' first batches and WM encoders start the same
+    summaries = [json.loads((tmp_path / "runs" / r / "summary.json").read_text()) for r in runs]
+    assert len({s["params/actor"] for s in summaries}) == 1
+    assert (tmp_path / "report" / "report.md").exists() and os.listdir(tmp_path / "data" / "pendulum-swingup")

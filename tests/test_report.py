@@ -1,0 +1,119 @@
+"""A/B report and verdict on synthetic run logs."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pwm.experiments.report import Run, build_report, decide, load_runs, time_to_threshold
+
+
+def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_iter=1.0, pretrain_s=10.0,
+              nan_skipped=0, iterations=None):
+    """A run folder like pwm.experiments.ab writes: evaluations every 10 iterations."""
+    iterations = iterations or 10 * len(rewards)
+    run_dir = root / "runs" / task / "default" / variant / f"seed{seed}"
+    (run_dir / "pretrain").mkdir(parents=True)
+    rows = []
+    for it in range(iterations):
+        row = {"iteration": it, "actor/grad_norm": grad_norms[it % len(grad_norms)], "actor/esnr": esnr,
+               "critic/grad_norm": 1.0, "rollout/latent_norm_max": 1.0, "rollout/latent_norm_mean": 0.9,
+               "rollout/nonfinite_latents": 0.0, "time/actor_update_s": 0.01,
+               "time/train_elapsed_s": wall_per_iter * (it + 1)}
+        if (it + 1) % 10 == 0:
+            row["eval/episode_reward"] = rewards[(it + 1) // 10 - 1]
+            row["eval/success"] = 0.0
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
+    pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02}]).to_csv(
+        run_dir / "pretrain" / "metrics.csv", index=False)
+    summary = {"task": task, "variant": variant, "is_flow": variant != "baseline", "seed": seed, "setting": "default",
+               "iterations": iterations, "expected_iterations": 10 * len(rewards), "final_reward": rewards[-1],
+               "final_success": 0.0, "best_reward": max(rewards), "train_elapsed_s": wall_per_iter * iterations,
+               "pretrain_elapsed_s": pretrain_s, "params/world_model": 1000 + (5 if variant != "baseline" else 0),
+               "params/actor": 50, "params/critic": 70, "nan_skipped_steps": {"wm": nan_skipped, "actor": 0, "critic": 0}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def populate(root, flow_better_on_b=False):
+    for seed in range(3):
+        noise = 0.5 * seed
+        # task a: flow climbs faster and ends higher
+        write_run(root, "task-a", "baseline", seed, [10 + noise, 40 + noise, 80 + noise], 1.0, [1.0, 3.0])
+        write_run(root, "task-a", "flow-K4-uniform", seed, [50 + noise, 90 + noise, 100 + noise], 2.0, [1.0, 1.5])
+        # task b: baseline ends higher unless asked otherwise
+        flow_b = 70 if flow_better_on_b else 30
+        write_run(root, "task-b", "baseline", seed, [20 + noise, 40 + noise, 60 + noise], 1.0, [1.0, 3.0])
+        write_run(root, "task-b", "flow-K4-uniform", seed, [20 + noise, 25 + noise, flow_b + noise], 2.0, [1.0, 1.5])
+
+
+def test_time_to_threshold_hand_computation(tmp_path):
+    run_dir = write_run(tmp_path, "t", "baseline", 0, [10, 50, 90], 1.0, [1.0], wall_per_iter=2.0, pretrain_s=5.0)
+    run = load_runs(tmp_path)[0]
+    assert isinstance(run, Run) and run.path == run_dir
+    # reward 50 first reached at the 2nd evaluation: iteration 19, wall 5 + 2 * 20 = 45 s
+    assert time_to_threshold(run, 50.0) == (19.0, 45.0)
+    assert time_to_threshold(run, 91.0) == (math.inf, math.inf)
+
+
+def test_report_accepts_when_all_criteria_hold(tmp_path):
+    populate(tmp_path)
+    report = build_report(tmp_path, bootstrap_reps=200)
+    (comparison,) = report["comparisons"]
+    assert comparison["flow_variant"] == "flow-K4-uniform" and comparison["tasks"] == ["task-a", "task-b"]
+    assert comparison["verdict"] == "accept", comparison["criteria"]
+    assert "1/2 tasks" in comparison["criteria"]["reward_on_half_of_tasks"]["detail"]
+    assert "task-a" in comparison["criteria"]["faster_convergence_on_subset"]["detail"]
+    stability = comparison["stability"]
+    assert stability["flow"]["esnr_mean"] == pytest.approx(2.0)
+    assert stability["baseline"]["actor_grad_norm_var"] > stability["flow"]["actor_grad_norm_var"]
+    per_task = {t["task"]: t for t in comparison["per_task"]}
+    assert per_task["task-a"]["flow_reward"] == pytest.approx(100.5) and per_task["task-a"]["baseline_seeds"] == 3
+    iqm = comparison["iqm"]
+    assert iqm["baseline"]["ci_low"] <= iqm["baseline"]["iqm"] <= iqm["baseline"]["ci_high"]
+    assert 0.0 <= comparison["probability_of_improvement"]["p"] <= 1.0
+    out = tmp_path / "report"
+    for name in report["figures"] + ["report.md", "report.json", "runs.csv"]:
+        assert (out / name).stat().st_size > 0, name
+    text = (out / "report.md").read_text()
+    assert "**ACCEPT**" in text and "| default | flow-K4-uniform | 6 | 1,005 |" in text
+    assert len(pd.read_csv(out / "runs.csv")) == 12
+
+
+def test_report_rejects_and_names_failed_criteria(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, "task-a", "baseline", seed, [10, 50, 90], 2.0, [1.0, 1.1])
+        write_run(tmp_path, "task-a", "flow-K2-midpoint", seed, [5, 20, 40], 1.0, [1.0, 4.0], nan_skipped=3,
+                  iterations=20)  # unfinished: 20 of 30 iterations
+    report = build_report(tmp_path, bootstrap_reps=100)
+    (comparison,) = report["comparisons"]
+    assert comparison["verdict"] == "reject"
+    assert set(comparison["failed"]) == {"runs_complete", "reward_on_half_of_tasks", "faster_convergence_on_subset",
+                                         "stability_or_esnr"}
+    assert "preliminary" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _per_task(rewards, times):
+    return pd.DataFrame([{"task": f"t{i}", "baseline_reward": b, "flow_reward": f, "baseline_time_to_high": tb,
+                          "flow_time_to_high": tf} for i, ((b, f), (tb, tf)) in enumerate(zip(rewards, times))])
+
+
+STABLE = {"baseline": {"actor_grad_norm_var": 2.0, "esnr_mean": 1.0, "nan_skipped": 0.0},
+          "flow": {"actor_grad_norm_var": 3.0, "esnr_mean": 0.5, "nan_skipped": 0.0}}
+
+
+def test_decide_criteria_individually():
+    # ties count for flow: 2 of 4 tasks is "at least half"
+    result = decide(_per_task([(1, 1), (2, 3), (5, 4), (5, 4)], [(10, 5), (math.inf, 9), (1, 2), (1, 2)]),
+                    {**STABLE, "flow": {**STABLE["flow"], "nan_skipped": -1.0}}, complete=True)
+    assert result["verdict"] == "accept"
+    assert "t0, t1" in result["criteria"]["faster_convergence_on_subset"]["detail"]  # t1: baseline never got there
+    assert "fewer skipped" in result["criteria"]["stability_or_esnr"]["detail"]
+    result = decide(_per_task([(1, 0), (2, 3), (5, 4)], [(1, 2), (1, math.inf), (1, 1)]), STABLE, complete=False)
+    assert result["failed"] == ["runs_complete", "reward_on_half_of_tasks", "faster_convergence_on_subset",
+                                "stability_or_esnr"]
+    assert result["criteria"]["reward_on_half_of_tasks"]["detail"] == "flow >= baseline on 1/3 tasks"
+    assert np.isclose(len(result["criteria"]), 4)
