@@ -297,7 +297,7 @@ class PWM:
             ``sum_t gamma^t r_t + gamma^H V'(z_H)`` per sample ``[B]``; all differentiable w.r.t. the actor.
         """
         zs, rewards = [z0], []
-        with frozen(self.wm), frozen(self.target_critic):
+        with frozen(self.wm):
             for _ in range(self.horizon):
                 z = zs[-1]
                 action = self.wm.mask_action(self.actor(self.policy_input(z, task)), task)

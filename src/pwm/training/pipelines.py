@@ -75,7 +75,10 @@ def append_result(path: str | Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+        rows = []
+        if path.exists():
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
         rows.append({k: str(v) for k, v in row.items()})
         columns = list(dict.fromkeys(k for r in rows for k in r))
         out = io.StringIO()
