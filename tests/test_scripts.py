@@ -3,7 +3,9 @@
 import csv
 import json
 import shutil
+import socket
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,10 +69,13 @@ def test_train_multitask_rejects_mismatched_checkpoint_and_unavailable_task(mt30
 
 
 def test_pretrain_with_torchrun_gloo(mt30_data, tmp_path):
-    torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     run_script("pretrain_world_model.py", "alg=pwm_tiny_flow", f"general.data_dir={mt30_data}",
                f"general.run_dir={tmp_path}", *TINY_PRETRAIN,
-               launcher=(torchrun, "--nproc_per_node=2", "--master_port=29533"))
+               launcher=(torchrun, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"))
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["progress"]["iteration"] == 6
 

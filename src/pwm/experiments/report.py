@@ -286,6 +286,8 @@ def _fmt(value: float, digits: int = 2) -> str:
         return "n/a"
     if isinstance(value, float) and math.isinf(value):
         return "never"
+    if value != 0 and abs(value) < 10.0**-digits:
+        return f"{value:.3g}"  # small diagnostics (e.g. grad-norm variances) keep their magnitude
     return f"{value:,.{digits}f}"
 
 

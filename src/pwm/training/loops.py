@@ -44,9 +44,9 @@ def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def parameter_counts(agent: PWM) -> dict[str, float]:
-    count = lambda module: float(sum(p.numel() for p in module.parameters()))  # noqa: E731
-    return {"params/world_model": count(agent.wm), "params/actor": count(agent.actor),
-            "params/critic": count(agent.critic)}
+    """Parameter counts of the world model, actor and critic (the report's parity table)."""
+    modules = {"world_model": agent.wm, "actor": agent.actor, "critic": agent.critic}
+    return {f"params/{name}": float(sum(p.numel() for p in m.parameters())) for name, m in modules.items()}
 
 
 @dataclass
