@@ -1,0 +1,132 @@
+"""Episode storage that samples ``H + 1``-step windows which never cross an episode boundary.
+
+Episodes use TD-MPC2's layout: ``obs [T+1, obs_dim]``, ``action [T+1, act_dim]``, ``reward [T+1]`` where
+``action[t]``/``reward[t]`` are the action that led to ``obs[t]`` and the reward it earned, so row 0 holds
+NaN. A window starting at ``s`` is ``obs[s..s+H]`` with ``action[s+1..s+H]`` and ``reward[s+1..s+H]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class WindowBatch:
+    """A batch of windows, time-major: ``obs [H+1, B, obs_dim]``, ``action [H, B, A]``, ``reward [H, B]``,
+    ``task [B]`` (long)."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    task: torch.Tensor
+
+    def to(self, device: torch.device | str) -> WindowBatch:
+        return WindowBatch(*(t.to(device, non_blocking=True) for t in (self.obs, self.action, self.reward, self.task)))
+
+
+class EpisodeBuffer:
+    """Growable flat storage of episodes with an index of valid window starts.
+
+    Args:
+        obs_dim, act_dim: widths of the stored observations and actions.
+        horizon: H; every window has ``H + 1`` observations.
+        capacity: initial capacity in steps (doubled when full; nothing is evicted).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, horizon: int, capacity: int = 10_000):
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.obs_dim, self.act_dim, self.horizon = obs_dim, act_dim, horizon
+        self.obs = torch.empty(capacity, obs_dim)
+        self.action = torch.empty(capacity, act_dim)
+        self.reward = torch.empty(capacity)
+        self.task = torch.empty(capacity, dtype=torch.long)
+        self.size = 0
+        self.num_episodes = 0
+        self._starts: list[torch.Tensor] = []
+        self._start_index: torch.Tensor | None = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.window_starts().numel())
+
+    def window_starts(self) -> torch.Tensor:
+        """Flat indices at which a full window begins ``[num_windows]``."""
+        if self._start_index is None:
+            self._start_index = torch.cat(self._starts) if self._starts else torch.empty(0, dtype=torch.long)
+        return self._start_index
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.obs.shape[0]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+        for name in ("obs", "action", "reward", "task"):
+            old = getattr(self, name)
+            new = torch.empty((new_capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+
+    def add_episode(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: int = 0) -> None:
+        """Append one episode in TD-MPC2 layout (``obs [T+1, obs_dim]``, ``action [T+1, A]``, ``reward [T+1]``)."""
+        self.add_episodes(obs[None], action[None], reward[None], torch.tensor([int(task)]))
+
+    def add_episodes(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: torch.Tensor) -> None:
+        """Append ``N`` equal-length episodes: ``obs [N, T+1, obs_dim]``, ``action [N, T+1, A]``,
+        ``reward [N, T+1]``, ``task [N]``."""
+        num, length = obs.shape[:2]
+        if (obs.shape[2:] != (self.obs_dim,) or action.shape != (num, length, self.act_dim)
+                or reward.shape != (num, length) or task.shape != (num,)):
+            raise ValueError(
+                f"episode shapes obs {tuple(obs.shape)}, action {tuple(action.shape)}, reward {tuple(reward.shape)}, "
+                f"task {tuple(task.shape)} do not match [N, T+1, {self.obs_dim}], [N, T+1, {self.act_dim}], "
+                "[N, T+1], [N]"
+            )
+        self._grow(self.size + num * length)
+        end = self.size + num * length
+        self.obs[self.size:end] = obs.reshape(-1, self.obs_dim)
+        self.action[self.size:end] = action.reshape(-1, self.act_dim)
+        self.reward[self.size:end] = reward.reshape(-1)
+        self.task[self.size:end] = task.long().repeat_interleave(length)
+        if length > self.horizon:
+            episode_offsets = self.size + length * torch.arange(num)
+            self._starts.append((episode_offsets[:, None] + torch.arange(length - self.horizon)).reshape(-1))
+            self._start_index = None
+        self.size = end
+        self.num_episodes += num
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None,
+               task: int | None = None) -> WindowBatch:
+        """``batch_size`` windows drawn uniformly (with replacement); ``task`` restricts to one task id."""
+        starts = self.window_starts()
+        if task is not None:
+            starts = starts[self.task[starts] == task]
+        if starts.numel() == 0:
+            which = f" for task {task}" if task is not None else ""
+            raise ValueError(
+                f"no window of {self.horizon + 1} steps available{which} ({self.num_episodes} episodes, "
+                f"{self.size} steps stored)"
+            )
+        pick = starts[torch.randint(starts.numel(), (batch_size,), generator=generator)]
+        steps = pick[None, :] + torch.arange(self.horizon + 1)[:, None]  # [H+1, B]
+        return WindowBatch(self.obs[steps], self.action[steps[1:]], self.reward[steps[1:]], self.task[pick])
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {"obs": self.obs[: self.size].clone(), "action": self.action[: self.size].clone(),
+                "reward": self.reward[: self.size].clone(), "task": self.task[: self.size].clone(),
+                "starts": self.window_starts().clone(), "num_episodes": self.num_episodes}
+
+    def load_state_dict(self, state: dict) -> None:
+        size = state["obs"].shape[0]
+        self.size = 0
+        self._grow(size)
+        for name in ("obs", "action", "reward", "task"):
+            getattr(self, name)[:size] = state[name]
+        self.size, self.num_episodes = size, int(state["num_episodes"])
+        self._starts, self._start_index = [state["starts"]], None

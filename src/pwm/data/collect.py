@@ -1,0 +1,146 @@
+"""Run episodes in an environment and keep them in TD-MPC2's layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pwm.envs.wrappers import TaskEnv
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Episode:
+    """One episode: ``obs [T+1, obs_dim]``, ``action [T+1, A]`` and ``reward [T+1]`` with NaN in row 0."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    success: float
+    terminated: bool
+
+    @property
+    def length(self) -> int:
+        return self.obs.shape[0] - 1
+
+    @property
+    def total_reward(self) -> float:
+        return float(self.reward[1:].sum())
+
+
+def random_policy(act_dim: int, rng: np.random.Generator) -> Policy:
+    """Uniform random actions in ``[-1, 1]^act_dim``."""
+    return lambda obs: rng.uniform(-1.0, 1.0, act_dim)
+
+
+def run_episode(env: TaskEnv, policy: Policy, seed: int | None = None) -> Episode:
+    """Run one episode to termination or truncation. ``success`` is the last step's (as TD-MPC2 reports)."""
+    obs = env.reset(seed)
+    observations, actions, rewards = [obs], [np.full(env.act_dim, np.nan)], [np.nan]
+    info, terminated = {"success": 0.0}, False
+    while True:
+        action = np.asarray(policy(obs), dtype=np.float32).reshape(-1)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    return Episode(
+        obs=torch.as_tensor(np.stack(observations), dtype=torch.float32),
+        action=torch.as_tensor(np.stack(actions), dtype=torch.float32),
+        reward=torch.as_tensor(np.asarray(rewards), dtype=torch.float32),
+        success=float(info.get("success", 0.0)),
+        terminated=terminated,
+    )
+
+
+#: Offset of the reset seeds used for data collection, so collected and evaluation episodes
+#: (which reset with 10_000 + seed + i) never share initial states.
+COLLECT_SEED_OFFSET = 1_000_000
+
+
+def pad_episode(episode: Episode, obs_dim: int, act_dim: int) -> Episode:
+    """Zero-pad observations and actions to the multi-task widths (row 0 of action stays NaN)."""
+    obs = torch.nn.functional.pad(episode.obs, (0, obs_dim - episode.obs.shape[1]))
+    action = torch.nn.functional.pad(episode.action, (0, act_dim - episode.action.shape[1]))
+    action[0] = float("nan")
+    return Episode(obs, action, episode.reward, episode.success, episode.terminated)
+
+
+def load_policy(checkpoint_path: str, env, deterministic: bool) -> Policy:
+    """Policy of a ``train_singletask.py`` checkpoint, rebuilt for ``env``."""
+    from omegaconf import OmegaConf
+
+    from pwm.algorithms.build import build_pwm
+    from pwm.training.evaluation import agent_policy
+    from pwm.training.loops import load_checkpoint
+
+    state = load_checkpoint(checkpoint_path)
+    config = (state.get("run_info") or {}).get("config")
+    if config is None:
+        raise ValueError(f"{checkpoint_path}: not a train_singletask.py checkpoint (no run_info.config)")
+    agent = build_pwm(OmegaConf.create(config["alg"]), env.obs_dim, env.act_dim, device="cpu")
+    agent.load_state_dict(state["agent"])
+    return agent_policy(agent, deterministic=deterministic)
+
+
+def collect_dataset(cfg) -> list:
+    """Collect ``cfg.episodes`` episodes per task in ``cfg.tasks`` and write TD-MPC2-format files.
+
+    Episodes of one task with equal length share files of up to ``episodes_per_file`` episodes
+    (terminating tasks produce several lengths). Returns the written paths.
+    """
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from pwm.data.tdmpc2_format import write_episodes
+    from pwm.envs.tasks import action_dim, make_env, task_set
+
+    tasks = list(cfg.tasks)
+    if cfg.task_set:
+        members = task_set(cfg.task_set)
+        outside = [t for t in tasks if t not in members]
+        if outside:
+            raise ValueError(f"tasks {outside} are not in task set {cfg.task_set!r}")
+        task_ids = [members.index(t) for t in tasks]
+    elif len(tasks) == 1:
+        members, task_ids = tasks, [0]
+    else:
+        raise ValueError("collecting several tasks needs task_set (mt30 or mt80) to assign task ids")
+    if cfg.policy not in ("random", "checkpoint"):
+        raise ValueError(f"policy must be 'random' or 'checkpoint', got {cfg.policy!r}")
+    envs = [make_env(t, seed=cfg.seed) for t in tasks]
+    obs_dim = cfg.pad_obs_dim or max(env.obs_dim for env in envs)
+    act_dim = cfg.pad_act_dim or max(action_dim(t) for t in members)
+    for env in envs:
+        if env.obs_dim > obs_dim or env.act_dim > act_dim:
+            raise ValueError(f"{env.name}: dims ({env.obs_dim}, {env.act_dim}) exceed pad dims ({obs_dim}, {act_dim})")
+    out_dir, written = Path(cfg.out_dir), []
+    for task_index, (task, task_id, env) in enumerate(zip(tasks, task_ids, envs)):
+        if cfg.policy == "checkpoint":
+            if task not in cfg.checkpoints:
+                raise ValueError(f"policy=checkpoint but checkpoints has no entry for task {task!r}")
+            policy = load_policy(cfg.checkpoints[task], env, cfg.deterministic)
+        else:
+            policy = random_policy(env.act_dim, np.random.default_rng([cfg.seed, task_index]))
+        by_length: dict[int, list[Episode]] = {}
+        for i in tqdm(range(cfg.episodes), desc=f"collect {task}", dynamic_ncols=True):
+            episode = pad_episode(run_episode(env, policy, seed=COLLECT_SEED_OFFSET + 1000 * cfg.seed + i),
+                                  obs_dim, act_dim)
+            by_length.setdefault(episode.length, []).append(episode)
+        for length, episodes in sorted(by_length.items()):
+            for chunk, start in enumerate(range(0, len(episodes), cfg.episodes_per_file)):
+                group = episodes[start:start + cfg.episodes_per_file]
+                path = out_dir / f"{task}-seed{cfg.seed}-len{length}-{chunk:03d}.pt"
+                written.append(write_episodes(
+                    path, torch.stack([e.obs for e in group]), torch.stack([e.action for e in group]),
+                    torch.stack([e.reward for e in group]), torch.full((len(group), length + 1), task_id),
+                ))
+        env.close()
+    return written
