@@ -239,6 +239,11 @@ class PWM:
         self.nan_counts = {"wm": 0, "actor": 0, "critic": 0}
 
     # ------------------------------------------------------------------ helpers
+    def scale_model_lr(self, factor: float) -> None:
+        """Multiply the world-model learning rate (e.g. a small lr for finetuning a pretrained model)."""
+        for group in self.wm_optim.param_groups:
+            group["lr"] *= factor
+
     def policy_input(self, z: torch.Tensor, task: TaskLike) -> torch.Tensor:
         """Actor/critic input: the latent, plus the (detached) task embedding in multi-task mode."""
         emb = self.wm.task_embedding(task, z)

@@ -13,10 +13,7 @@ setting, so the baseline of a flow sweep is run once per seed and shared by ever
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,7 +26,7 @@ from pwm.data.collect import collect_dataset
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
-from pwm.utils.common import seed_everything
+from pwm.utils.common import file_lock, seed_everything
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling")
 
@@ -50,18 +47,6 @@ def variant_label(alg_cfg: DictConfig) -> str:
         return "baseline"
     wm = alg_cfg.world_model_config
     return f"flow-K{wm.get('integrate_steps', 4)}-{wm.get('fm_tau_sampling', 'uniform')}"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock between processes (parallel sweep jobs) on ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_dataset(cfg: DictConfig) -> Path:
@@ -100,8 +85,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         label = variant_label(alg)
         pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", cfg.pretrain, alg.batch_size, cfg.seed,
                                         world_model_meta(agent, alg, None), desc=f"{cfg.task} {label} wm")
-        for group in agent.wm_optim.param_groups:
-            group["lr"] *= cfg.train.finetune_lr_scale
+        agent.scale_model_lr(cfg.train.finetune_lr_scale)
         run_info = {"task": cfg.task, "seed": cfg.seed, "setting": cfg.setting or "default", "variant": label,
                     "is_flow": is_flow_config(alg), "expected_iterations": int(cfg.train.iterations),
                     "pretrain_elapsed_s": pretrain["train_elapsed_s"],

@@ -57,6 +57,12 @@ class Run:
         return rows
 
 
+def select_runs(runs: list[Run], task: str, setting: str, variants: tuple[str, ...] | None = None) -> list[Run]:
+    """The runs of one task and setting (and, if given, of these variants)."""
+    return [r for r in runs if r.summary["task"] == task and r.summary.get("setting", "default") == setting
+            and (variants is None or r.summary["variant"] in variants)]
+
+
 def load_runs(root: str | Path) -> list[Run]:
     """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv``."""
     runs = []
@@ -303,8 +309,7 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, flow_variant: st
     per_task, scores = [], {"baseline": [], "flow": []}
     threshold_names = [f"{int(q * 100)}%" for q in thresholds]
     for task in tasks:
-        group = [r for r, (_, row) in zip(runs, table.iterrows())
-                 if row.task == task and row.setting == setting and row.variant in ("baseline", flow_variant)]
+        group = select_runs(runs, task, setting, ("baseline", flow_variant))
         low, high = reward_range(group)
         entry: dict[str, Any] = {"task": task}
         for variant, key in (("baseline", "baseline"), (flow_variant, "flow")):
@@ -382,9 +387,8 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
     figures = []
     for (task, setting), _ in table.groupby(["task", "setting"]):
         groups: dict[str, list[Run]] = {}
-        for run, (_, row) in zip(runs, table.iterrows()):
-            if row.task == task and row.setting == setting:
-                groups.setdefault(row.variant, []).append(run)
+        for run in select_runs(runs, task, setting):
+            groups.setdefault(run.summary["variant"], []).append(run)
         groups = dict(sorted(groups.items(), key=lambda kv: (kv[0] != "baseline", kv[0])))
         low, high = reward_range([r for rs in groups.values() for r in rs])
         targets = {f"{int(q * 100)}%": low + q * (high - low) for q in thresholds}

@@ -83,7 +83,7 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(json.dumps(summary, indent=2, sort_keys=True), run_dir / "summary.json")
 
 
-def _eval_due(iteration: int, every: int, last: int) -> bool:
+def _is_due(iteration: int, every: int, last: int) -> bool:
     return (iteration + 1) % every == 0 or iteration == last
 
 
@@ -128,14 +128,14 @@ def train_offline(
         metrics = agent.update(batch.obs, batch.action, batch.reward, batch.task if agent.wm.multitask else None,
                                train_world_model=train_cfg.train_world_model)
         progress.train_elapsed_s += time.perf_counter() - start
-        if _eval_due(iteration, train_cfg.eval_every, last):
+        if _is_due(iteration, train_cfg.eval_every, last):
             metrics.update(evaluate(agent, eval_env, train_cfg.eval_episodes, seed=10_000 + seed, task_id=task_id))
             bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}")
         progress.iteration = iteration + 1
         progress.elapsed_s += time.perf_counter() - start
         metrics.update({"time/train_elapsed_s": progress.train_elapsed_s, "time/elapsed_s": progress.elapsed_s})
         logger.log(iteration, metrics)
-        if _eval_due(iteration, train_cfg.checkpoint_every, last):
+        if _is_due(iteration, train_cfg.checkpoint_every, last):
             atomic_torch_save({"agent": agent.state_dict(), "progress": vars(progress),
                                "rng": _rng_state(generator), "run_info": run_info}, checkpoint_path)
     logger.close()
@@ -157,7 +157,7 @@ def _summarise(rows: list[dict[str, float]], agent: PWM, progress: Progress,
         "final_reward": evals[-1]["eval/episode_reward"] if evals else float("nan"),
         "final_success": evals[-1]["eval/success"] if evals else float("nan"),
         "best_reward": max(r["eval/episode_reward"] for r in evals) if evals else float("nan"),
-        "nan_skipped_steps": {name: count for name, count in agent.nan_counts.items()},
+        "nan_skipped_steps": dict(agent.nan_counts),
     })
     return summary
 
@@ -207,14 +207,14 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
         progress.train_elapsed_s += time.perf_counter() - start - collect_s
         metrics.update({"train/episode_reward": float(np.mean([e.total_reward for e in episodes])),
                         "train/env_steps": float(progress.env_steps), "time/collect_s": collect_s})
-        if _eval_due(iteration, train.eval_every, last):
+        if _is_due(iteration, train.eval_every, last):
             metrics.update(evaluate(agent, eval_env, train.eval_episodes, seed=10_000 + cfg.seed))
             bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}", steps=progress.env_steps)
         progress.iteration = iteration + 1
         progress.elapsed_s += time.perf_counter() - start
         metrics.update({"time/train_elapsed_s": progress.train_elapsed_s, "time/elapsed_s": progress.elapsed_s})
         logger.log(iteration, metrics)
-        if _eval_due(iteration, train.checkpoint_every, last):
+        if _is_due(iteration, train.checkpoint_every, last):
             atomic_torch_save({"agent": agent.state_dict(), "buffer": buffer.state_dict(), "progress": vars(progress),
                                "rng": _rng_state(generator, np_rng), "run_info": run_info}, checkpoint_path)
     logger.close()
@@ -268,14 +268,14 @@ def pretrain_world_model(
         progress.train_elapsed_s += time.perf_counter() - start
         progress.elapsed_s += time.perf_counter() - start
         progress.iteration = iteration + 1
-        if is_main and _eval_due(iteration, pretrain_cfg.log_every, last):
+        if is_main and _is_due(iteration, pretrain_cfg.log_every, last):
             metrics = mean_metrics(history)
             metrics.update({"time/train_elapsed_s": progress.train_elapsed_s,
                             "nan/wm_skipped_steps": float(agent.nan_counts["wm"])})
             logger.log(iteration, metrics)
             bar.set_postfix(wm=f"{metrics['wm/total_loss']:.4f}")
             history = []
-        if is_main and _eval_due(iteration, pretrain_cfg.checkpoint_every, last):
+        if is_main and _is_due(iteration, pretrain_cfg.checkpoint_every, last):
             atomic_torch_save({"world_model": agent.wm.state_dict(), "wm_optim": agent.wm_optim.state_dict(),
                                "progress": vars(progress), "meta": meta}, checkpoint_path)
     if logger is not None:

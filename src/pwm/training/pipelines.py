@@ -4,7 +4,6 @@ policy extraction from a pretrained checkpoint with evaluation in the real envir
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from pwm.data.tdmpc2_format import DatasetError, load_dataset
 from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
 from pwm.envs.wrappers import PaddedEnv
 from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline, world_model_meta
-from pwm.utils.common import atomic_write_text, resolve_device, seed_everything
+from pwm.utils.common import atomic_write_text, file_lock, resolve_device, seed_everything
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -73,8 +72,7 @@ def append_result(path: str | Path, row: dict[str, Any]) -> None:
     """Append a row to a results CSV shared by many runs (file lock, then atomic rewrite)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path.with_suffix(".lock")):
         rows = []
         if path.exists():
             with open(path, newline="") as handle:
@@ -108,8 +106,7 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     except RuntimeError as exc:
         raise ValueError(f"{cfg.general.checkpoint}: world-model weights do not fit alg "
                          f"{cfg.alg.world_model_config._target_} with these sizes: {exc}") from exc
-    for group in agent.wm_optim.param_groups:
-        group["lr"] *= cfg.train.finetune_lr_scale
+    agent.scale_model_lr(cfg.train.finetune_lr_scale)
     buffer = load_dataset(cfg.general.data_dir, cfg.alg.horizon, num_tasks=len(tasks), tasks=[task_id],
                           act_dim=meta["act_dim"])
     if buffer.obs_dim != meta["obs_dim"]:
