@@ -11,8 +11,11 @@ def main() -> None:
     parser.add_argument("out_dir", nargs="?", default=None, help="default: <root>/report")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8])
     parser.add_argument("--bootstrap-reps", type=int, default=2000)
+    parser.add_argument("--learned-std-margin", type=float, default=2.0)
+    parser.add_argument("--learned-min-gain", type=float, default=0.1)
     args = parser.parse_args()
-    report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps)
+    report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps,
+                          args.learned_std_margin, args.learned_min_gain)
     for c in report["comparisons"]:
         print(f"{c['flow_variant']} vs baseline [{c['setting']}]: {c['verdict'].upper()}")
 

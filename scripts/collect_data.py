@@ -6,14 +6,14 @@
 """
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pwm.data.collect import collect_dataset
+from pwm.data.collect import CollectConfig, collect_dataset
 
 
 @hydra.main(config_path="cfg", config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    files = collect_dataset(cfg)
+    files = collect_dataset(CollectConfig(**OmegaConf.to_container(cfg, resolve=True)))
     print(f"wrote {len(files)} file(s) to {cfg.out_dir}")
 
 

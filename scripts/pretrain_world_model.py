@@ -15,7 +15,10 @@ from pwm.training.pipelines import run_pretrain
 @hydra.main(config_path="cfg", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     summary = run_pretrain(cfg)
-    print(f"world-model checkpoint: {summary['checkpoint']} ({summary['iterations']} iterations)")
+    status = {True: "converged", False: "NOT converged (cap reached)", None: "convergence unchecked (no held-out data)"}
+    print(f"world-model checkpoint: {summary['checkpoint']} ({summary['iterations']} iterations, "
+          f"{status[summary['converged']]}, best held-out error {summary['heldout_error']:.4g} "
+          f"at iteration {summary['best_iteration']})")
 
 
 if __name__ == "__main__":

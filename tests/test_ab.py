@@ -5,14 +5,14 @@ import os
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from conftest import REPO, run_script
 from pwm.experiments.ab import variant_alg, variant_label
 
 CFG = str(REPO / "scripts" / "cfg")
-TINY_AB = ("pretrain.iterations=4", "train.iterations=4", "train.eval_every=2", "train.eval_episodes=1",
-           "data.episodes=2", "report.bootstrap_reps=50", "alg.batch_size=16")
+TINY_AB = ("pretrain.iterations=4", "pretrain.eval_every=2", "pretrain.min_iterations=0", "train.iterations=4",
+           "train.eval_every=2", "train.eval_episodes=1", "data.policy=random", "data.episodes=3",
+           "data.random_episodes=2", "report.bootstrap_reps=50", "alg.batch_size=16")
 
 
 def compose_ab(*overrides):
@@ -34,7 +34,7 @@ def test_flow_knobs_apply_only_to_flow_variants():
 def test_sweep_presets_add_their_axis_to_the_ab_grid(preset, axis, values):
     params = compose_ab(f"+sweep={preset}").hydra.sweeper.params
     assert params[axis] == values
-    assert params["alg"] == "pwm_tiny,pwm_tiny_flow" and params["seed"] == "0,1"
+    assert params["alg"] == "pwm_small,pwm_small_flow" and str(params["seed"]) == "0"
 
 
 def test_launcher_configs_compose():
@@ -46,7 +46,8 @@ def test_launcher_configs_compose():
 @pytest.mark.slow
 def test_ab_multirun_with_integrate_steps_sweep_shares_the_baseline(tmp_path):
     """Baseline x {K2, K4} on one seed: the baseline runs once, both flows pair with it, report written."""
-    result = run_script("ab_compare.py", "-m", "task=pendulum-swingup", "seed=0", "flow.integrate_steps=2,4",
+    result = run_script("ab_compare.py", "-m", "task=pendulum-swingup", "seed=0", "alg=pwm_tiny,pwm_tiny_flow",
+                        "flow.integrate_steps=2,4",
                         f"general.root={tmp_path}", *TINY_AB)
     assert "A/B" in result.stderr + result.stdout
     runs = sorted(p.parent.relative_to(tmp_path / "runs") for p in tmp_path.glob("runs/**/summary.json"))

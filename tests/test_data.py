@@ -120,3 +120,17 @@ def test_buffer_grows_and_round_trips():
     assert torch.equal(a.obs, b.obs) and torch.equal(a.task, b.task)
     with pytest.raises(ValueError, match="do not match"):
         buffer.add_episode(torch.zeros(5, 3), torch.zeros(5, 2), torch.zeros(5))
+
+
+def test_sac_replay_collection_writes_every_episode_in_tdmpc2_format(tmp_path):
+    """policy=sac keeps the whole replay of a (here very short) SAC run, in the order it was lived."""
+    from pwm.data.collect import CollectConfig, collect_dataset
+
+    (path,) = collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path), policy="sac",
+                                            sac_steps=1000, seed=3))
+    chunk = read_chunk(path, num_tasks=1)
+    assert chunk["obs"].shape == (2, 501, 5) and chunk["action"].shape == (2, 501, 1)
+    assert torch.isnan(chunk["action"][:, 0]).all() and torch.isnan(chunk["reward"][:, 0]).all()
+    assert chunk["action"][:, 1:].abs().max() <= 1.0 and (chunk["reward"][:, 1:] >= 0).all()
+    # consecutive positions (cart x, pole cos/sin) of an episode are one trajectory: no reset inside
+    assert (chunk["obs"][:, 1:, :3] - chunk["obs"][:, :-1, :3]).abs().max() < 0.5

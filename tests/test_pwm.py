@@ -1,5 +1,6 @@
 """PWM algorithm: WM loss branches, TD(lambda), actor objective, guards, configs, a short training run."""
 
+import math
 import os
 
 import pytest
@@ -154,7 +155,7 @@ def test_configs_differ_only_in_dynamics_keys():
     def flat(cfg):
         return {k: v for k, v in _flatten(OmegaConf.to_container(cfg)).items()}
 
-    for size in ("tiny", "5M", "48M"):
+    for size in ("tiny", "small", "5M", "48M"):
         base, flow = flat(load_alg(f"pwm_{size}")), flat(load_alg(f"pwm_{size}_flow"))
         changed = {k for k in base.keys() | flow.keys() if base.get(k) != flow.get(k)}
         assert changed == {"world_model_config._target_", "world_model_config.integrate_steps",
@@ -234,3 +235,80 @@ def test_same_seed_gives_identical_shared_modules_across_variants():
     for name in ("_encoder", "_reward"):
         for p, q in zip(getattr(base.wm, name).parameters(), getattr(flow.wm, name).parameters()):
             assert torch.equal(p, q), name
+
+
+def test_wm_loss_weights_and_rho_hand_computation():
+    """total = dynamics_coef * L_dyn + reward_coef * L_rew, with per-step weights rho^t replacing gamma^t."""
+    torch.manual_seed(0)
+    agent = make_pwm(gamma=0.99, wm_dynamics_coef=20.0, wm_reward_coef=0.1, wm_rho=0.5)
+    obs, act, rew = batch()
+    total, terms, _ = agent.wm_loss(obs, act, rew)
+    plain_total, plain_terms, _ = compute_wm_loss(agent.wm, obs, act, rew, gamma=0.5)  # the spec's sum, weights 0.5^t
+    assert terms["dynamics_loss"].item() == pytest.approx(plain_terms["dynamics_loss"].item(), rel=1e-6)
+    assert terms["reward_loss"].item() == pytest.approx(plain_terms["reward_loss"].item(), rel=1e-6)
+    plain_sum = plain_terms["dynamics_loss"] + plain_terms["reward_loss"]
+    assert plain_total.item() == pytest.approx(plain_sum.item(), rel=1e-6)
+    assert total.item() == pytest.approx(20.0 * terms["dynamics_loss"].item() + 0.1 * terms["reward_loss"].item(),
+                                         rel=1e-6)
+    gamma_weighted = compute_wm_loss(agent.wm, obs, act, rew, gamma=0.99)[1]
+    assert gamma_weighted["reward_loss"].item() != pytest.approx(terms["reward_loss"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="alg.wm_rho"):
+        make_pwm(wm_rho=0.0)
+
+
+class LinearActor(torch.nn.Module):
+    """a = (k * x_0, 0): a one-parameter policy for hand-computed gradients."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(k))
+        self.log_std = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x, deterministic=False):
+        return torch.stack([self.k * x[..., 0], torch.zeros_like(x[..., 0])], dim=-1)
+
+
+@pytest.mark.parametrize("detach, expected", [(False, 3 + 2 * 0.5), (True, 3 + 0.5)])
+def test_detached_actor_input_cuts_only_the_policy_feedback_path(detach, expected):
+    """1-D system z' = z + a, r = z + a, a = k z, H = 2, gamma = 1, V = 0: J = z0 (1 + k)(2 + k), so
+    dJ/dk = z0 (3 + 2k); with the actor reading a detached z1 the a1 = k z1 path loses k dz1/dk: z0 (3 + k)."""
+    agent = make_pwm(horizon=2, gamma=1.0, detach_actor_input=detach)
+    agent.actor = LinearActor(0.5)
+    agent.wm.next = lambda z, a, task=None: z + torch.nn.functional.pad(a[..., :1], (0, z.shape[-1] - 1))
+    agent.wm.predict_reward = lambda z, a, task=None: z[..., 0] + a[..., 0]
+    agent.target_critic.value = lambda x: torch.zeros(x.shape[:-1])
+    z0 = torch.zeros(1, 16)
+    z0[0, 0] = 1.0
+    _, _, objective = agent.rollout(z0)
+    assert objective.item() == pytest.approx(1.5 * 2.5)
+    (grad,) = torch.autograd.grad(objective.sum(), agent.actor.k)
+    assert grad.item() == pytest.approx(expected)
+
+
+def test_linear_learning_rate_schedule():
+    agent = make_pwm(lr_schedule="linear", lr_final=1e-5, actor_lr=5e-4, model_lr=3e-4)
+    agent.scale_model_lr(0.1)  # finetuning: the schedule starts from the scaled rate
+    agent.set_training_progress(0.5)
+    assert agent.actor_optim.param_groups[0]["lr"] == pytest.approx((5e-4 + 1e-5) / 2)
+    assert agent.wm_optim.param_groups[0]["lr"] == pytest.approx((3e-5 + 1e-5) / 2)
+    agent.set_training_progress(1.0)
+    assert agent.critic_optim.param_groups[0]["lr"] == pytest.approx(1e-5)
+    clone = make_pwm(lr_schedule="linear", lr_final=1e-5)
+    clone.load_state_dict(agent.state_dict())  # the schedule's start survives a checkpoint
+    clone.set_training_progress(0.0)
+    assert clone.wm_optim.param_groups[0]["lr"] == pytest.approx(3e-5)
+    constant = make_pwm(actor_lr=5e-4)
+    constant.set_training_progress(0.9)
+    assert constant.actor_optim.param_groups[0]["lr"] == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="alg.lr_schedule"):
+        make_pwm(lr_schedule="cosine")
+
+
+def test_esnr_is_measured_every_nth_actor_update_and_survives_a_checkpoint():
+    agent = make_pwm(esnr_splits=2, esnr_every=3, critic_iterations=0)
+    obs0 = torch.randn(8, 6)
+    measured = [not math.isnan(agent.update_actor_critic(obs0)["actor/esnr"]) for _ in range(7)]
+    assert measured == [True, False, False, True, False, False, True]
+    clone = make_pwm(esnr_splits=2, esnr_every=3, critic_iterations=0)
+    clone.load_state_dict(agent.state_dict())
+    assert [not math.isnan(clone.update_actor_critic(obs0)["actor/esnr"]) for _ in range(3)] == [False, False, True]

@@ -11,7 +11,7 @@ from pwm.experiments.report import Run, build_report, decide, load_runs, time_to
 
 
 def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_iter=1.0, pretrain_s=10.0,
-              nan_skipped=0, iterations=None):
+              nan_skipped=0, iterations=None, random_reward=0.0, random_std=1.0, converged=True):
     """A run folder like pwm.experiments.ab writes: evaluations every 10 iterations."""
     iterations = iterations or 10 * len(rewards)
     run_dir = root / "runs" / task / "default" / variant / f"seed{seed}"
@@ -27,13 +27,20 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
             row["eval/success"] = 0.0
         rows.append(row)
     pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
-    pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02}]).to_csv(
+    pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
+                   "wm_eval/heldout_error": 0.5, "wm_eval/latent_nmse_1": 0.1, "wm_eval/latent_nmse_H": 0.4,
+                   "wm_eval/reward_corr_rollout": 0.9, "wm_eval/reward_nmse_rollout": 0.2},
+                  {"iteration": 19, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
+                   "wm_eval/heldout_error": 0.7, "wm_eval/latent_nmse_1": 0.3, "wm_eval/latent_nmse_H": 0.6,
+                   "wm_eval/reward_corr_rollout": 0.8, "wm_eval/reward_nmse_rollout": 0.3}]).to_csv(
         run_dir / "pretrain" / "metrics.csv", index=False)
     summary = {"task": task, "variant": variant, "is_flow": variant != "baseline", "seed": seed, "setting": "default",
                "iterations": iterations, "expected_iterations": 10 * len(rewards), "final_reward": rewards[-1],
                "final_success": 0.0, "best_reward": max(rewards), "train_elapsed_s": wall_per_iter * iterations,
                "pretrain_elapsed_s": pretrain_s, "params/world_model": 1000 + (5 if variant != "baseline" else 0),
-               "params/actor": 50, "params/critic": 70, "nan_skipped_steps": {"wm": nan_skipped, "actor": 0, "critic": 0}}
+               "params/actor": 50, "params/critic": 70, "nan_skipped_steps": {"wm": nan_skipped, "actor": 0, "critic": 0},
+               "random_reward": random_reward, "random_reward_std": random_std, "pretrain_converged": converged,
+               "pretrain_iterations": 20}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -117,3 +124,63 @@ def test_decide_criteria_individually():
                                 "stability_or_esnr"]
     assert result["criteria"]["reward_on_half_of_tasks"]["detail"] == "flow >= baseline on 1/3 tasks"
     assert np.isclose(len(result["criteria"]), 4)
+
+
+def test_learning_margin_hand_computation(tmp_path):
+    """Both variants clear random + max(2 std, 10% of random): the verdict is judged, not invalid."""
+    for seed in range(2):
+        write_run(tmp_path, "task-a", "baseline", seed, [10, 20, 30], 1.0, [1.0, 3.0], random_reward=25.0,
+                  random_std=2.0)
+        write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [20, 40, 60], 2.0, [1.0, 1.5], random_reward=25.0,
+                  random_std=2.0)
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50)["comparisons"]
+    # margin = max(2 * random_std, 0.1 * random) = max(4, 2.5) = 4: flow's 60 counts, baseline's 30 (>= 29) too
+    (task,) = comparison["per_task"]
+    assert task["learned_margin"] == pytest.approx(4.0) and task["baseline_learned"] and task["flow_learned"]
+    assert comparison["invalid_reasons"] == [] and comparison["verdict"] in ("accept", "reject")
+    assert comparison["runs_below_random_bar"] == []
+
+
+def test_a_single_seed_below_the_random_bar_is_named_in_the_report(tmp_path):
+    for seed, final in enumerate([90.0, 20.0]):  # flow: mean 55 clears 25 + 4, seed 1 alone does not
+        write_run(tmp_path, "task-a", "baseline", seed, [10, 40, 60], 1.0, [1.0], random_reward=25.0, random_std=2.0)
+        write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [10, 40, final], 1.0, [1.0], random_reward=25.0,
+                  random_std=2.0)
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50)["comparisons"]
+    assert comparison["invalid_reasons"] == []
+    assert comparison["runs_below_random_bar"] == [
+        "task-a: flow-K4-uniform seed 1 did not learn (final reward 20.0 < 29.0)"]
+    assert "- note, single run: task-a: flow-K4-uniform seed 1" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("baseline_final, converged, reason", [
+    (28.0, True, "task-a: baseline did not learn (final reward 28.0 < random 25.0 + margin 4.0)"),
+    (90.0, False, "flow-K4-uniform: world model did not converge in 2 of 2 runs"),
+    (90.0, None, "flow-K4-uniform: world-model convergence unchecked in 2 of 2 runs"),
+])
+def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_final, converged, reason):
+    for seed in range(2):
+        write_run(tmp_path, "task-a", "baseline", seed, [10, 20, baseline_final], 1.0, [1.0, 3.0], random_reward=25.0,
+                  random_std=2.0)
+        write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [20, 40, 95], 2.0, [1.0, 1.5], random_reward=25.0,
+                  random_std=2.0, converged=converged)
+    report = build_report(tmp_path, bootstrap_reps=50)
+    (comparison,) = report["comparisons"]
+    assert comparison["verdict"] == "invalid"
+    assert any(r.startswith(reason) for r in comparison["invalid_reasons"]), comparison["invalid_reasons"]
+    assert comparison["criteria"]["reward_on_half_of_tasks"]["passed"]  # the criteria are still reported
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "**INVALID**" in text and f"- INVALID: {reason}" in text
+
+
+def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(tmp_path):
+    write_run(tmp_path, "task-a", "baseline", 0, [10, 20, 30], 1.0, [1.0])
+    table = pd.read_csv(_report_dir(tmp_path) / "runs.csv")
+    # two evaluations: heldout_error 0.5 (kept: the lower) then 0.7
+    assert table.heldout_latent_nmse_1.item() == pytest.approx(0.1)
+    assert table.heldout_reward_corr.item() == pytest.approx(0.9)
+
+
+def _report_dir(root):
+    build_report(root, bootstrap_reps=20)
+    return root / "report"

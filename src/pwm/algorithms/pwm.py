@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from pwm.models.world_model import LatentWorldModel, TaskLike
 
+LR_SCHEDULES = ("constant", "linear")
 #: World-model submodules handed to the WM optimizer; ``_velocity`` exists only on FlowWorldModel.
 WM_MODULE_NAMES = ("_task_emb", "_encoder", "_dynamics", "_velocity", "_reward")
 
@@ -64,17 +65,26 @@ def compute_wm_loss(
     reward: torch.Tensor,
     gamma: float,
     task: TaskLike = None,
+    dynamics_coef: float = 1.0,
+    reward_coef: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """World-model loss on a batch of windows.
 
     Args:
         obs: ``[H + 1, B, obs_dim]``; action: ``[H, B, act_dim]``; reward: ``[H, B]``; task: ``[B]`` or None.
+        gamma: base of the per-step loss weights ``gamma^t`` (the spec's discount; PWM passes
+            ``alg.wm_rho`` instead when it is set, TD-MPC2's ``rho``).
+        dynamics_coef, reward_coef: weights of the two terms. The defaults (1, 1) give the spec's
+            ``L_wm = L_dyn + L_rew``; the alg configs set TD-MPC2's ``consistency_coef=20`` and
+            ``reward_coef=0.1`` (see ``wm_dynamics_coef`` in ``scripts/cfg/alg/*.yaml``), because a
+            squared error between SimNorm latents is ~100x smaller than a two-hot cross-entropy and,
+            unweighted, the dynamics of the baseline barely train.
 
     Returns:
-        total: ``L_dyn + L_rew``, each already normalised by ``1/H`` (spec section 4). The spec's
-            section 11 pseudocode divides the sum by H once more; we do not, in either branch, so
-            the flow and baseline dynamics terms share one scale.
-        terms: detached ``{"dynamics_loss", "reward_loss"}``.
+        total: ``dynamics_coef * L_dyn + reward_coef * L_rew``, each term already normalised by
+            ``1/H`` (spec section 4). The spec's section 11 pseudocode divides the sum by H once
+            more; we do not, in either branch, so the flow and baseline dynamics terms share one scale.
+        terms: detached, unweighted ``{"dynamics_loss", "reward_loss"}``.
         zs: predicted latents ``[H + 1, B, latent_dim]``.
 
     Dynamics: if the model exposes ``latent_rollout_and_dynamics_loss`` (FlowWorldModel) it computes
@@ -98,19 +108,20 @@ def compute_wm_loss(
     per_step_reward_loss = wm.two_hot.loss(wm.reward(zs[:-1], action, task), reward).mean(-1)
     reward_loss = (discount_weights(horizon, gamma, obs.device) * per_step_reward_loss).sum() / horizon
     terms = {"dynamics_loss": dynamics_loss.detach(), "reward_loss": reward_loss.detach()}
-    return dynamics_loss + reward_loss, terms, zs
+    return dynamics_coef * dynamics_loss + reward_coef * reward_loss, terms, zs
 
 
 class WorldModelLoss(nn.Module):
     """:func:`compute_wm_loss` as a module, so the world-model update can be wrapped in
     ``DistributedDataParallel`` (which synchronises gradients of what its ``forward`` computes)."""
 
-    def __init__(self, wm: LatentWorldModel, gamma: float):
+    def __init__(self, wm: LatentWorldModel, gamma: float, dynamics_coef: float = 1.0, reward_coef: float = 1.0):
         super().__init__()
         self.wm, self.gamma = wm, gamma
+        self.dynamics_coef, self.reward_coef = dynamics_coef, reward_coef
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: TaskLike = None):
-        return compute_wm_loss(self.wm, obs, action, reward, self.gamma, task)
+        return compute_wm_loss(self.wm, obs, action, reward, self.gamma, task, self.dynamics_coef, self.reward_coef)
 
 
 def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
@@ -188,6 +199,19 @@ class PWM:
         critic_tau: Polyak rate of the target critic (fraction of the online weights mixed in).
         esnr_splits: M >= 2 splits the actor batch into M equal parts, whose gradients are averaged
             (the same update as one pass) and also give the ESNR proxy; 1 disables it.
+        esnr_every: measure the ESNR proxy (and pay for the M passes) on every ``esnr_every``-th actor
+            update only; the others take one pass.
+        wm_dynamics_coef, wm_reward_coef: weights of the world-model loss terms (see :func:`compute_wm_loss`).
+        wm_rho: base of the per-step weights ``rho^t`` of the world-model loss; None uses ``gamma`` (the
+            spec's choice). TD-MPC2 uses 0.5, which puts the weight on the first steps of a rollout,
+            where the predicted latents the reward head learns from are still close to the data.
+        detach_actor_input: PWM's ``detach``: the actor reads a detached latent in the rollouts, so
+            the gradient reaches earlier steps only through the dynamics and reward, not back through
+            the policy's own dependence on the state (a feedback path whose Jacobian product grows
+            with the horizon and with the sharpness of the policy).
+        lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
+            decays linearly from its initial value to ``lr_final`` over a training run; the loops call
+            :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
         device: torch device for all modules.
     """
 
@@ -209,6 +233,13 @@ class PWM:
         critic_batch_size: int = 1024,
         critic_tau: float = 0.2,
         esnr_splits: int = 4,
+        esnr_every: int = 1,
+        wm_dynamics_coef: float = 1.0,
+        wm_reward_coef: float = 1.0,
+        wm_rho: float | None = None,
+        detach_actor_input: bool = False,
+        lr_schedule: str = "constant",
+        lr_final: float = 1e-5,
         device: str | torch.device = "cpu",
     ):
         checks = {
@@ -218,6 +249,12 @@ class PWM:
             "critic_tau": 0.0 < critic_tau <= 1.0,
             "critic_iterations": critic_iterations >= 0,
             "esnr_splits": esnr_splits >= 1,
+            "esnr_every": esnr_every >= 1,
+            "wm_dynamics_coef": wm_dynamics_coef > 0,
+            "wm_reward_coef": wm_reward_coef > 0,
+            "wm_rho": wm_rho is None or 0.0 < wm_rho <= 1.0,
+            "lr_schedule": lr_schedule in LR_SCHEDULES,
+            "lr_final": lr_final >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -230,19 +267,43 @@ class PWM:
         self.horizon, self.gamma, self.lam = int(horizon), float(gamma), float(lam)
         self.wm_grad_norm, self.actor_grad_norm, self.critic_grad_norm = wm_grad_norm, actor_grad_norm, critic_grad_norm
         self.critic_iterations, self.critic_batch_size = int(critic_iterations), int(critic_batch_size)
-        self.critic_tau, self.esnr_splits = float(critic_tau), int(esnr_splits)
+        self.critic_tau, self.esnr_splits, self.esnr_every = float(critic_tau), int(esnr_splits), int(esnr_every)
+        self.actor_updates = 0
         #: What computes the WM loss; distributed pretraining replaces it with a DDP wrapper of itself.
-        self.wm_loss: nn.Module = WorldModelLoss(self.wm, self.gamma)
+        self.wm_rho = float(wm_rho) if wm_rho is not None else self.gamma
+        self.wm_loss: nn.Module = WorldModelLoss(self.wm, self.wm_rho, float(wm_dynamics_coef), float(wm_reward_coef))
         self.wm_optim = torch.optim.Adam(wm_parameter_groups(self.wm), lr=model_lr)
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.lr_schedule, self.lr_final = lr_schedule, float(lr_final)
+        self.detach_actor_input = bool(detach_actor_input)
+        for group in self._param_groups():
+            group["initial_lr"] = group["lr"]
         self.nan_counts = {"wm": 0, "actor": 0, "critic": 0}
 
     # ------------------------------------------------------------------ helpers
+    def _param_groups(self) -> Iterator[dict[str, Any]]:
+        for optim in (self.wm_optim, self.actor_optim, self.critic_optim):
+            yield from optim.param_groups
+
     def scale_model_lr(self, factor: float) -> None:
         """Multiply the world-model learning rate (e.g. a small lr for finetuning a pretrained model)."""
         for group in self.wm_optim.param_groups:
             group["lr"] *= factor
+            group["initial_lr"] *= factor
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Apply the learning-rate schedule at ``fraction`` (0 = start, 1 = end) of a training run.
+
+        ``linear``: ``lr = initial + (min(lr_final, initial) - initial) * fraction`` for every optimizer
+        group (a rate below ``lr_final`` is never raised); ``constant`` leaves the rates alone.
+        """
+        if self.lr_schedule == "constant":
+            return
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        for group in self._param_groups():
+            initial = group["initial_lr"]
+            group["lr"] = initial + (min(self.lr_final, initial) - initial) * fraction
 
     def policy_input(self, z: torch.Tensor, task: TaskLike) -> torch.Tensor:
         """Actor/critic input: the latent, plus the (detached) task embedding in multi-task mode."""
@@ -305,7 +366,8 @@ class PWM:
         with frozen(self.wm):
             for _ in range(self.horizon):
                 z = zs[-1]
-                action = self.wm.mask_action(self.actor(self.policy_input(z, task)), task)
+                actor_input = self.policy_input(z.detach() if self.detach_actor_input else z, task)
+                action = self.wm.mask_action(self.actor(actor_input), task)
                 rewards.append(self.wm.predict_reward(z, action, task))
                 zs.append(self.wm.next(z, action, task))
             terminal_value = self.target_critic.value(self.policy_input(zs[-1], task))
@@ -320,7 +382,9 @@ class PWM:
         self.actor.train()
         with torch.no_grad():
             z0 = self.wm.encode(obs0, task)
-        splits = self.esnr_splits if z0.shape[0] >= 2 * self.esnr_splits else 1
+        measure_esnr = self.actor_updates % self.esnr_every == 0 and z0.shape[0] >= 2 * self.esnr_splits
+        self.actor_updates += 1
+        splits = self.esnr_splits if measure_esnr else 1
         index_splits = torch.arange(z0.shape[0], device=z0.device).chunk(splits)
         params = [p for p in self.actor.parameters() if p.requires_grad]
         split_grads, all_zs, all_rewards, losses = [], [], [], []
@@ -349,6 +413,7 @@ class PWM:
             "actor/grad_norm": actor_grad_norm,
             "actor/esnr": esnr_proxy(stacked) if splits >= 2 else float("nan"),
             "actor/predicted_reward": rewards.mean().item(),
+            "actor/log_std": _mean_log_std(self.actor),
             "rollout/latent_norm_mean": latent_norms.mean().item(),
             "rollout/latent_norm_max": latent_norms.max().item(),
             "rollout/latent_norm_final": latent_norms[-1].mean().item(),
@@ -406,6 +471,7 @@ class PWM:
             "actor_optim": self.actor_optim.state_dict(),
             "critic_optim": self.critic_optim.state_dict(),
             "nan_counts": dict(self.nan_counts),
+            "actor_updates": self.actor_updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -417,6 +483,13 @@ class PWM:
         self.actor_optim.load_state_dict(state["actor_optim"])
         self.critic_optim.load_state_dict(state["critic_optim"])
         self.nan_counts.update(state.get("nan_counts", {}))
+        self.actor_updates = int(state.get("actor_updates", 0))
+
+
+def _mean_log_std(actor: nn.Module) -> float:
+    """Mean exploration log-std of a Gaussian actor (NaN for actors without one)."""
+    log_std = getattr(actor, "log_std", None)
+    return float(log_std.detach().mean()) if log_std is not None else float("nan")
 
 
 def _clone_frozen(module: nn.Module) -> nn.Module:

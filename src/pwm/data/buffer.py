@@ -29,11 +29,17 @@ class WindowBatch:
 class EpisodeBuffer:
     """Growable flat storage of episodes with an index of valid window starts.
 
+    Episodes can be marked *held out* when added: their windows are never drawn for training
+    (``sample(split="train")``) and form the validation windows of ``sample(split="heldout")``,
+    on which the world-model diagnostics and the pretraining plateau rule are computed.
+
     Args:
         obs_dim, act_dim: widths of the stored observations and actions.
         horizon: H; every window has ``H + 1`` observations.
         capacity: initial capacity in steps (doubled when full; nothing is evicted).
     """
+
+    SPLITS = ("train", "heldout")
 
     def __init__(self, obs_dim: int, act_dim: int, horizon: int, capacity: int = 10_000):
         if horizon < 1:
@@ -45,21 +51,30 @@ class EpisodeBuffer:
         self.task = torch.empty(capacity, dtype=torch.long)
         self.size = 0
         self.num_episodes = 0
-        self._starts: list[torch.Tensor] = []
-        self._start_index: torch.Tensor | None = torch.empty(0, dtype=torch.long)
+        self.num_heldout_episodes = 0
+        self._starts: dict[str, list[torch.Tensor]] = {split: [] for split in self.SPLITS}
+        self._start_index: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return self.size
 
     @property
     def num_windows(self) -> int:
+        """Number of training windows."""
         return int(self.window_starts().numel())
 
-    def window_starts(self) -> torch.Tensor:
-        """Flat indices at which a full window begins ``[num_windows]``."""
-        if self._start_index is None:
-            self._start_index = torch.cat(self._starts) if self._starts else torch.empty(0, dtype=torch.long)
-        return self._start_index
+    @property
+    def num_heldout_windows(self) -> int:
+        return int(self.window_starts("heldout").numel())
+
+    def window_starts(self, split: str = "train") -> torch.Tensor:
+        """Flat indices at which a full window of ``split`` begins ``[num_windows]``."""
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
+        if split not in self._start_index:
+            parts = self._starts[split]
+            self._start_index[split] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        return self._start_index[split]
 
     def _grow(self, needed: int) -> None:
         capacity = self.obs.shape[0]
@@ -72,20 +87,24 @@ class EpisodeBuffer:
             new[: self.size] = old[: self.size]
             setattr(self, name, new)
 
-    def add_episode(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: int = 0) -> None:
+    def add_episode(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: int = 0,
+                    heldout: bool = False) -> None:
         """Append one episode in TD-MPC2 layout (``obs [T+1, obs_dim]``, ``action [T+1, A]``, ``reward [T+1]``)."""
-        self.add_episodes(obs[None], action[None], reward[None], torch.tensor([int(task)]))
+        self.add_episodes(obs[None], action[None], reward[None], torch.tensor([int(task)]), torch.tensor([heldout]))
 
-    def add_episodes(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: torch.Tensor) -> None:
+    def add_episodes(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: torch.Tensor,
+                     heldout: torch.Tensor | None = None) -> None:
         """Append ``N`` equal-length episodes: ``obs [N, T+1, obs_dim]``, ``action [N, T+1, A]``,
-        ``reward [N, T+1]``, ``task [N]``."""
+        ``reward [N, T+1]``, ``task [N]``; ``heldout [N]`` (bool) marks validation episodes."""
         num, length = obs.shape[:2]
+        if heldout is None:
+            heldout = torch.zeros(num, dtype=torch.bool)
         if (obs.shape[2:] != (self.obs_dim,) or action.shape != (num, length, self.act_dim)
-                or reward.shape != (num, length) or task.shape != (num,)):
+                or reward.shape != (num, length) or task.shape != (num,) or heldout.shape != (num,)):
             raise ValueError(
                 f"episode shapes obs {tuple(obs.shape)}, action {tuple(action.shape)}, reward {tuple(reward.shape)}, "
-                f"task {tuple(task.shape)} do not match [N, T+1, {self.obs_dim}], [N, T+1, {self.act_dim}], "
-                "[N, T+1], [N]"
+                f"task {tuple(task.shape)}, heldout {tuple(heldout.shape)} do not match [N, T+1, {self.obs_dim}], "
+                f"[N, T+1, {self.act_dim}], [N, T+1], [N], [N]"
             )
         self._grow(self.size + num * length)
         end = self.size + num * length
@@ -95,22 +114,29 @@ class EpisodeBuffer:
         self.task[self.size:end] = task.long().repeat_interleave(length)
         if length > self.horizon:
             episode_offsets = self.size + length * torch.arange(num)
-            self._starts.append((episode_offsets[:, None] + torch.arange(length - self.horizon)).reshape(-1))
-            self._start_index = None
+            starts = episode_offsets[:, None] + torch.arange(length - self.horizon)  # [N, windows per episode]
+            heldout = heldout.bool()
+            for split, rows in (("train", ~heldout), ("heldout", heldout)):
+                if rows.any():
+                    self._starts[split].append(starts[rows].reshape(-1))
+                    self._start_index.pop(split, None)
         self.size = end
         self.num_episodes += num
+        self.num_heldout_episodes += int(heldout.sum())
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
-               task: int | None = None) -> WindowBatch:
-        """``batch_size`` windows drawn uniformly (with replacement); ``task`` restricts to one task id."""
-        starts = self.window_starts()
+               task: int | None = None, split: str = "train") -> WindowBatch:
+        """``batch_size`` windows of ``split`` drawn uniformly (with replacement); ``task`` restricts to one task id."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        starts = self.window_starts(split)
         if task is not None:
             starts = starts[self.task[starts] == task]
         if starts.numel() == 0:
             which = f" for task {task}" if task is not None else ""
             raise ValueError(
-                f"no window of {self.horizon + 1} steps available{which} ({self.num_episodes} episodes, "
-                f"{self.size} steps stored)"
+                f"no {split} window of {self.horizon + 1} steps available{which} ({self.num_episodes} episodes, "
+                f"{self.num_heldout_episodes} held out, {self.size} steps stored)"
             )
         pick = starts[torch.randint(starts.numel(), (batch_size,), generator=generator)]
         steps = pick[None, :] + torch.arange(self.horizon + 1)[:, None]  # [H+1, B]
@@ -120,7 +146,8 @@ class EpisodeBuffer:
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         return {"obs": self.obs[: self.size].clone(), "action": self.action[: self.size].clone(),
                 "reward": self.reward[: self.size].clone(), "task": self.task[: self.size].clone(),
-                "starts": self.window_starts().clone(), "num_episodes": self.num_episodes}
+                "starts": self.window_starts().clone(), "heldout_starts": self.window_starts("heldout").clone(),
+                "num_episodes": self.num_episodes, "num_heldout_episodes": self.num_heldout_episodes}
 
     def load_state_dict(self, state: dict) -> None:
         size = state["obs"].shape[0]
@@ -129,4 +156,6 @@ class EpisodeBuffer:
         for name in ("obs", "action", "reward", "task"):
             getattr(self, name)[:size] = state[name]
         self.size, self.num_episodes = size, int(state["num_episodes"])
-        self._starts, self._start_index = [state["starts"]], None
+        self.num_heldout_episodes = int(state.get("num_heldout_episodes", 0))
+        heldout = state.get("heldout_starts", torch.empty(0, dtype=torch.long))
+        self._starts, self._start_index = {"train": [state["starts"]], "heldout": [heldout]}, {}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from pwm.envs.wrappers import TaskEnv
+from pwm.utils.common import set_threads
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -59,6 +60,22 @@ def run_episode(env: TaskEnv, policy: Policy, seed: int | None = None) -> Episod
     )
 
 
+def evaluate_policy(env: TaskEnv, policy: Policy, episodes: int, seed: int) -> tuple[dict[str, float], list[Episode]]:
+    """Mean episode reward, success and length of ``policy`` over ``episodes`` episodes, and the episodes.
+
+    Episode ``i`` resets with ``seed + i``, so every agent evaluated with one seed meets the same
+    initial states.
+    """
+    results = [run_episode(env, policy, seed=seed + i) for i in range(episodes)]
+    metrics = {
+        "eval/episode_reward": float(np.mean([e.total_reward for e in results])),
+        "eval/episode_reward_std": float(np.std([e.total_reward for e in results])),
+        "eval/success": float(np.mean([e.success for e in results])),
+        "eval/episode_length": float(np.mean([e.length for e in results])),
+    }
+    return metrics, results
+
+
 #: Offset of the reset seeds used for data collection, so collected and evaluation episodes
 #: (which reset with 10_000 + seed + i) never share initial states.
 COLLECT_SEED_OFFSET = 1_000_000
@@ -89,11 +106,37 @@ def load_policy(checkpoint_path: str, env, deterministic: bool) -> Policy:
     return agent_policy(agent, deterministic=deterministic)
 
 
-def collect_dataset(cfg) -> list:
-    """Collect ``cfg.episodes`` episodes per task in ``cfg.tasks`` and write TD-MPC2-format files.
+COLLECT_POLICIES = ("random", "checkpoint", "sac")
 
-    Episodes of one task with equal length share files of up to ``episodes_per_file`` episodes
-    (terminating tasks produce several lengths). Returns the written paths.
+
+@dataclass
+class CollectConfig:
+    """What :func:`collect_dataset` collects (the keys of ``scripts/cfg/collect.yaml``)."""
+
+    tasks: list[str]
+    out_dir: str
+    task_set: str | None = None
+    episodes: int = 10
+    episodes_per_file: int = 50
+    policy: str = "random"
+    sac_steps: int = 30_000
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    deterministic: bool = False
+    pad_obs_dim: int | None = None
+    pad_act_dim: int | None = None
+    seed: int = 0
+    threads: int | None = 1
+
+
+def collect_dataset(cfg: CollectConfig) -> list:
+    """Collect episodes of every task in ``cfg.tasks`` and write TD-MPC2-format files.
+
+    ``cfg.policy``: ``random`` or ``checkpoint`` run ``cfg.episodes`` episodes per task with uniform
+    random actions or a ``train_singletask.py`` policy; ``sac`` keeps the whole replay of a SAC agent
+    that learns the task for ``cfg.sac_steps`` steps (data that covers everything from random to
+    good behaviour, as TD-MPC2's datasets do). Episodes of one task with equal length share files of
+    up to ``episodes_per_file`` episodes, in the order they were collected (terminating tasks
+    produce several lengths). Returns the written paths.
     """
     from pathlib import Path
 
@@ -102,6 +145,7 @@ def collect_dataset(cfg) -> list:
     from pwm.data.tdmpc2_format import write_episodes
     from pwm.envs.tasks import action_dim, make_env, task_set
 
+    set_threads(cfg.threads)
     tasks = list(cfg.tasks)
     if cfg.task_set:
         members = task_set(cfg.task_set)
@@ -113,8 +157,8 @@ def collect_dataset(cfg) -> list:
         members, task_ids = tasks, [0]
     else:
         raise ValueError("collecting several tasks needs task_set (mt30 or mt80) to assign task ids")
-    if cfg.policy not in ("random", "checkpoint"):
-        raise ValueError(f"policy must be 'random' or 'checkpoint', got {cfg.policy!r}")
+    if cfg.policy not in COLLECT_POLICIES:
+        raise ValueError(f"policy must be one of {COLLECT_POLICIES}, got {cfg.policy!r}")
     envs = [make_env(t, seed=cfg.seed) for t in tasks]
     obs_dim = cfg.pad_obs_dim or max(env.obs_dim for env in envs)
     act_dim = cfg.pad_act_dim or max(action_dim(t) for t in members)
@@ -123,17 +167,23 @@ def collect_dataset(cfg) -> list:
             raise ValueError(f"{env.name}: dims ({env.obs_dim}, {env.act_dim}) exceed pad dims ({obs_dim}, {act_dim})")
     out_dir, written = Path(cfg.out_dir), []
     for task_index, (task, task_id, env) in enumerate(zip(tasks, task_ids, envs)):
-        if cfg.policy == "checkpoint":
-            if task not in cfg.checkpoints:
-                raise ValueError(f"policy=checkpoint but checkpoints has no entry for task {task!r}")
-            policy = load_policy(cfg.checkpoints[task], env, cfg.deterministic)
+        if cfg.policy == "sac":
+            from pwm.data.sac import train_sac
+
+            print(f"collect {task}: replay of SAC learning for {cfg.sac_steps} steps", flush=True)
+            collected = train_sac(task, cfg.seed, cfg.sac_steps, eval_every=0, eval_episodes=0, record_episodes=True)[1]
         else:
-            policy = random_policy(env.act_dim, np.random.default_rng([cfg.seed, task_index]))
+            if cfg.policy == "checkpoint":
+                if task not in cfg.checkpoints:
+                    raise ValueError(f"policy=checkpoint but checkpoints has no entry for task {task!r}")
+                policy = load_policy(cfg.checkpoints[task], env, cfg.deterministic)
+            else:
+                policy = random_policy(env.act_dim, np.random.default_rng([cfg.seed, task_index]))
+            collected = [run_episode(env, policy, seed=COLLECT_SEED_OFFSET + 1000 * cfg.seed + i)
+                         for i in tqdm(range(cfg.episodes), desc=f"collect {task}", dynamic_ncols=True)]
         by_length: dict[int, list[Episode]] = {}
-        for i in tqdm(range(cfg.episodes), desc=f"collect {task}", dynamic_ncols=True):
-            episode = pad_episode(run_episode(env, policy, seed=COLLECT_SEED_OFFSET + 1000 * cfg.seed + i),
-                                  obs_dim, act_dim)
-            by_length.setdefault(episode.length, []).append(episode)
+        for episode in collected:
+            by_length.setdefault(episode.length, []).append(pad_episode(episode, obs_dim, act_dim))
         for length, episodes in sorted(by_length.items()):
             for chunk, start in enumerate(range(0, len(episodes), cfg.episodes_per_file)):
                 group = episodes[start:start + cfg.episodes_per_file]

@@ -114,8 +114,23 @@ def dataset_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
+def heldout_mask(first_episode: int, num: int, fraction: float) -> torch.Tensor:
+    """Which of the episodes ``first_episode .. first_episode + num - 1`` (in load order) are held out.
+
+    Episode ``k`` is held out when ``ceil((k + 1) * fraction) > ceil(k * fraction)``: exactly
+    ``ceil(N * fraction)`` of the first N episodes, evenly spaced (so a dataset ordered by collection
+    time, such as the replay of a learning agent, is validated across its whole range), episode 0
+    first, so any ``fraction > 0`` holds out at least one episode.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {fraction}")
+    k = torch.arange(first_episode, first_episode + num, dtype=torch.float64)
+    return torch.ceil((k + 1) * fraction) > torch.ceil(k * fraction)
+
+
 def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = None,
-                 tasks: list[int] | None = None, act_dim: int | None = None) -> EpisodeBuffer:
+                 tasks: list[int] | None = None, act_dim: int | None = None,
+                 heldout_fraction: float = 0.0) -> EpisodeBuffer:
     """Validate every file of a dataset folder and load it into an :class:`EpisodeBuffer`.
 
     Args:
@@ -123,6 +138,7 @@ def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = Non
         num_tasks: size of the task set, for the task-id range check.
         tasks: keep only episodes of these task ids (e.g. one task for per-task policy extraction).
         act_dim: expected (padded) action width, checked when given.
+        heldout_fraction: share of episodes kept out of training, for validation (see :func:`heldout_mask`).
     """
     buffer: EpisodeBuffer | None = None
     first: Path | None = None
@@ -142,8 +158,12 @@ def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = Non
         if tasks is not None:
             keep = torch.isin(chunk["task"][:, 0], torch.tensor(tasks))
         if keep.any():
+            kept = int(keep.sum())
             buffer.add_episodes(chunk["obs"][keep], chunk["action"][keep], chunk["reward"][keep],
-                                chunk["task"][keep, 0])
+                                chunk["task"][keep, 0], heldout_mask(buffer.num_episodes, kept, heldout_fraction))
     if buffer is None or buffer.num_episodes == 0:
         raise DatasetError(f"{data_dir}: no episodes" + (f" for task ids {tasks}" if tasks is not None else ""))
+    if buffer.num_windows == 0:
+        raise DatasetError(f"{data_dir}: no training window of {horizon + 1} steps in {buffer.num_episodes} episodes "
+                           f"({buffer.num_heldout_episodes} held out for validation)")
     return buffer

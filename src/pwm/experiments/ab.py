@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import torch
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pwm.algorithms.build import build_pwm, is_flow_config
-from pwm.data.collect import collect_dataset
+from pwm.data.collect import CollectConfig, collect_dataset, evaluate_policy, random_policy
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
-from pwm.utils.common import file_lock, seed_everything
+from pwm.utils.common import atomic_write_text, file_lock, seed_everything, set_threads
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling")
+#: Reset seeds of the random-policy reference episodes: those of the evaluations (10_000 + seed + i).
+RANDOM_REFERENCE_SEED = 10_000
 
 
 def variant_alg(alg_cfg: DictConfig, flow_knobs: DictConfig | dict) -> DictConfig:
@@ -49,16 +50,40 @@ def variant_label(alg_cfg: DictConfig) -> str:
     return f"flow-K{wm.get('integrate_steps', 4)}-{wm.get('fm_tau_sampling', 'uniform')}"
 
 
-def ensure_dataset(cfg: DictConfig) -> Path:
-    """Collect the task's shared dataset once (random policy, ``cfg.data``), whoever asks first."""
+def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
+    """Collect the task's shared dataset once (``cfg.data``), whoever asks first, and measure the
+    random policy's evaluation reward on the task (the bar a learned policy must clear).
+
+    Returns the dataset folder and the random-policy reference (``random_reward``,
+    ``random_reward_std``), both kept in the folder; a folder collected with other ``cfg.data``
+    settings is an error rather than silently reused.
+    """
     data_dir = Path(cfg.data.dir)
+    recipe = {"task": cfg.task, "policy": cfg.data.policy, "seed": int(cfg.data.seed),
+              **({"sac_steps": int(cfg.data.sac_steps)} if cfg.data.policy == "sac" else
+                 {"episodes": int(cfg.data.episodes)})}
     with file_lock(data_dir.parent / f".{data_dir.name}.lock"):
-        if not list(data_dir.glob("*.pt")):
-            collect_dataset(SimpleNamespace(
-                tasks=[cfg.task], task_set=None, episodes=cfg.data.episodes, episodes_per_file=cfg.data.episodes,
-                policy="random", checkpoints={}, deterministic=False, pad_obs_dim=None, pad_act_dim=None,
-                seed=cfg.data.seed, out_dir=str(data_dir)))
-    return data_dir
+        recipe_path, reference_path = data_dir / "collect.json", data_dir / "random_policy.json"
+        if list(data_dir.glob("*.pt")):
+            found = json.loads(recipe_path.read_text()) if recipe_path.exists() else None
+            if found is not None and found != recipe:
+                raise ValueError(f"{data_dir} was collected with {found}, but data is now {recipe}; "
+                                 "use another general.root or data.dir, or delete the folder")
+        else:
+            collect_dataset(CollectConfig(
+                tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
+                policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, seed=cfg.data.seed, threads=cfg.threads))
+            atomic_write_text(json.dumps(recipe, indent=2), recipe_path)
+        if not reference_path.exists():
+            env = make_env(cfg.task, seed=RANDOM_REFERENCE_SEED)
+            metrics, _ = evaluate_policy(env, random_policy(env.act_dim, np.random.default_rng(0)),
+                                         int(cfg.data.random_episodes), seed=RANDOM_REFERENCE_SEED)
+            env.close()
+            reference = {"random_reward": metrics["eval/episode_reward"],
+                         "random_reward_std": metrics["eval/episode_reward_std"],
+                         "random_success": metrics["eval/success"], "episodes": int(cfg.data.random_episodes)}
+            atomic_write_text(json.dumps(reference, indent=2), reference_path)
+        return data_dir, json.loads(reference_path.read_text())
 
 
 def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
@@ -69,18 +94,17 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
     alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.threads)
     with file_lock(run_dir / ".lock"):
         summary_path = run_dir / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
             if summary.get("iterations") == cfg.train.iterations:
                 return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
-        data_dir = ensure_dataset(cfg)
+        data_dir, random_reference = ensure_dataset(cfg)
         seed_everything(cfg.seed)
         eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
-        buffer = load_dataset(data_dir, alg.horizon, num_tasks=1)
+        buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
         agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
         label = variant_label(alg)
         pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", cfg.pretrain, alg.batch_size, cfg.seed,
@@ -89,7 +113,9 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         run_info = {"task": cfg.task, "seed": cfg.seed, "setting": cfg.setting or "default", "variant": label,
                     "is_flow": is_flow_config(alg), "expected_iterations": int(cfg.train.iterations),
                     "pretrain_elapsed_s": pretrain["train_elapsed_s"],
-                    "pretrain_iterations": pretrain["iterations"], "finetune_wm": bool(cfg.train.train_world_model),
+                    "pretrain_iterations": pretrain["iterations"], "pretrain_converged": pretrain["converged"],
+                    "pretrain_heldout_error": pretrain["heldout_error"],
+                    "finetune_wm": bool(cfg.train.train_world_model), **random_reference,
                     "alg": OmegaConf.to_container(alg)}
         return train_offline(agent, buffer, eval_env, run_dir, cfg.train, alg.batch_size, cfg.seed,
                              run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}")

@@ -21,7 +21,8 @@ class ABReportCallback(Callback):
         from pwm.experiments.report import build_report
 
         report = build_report(config.general.root, config.report.dir, tuple(config.report.thresholds),
-                              config.report.bootstrap_reps)
+                              config.report.bootstrap_reps, config.report.learned_std_margin,
+                              config.report.learned_min_gain)
         for comparison in report["comparisons"]:
             log.info("A/B %s vs baseline [%s]: %s", comparison["flow_variant"], comparison["setting"],
                      comparison["verdict"].upper())

@@ -23,14 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.algorithms.diagnostics import world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.collect import random_policy, run_episode
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
 from pwm.training.evaluation import agent_policy, evaluate
+from pwm.training.convergence import PlateauRule
 from pwm.training.logger import RunLogger
-from pwm.utils.common import atomic_torch_save, atomic_write_text, seed_everything
+from pwm.utils.common import atomic_torch_save, atomic_write_text, seed_everything, set_threads
 
 
 def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
@@ -104,8 +106,8 @@ def train_offline(
     Batches come from a generator seeded with ``seed``, so two agents given the same buffer and seed
     train on exactly the same windows in the same order (the A/B data-parity control).
 
-    ``train_cfg`` keys: ``iterations``, ``eval_every``, ``eval_episodes``, ``checkpoint_every``,
-    ``resume``, ``train_world_model``, ``tensorboard``, ``wandb``.
+    ``train_cfg`` keys: ``iterations``, ``eval_every``, ``eval_episodes``, ``diagnostics_windows``,
+    ``checkpoint_every``, ``resume``, ``train_world_model``, ``tensorboard``, ``wandb``.
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -124,12 +126,14 @@ def train_offline(
                total=train_cfg.iterations, desc=desc, dynamic_ncols=True)
     for iteration in bar:
         start = time.perf_counter()
+        agent.set_training_progress(iteration / train_cfg.iterations)
         batch = buffer.sample(batch_size, generator, task=sample_task).to(agent.device)
         metrics = agent.update(batch.obs, batch.action, batch.reward, batch.task if agent.wm.multitask else None,
                                train_world_model=train_cfg.train_world_model)
         progress.train_elapsed_s += time.perf_counter() - start
         if _is_due(iteration, train_cfg.eval_every, last):
-            metrics.update(evaluate(agent, eval_env, train_cfg.eval_episodes, seed=10_000 + seed, task_id=task_id))
+            metrics.update(evaluate(agent, eval_env, train_cfg.eval_episodes, seed=10_000 + seed, task_id=task_id,
+                                    diagnostics_windows=train_cfg.diagnostics_windows))
             bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}")
         progress.iteration = iteration + 1
         progress.elapsed_s += time.perf_counter() - start
@@ -168,6 +172,7 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
     PWM updates; evaluate every ``eval_every`` iterations. Checkpoints include the replay buffer."""
     run_dir = Path(cfg.general.run_dir)
     train = cfg.train
+    set_threads(cfg.threads)
     seed_everything(cfg.seed)
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 10_000)
     agent = build_pwm(cfg.alg, env.obs_dim, env.act_dim, device=cfg.device)
@@ -194,6 +199,7 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
                desc=f"{cfg.env} {run_info['variant']}", dynamic_ncols=True)
     for iteration in bar:
         start = time.perf_counter()
+        agent.set_training_progress(iteration / train.iterations)
         episodes = [run_episode(env, agent_policy(agent)) for _ in range(train.episodes_per_iteration)]
         for episode in episodes:
             buffer.add_episode(episode.obs, episode.action, episode.reward)
@@ -208,7 +214,8 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({"train/episode_reward": float(np.mean([e.total_reward for e in episodes])),
                         "train/env_steps": float(progress.env_steps), "time/collect_s": collect_s})
         if _is_due(iteration, train.eval_every, last):
-            metrics.update(evaluate(agent, eval_env, train.eval_episodes, seed=10_000 + cfg.seed))
+            metrics.update(evaluate(agent, eval_env, train.eval_episodes, seed=10_000 + cfg.seed,
+                                    diagnostics_windows=train.diagnostics_windows))
             bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}", steps=progress.env_steps)
         progress.iteration = iteration + 1
         progress.elapsed_s += time.perf_counter() - start
@@ -234,54 +241,108 @@ def pretrain_world_model(
     rank: int = 0,
     desc: str = "wm pretrain",
 ) -> dict[str, Any]:
-    """World-model-only training on windows of ``buffer`` (the first stage of the offline pipeline).
+    """World-model-only training on windows of ``buffer`` until a held-out error plateaus.
 
-    Rank 0 logs (mean metrics every ``log_every`` iterations) and writes ``<run_dir>/checkpoint.pt``
-    holding the world model, its optimizer and ``meta`` (dims, tasks, action_dims, world-model
-    class), which is what ``train_multitask.py`` loads. Other ranks only train (their gradients are
-    averaged when ``agent.wm_loss`` is DDP-wrapped); each rank samples with its own seed.
+    Every ``eval_every`` iterations the world-model diagnostics
+    (:func:`~pwm.algorithms.diagnostics.world_model_quality`) are computed on a fixed batch of
+    ``heldout_windows`` windows of the buffer's held-out episodes, and their ``heldout_error`` feeds a
+    :class:`~pwm.training.convergence.PlateauRule` (``patience``, ``min_improvement``,
+    ``min_iterations``, ``window``). Training stops when it has converged or after ``iterations``
+    (the cap), and the weights of the best evaluation are restored. Without held-out episodes it
+    runs to the cap and ``converged`` is None (unchecked).
 
-    ``pretrain_cfg`` keys: ``iterations``, ``log_every``, ``checkpoint_every``, ``resume``,
-    ``tensorboard``, ``wandb``.
+    Rank 0 logs (mean metrics every ``log_every`` iterations, diagnostics at every evaluation) and
+    writes ``<run_dir>/checkpoint.pt`` holding the world model, its optimizer, the sampler and plateau
+    state and ``meta`` (dims, tasks, action_dims, world-model class), which is what
+    ``train_multitask.py`` loads. Other ranks only train (their gradients are averaged when
+    ``agent.wm_loss`` is DDP-wrapped); each rank samples with its own seed and every rank takes the
+    same stop decision.
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoint.pt"
     generator = torch.Generator().manual_seed(seed + rank)
     progress = Progress()
+    plateau = PlateauRule(int(pretrain_cfg.patience), float(pretrain_cfg.min_improvement),
+                          int(pretrain_cfg.min_iterations), int(pretrain_cfg.window))
+    heldout = None
+    if buffer.num_heldout_windows and pretrain_cfg.heldout_windows:
+        heldout = buffer.sample(int(pretrain_cfg.heldout_windows), torch.Generator().manual_seed(seed),
+                                split="heldout").to(agent.device)
+    best_state: dict[str, torch.Tensor] | None = None
+    finished = False
     if pretrain_cfg.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         agent.wm.load_state_dict(state["world_model"])
         agent.wm_optim.load_state_dict(state["wm_optim"])
         progress = Progress(**state["progress"])
+        if "rng" in state:
+            _restore_rng(state["rng"], generator)
+        plateau.load_state_dict(state.get("plateau", {}))
+        best_state, finished = state.get("best_world_model"), bool(state.get("finished", False))
     is_main = rank == 0
     logger = RunLogger(run_dir, progress.iteration, tensorboard=pretrain_cfg.tensorboard,
-                       wandb=pretrain_cfg.wandb, config=meta) if is_main else None
-    last = pretrain_cfg.iterations - 1
+                       wandb=pretrain_cfg.wandb, config=meta) if is_main and not finished else None
+    cap = int(pretrain_cfg.iterations)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(progress.iteration, pretrain_cfg.iterations), initial=progress.iteration,
-               total=pretrain_cfg.iterations, desc=desc, dynamic_ncols=True, disable=not is_main)
-    for iteration in bar:
+
+    def save(done: bool) -> None:
+        if is_main:
+            atomic_torch_save({"world_model": agent.wm.state_dict(), "wm_optim": agent.wm_optim.state_dict(),
+                               "progress": vars(progress), "rng": _rng_state(generator),
+                               "plateau": plateau.state_dict(), "best_world_model": best_state,
+                               "finished": done, "meta": meta}, checkpoint_path)
+
+    bar = tqdm(range(progress.iteration, cap), initial=progress.iteration, total=cap, desc=desc,
+               dynamic_ncols=True, disable=not is_main or finished)
+    for iteration in ([] if finished else bar):
         start = time.perf_counter()
         batch = buffer.sample(batch_size, generator).to(agent.device)
         history.append(agent.update_world_model(batch.obs, batch.action, batch.reward,
                                                 batch.task if agent.wm.multitask else None))
         progress.train_elapsed_s += time.perf_counter() - start
-        progress.elapsed_s += time.perf_counter() - start
         progress.iteration = iteration + 1
-        if is_main and _is_due(iteration, pretrain_cfg.log_every, last):
-            metrics = mean_metrics(history)
+        metrics: dict[str, float] = {}
+        stop = False
+        if heldout is not None and _is_due(iteration, pretrain_cfg.eval_every, cap - 1):
+            metrics = world_model_quality(agent.wm, heldout.obs, heldout.action, heldout.reward,
+                                          heldout.task if agent.wm.multitask else None, gamma=agent.gamma)
+            if plateau.update(iteration, metrics["wm_eval/heldout_error"]):
+                best_state = {k: v.detach().clone() for k, v in agent.wm.state_dict().items()}
+            stop = _all_ranks_agree(plateau.converged(iteration))
+            bar.set_postfix(heldout=f"{metrics['wm_eval/heldout_error']:.4f}",
+                            best=f"{plateau.best:.4f}@{plateau.best_iteration + 1}")
+        progress.elapsed_s += time.perf_counter() - start
+        if is_main and (metrics or _is_due(iteration, pretrain_cfg.log_every, cap - 1)):
+            metrics.update(mean_metrics(history))
             metrics.update({"time/train_elapsed_s": progress.train_elapsed_s,
                             "nan/wm_skipped_steps": float(agent.nan_counts["wm"])})
             logger.log(iteration, metrics)
-            bar.set_postfix(wm=f"{metrics['wm/total_loss']:.4f}")
             history = []
-        if is_main and _is_due(iteration, pretrain_cfg.checkpoint_every, last):
-            atomic_torch_save({"world_model": agent.wm.state_dict(), "wm_optim": agent.wm_optim.state_dict(),
-                               "progress": vars(progress), "meta": meta}, checkpoint_path)
+        if stop or iteration == cap - 1:
+            if best_state is not None:
+                agent.wm.load_state_dict(best_state)
+            finished = True
+            save(done=True)
+            break
+        if _is_due(iteration, pretrain_cfg.checkpoint_every, cap - 1):
+            save(done=False)
     if logger is not None:
         logger.close()
+    converged = plateau.converged(progress.iteration - 1) if heldout is not None else None
     return {"iterations": progress.iteration, "train_elapsed_s": progress.train_elapsed_s,
+            "converged": converged, "best_iteration": plateau.best_iteration + 1,
+            "heldout_error": plateau.best if heldout is not None else float("nan"),
             "wm_nan_skipped_steps": agent.nan_counts["wm"], "checkpoint": str(checkpoint_path)}
+
+
+def _all_ranks_agree(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (the stop decision must be the same everywhere under DDP)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    value = torch.tensor([float(flag)], device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def world_model_meta(agent: PWM, alg_cfg: DictConfig, task_set_name: str | None) -> dict[str, Any]:

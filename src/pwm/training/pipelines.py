@@ -19,7 +19,7 @@ from pwm.data.tdmpc2_format import DatasetError, load_dataset
 from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
 from pwm.envs.wrappers import PaddedEnv
 from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline, world_model_meta
-from pwm.utils.common import atomic_write_text, file_lock, resolve_device, seed_everything
+from pwm.utils.common import atomic_write_text, file_lock, resolve_device, seed_everything, set_threads
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -28,6 +28,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains on its own batches and DDP averages
     the gradients (gloo on CPU, nccl on GPU); rank 0 logs and checkpoints.
     """
+    set_threads(cfg.threads)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(cfg.device)
     if world_size > 1:
@@ -36,7 +37,8 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     seed_everything(cfg.seed)
     tasks = task_set(cfg.task_set)
-    buffer = load_dataset(cfg.general.data_dir, cfg.alg.horizon, num_tasks=len(tasks))
+    buffer = load_dataset(cfg.general.data_dir, cfg.alg.horizon, num_tasks=len(tasks),
+                          heldout_fraction=cfg.pretrain.heldout_fraction)
     action_dims = [action_dim(t) for t in tasks]
     too_wide = [(t, d) for t, d in zip(tasks, action_dims) if d > buffer.act_dim]
     if too_wide:
@@ -89,6 +91,7 @@ def append_result(path: str | Path, row: dict[str, Any]) -> None:
 def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     """Extract a policy for ``cfg.task`` from a pretrained world model on the task's offline data,
     optionally finetuning the world model, and evaluate it in the real environment."""
+    set_threads(cfg.threads)
     tasks = task_set(cfg.task_set)
     if cfg.task not in tasks:
         raise UnknownTaskError(f"task {cfg.task!r} is not in task set {cfg.task_set!r}")

@@ -22,6 +22,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op torch threads (None keeps PyTorch's default, one per core).
+
+    Small models on a shared CPU run 10-100x slower when several jobs each start one thread per
+    core, so jobs that run side by side should get 1 each.
+    """
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1 or null, got {threads}")
+    torch.set_num_threads(int(threads))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)

@@ -1,0 +1,266 @@
+"""Learning benchmark: do the agents learn? Single-task online PWM (both dynamics variants) and SAC.
+
+    python benchmarks/learning.py                                   # the committed run (see results/learning.md)
+    python benchmarks/learning.py --tasks cartpole-balance --seeds 0 1 --variants baseline
+    python benchmarks/learning.py --report-only                     # rebuild csv / md / png from finished runs
+
+Every (task, variant, seed) is one process with one torch thread; ``--jobs`` of them run at once.
+Runs live in ``--runs-dir`` and resume when the command is re-run (PWM from its checkpoint; an
+unfinished SAC run starts over). Results go to ``--out``:
+
+* ``learning.csv``: task, variant, seed, env_steps, eval_reward, tdmpc2_reward_at_same_steps
+* ``learning.md``: reward at fixed budgets next to TD-MPC2's published curve and the targets
+* ``learning.png``: the curves
+
+TD-MPC2's numbers are its released learning curves (``../shared/reference``, copied to
+``benchmarks/reference``), published every 100k steps and linearly interpolated in between.
+SAC is stable-baselines3's (a pinned dependency) with its default hyperparameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
+TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "walker-walk"]
+#: The issue's bar for the baseline within 100k environment steps.
+TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
+PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow"}
+EPISODE_STEPS = 500  # DMC episodes: 1000 simulator steps at action repeat 2
+
+
+def _run_dir(args: argparse.Namespace, task: str, variant: str, seed: int) -> Path:
+    return Path(args.runs_dir) / task / variant / f"seed{seed}"
+
+
+def run_pwm(args: argparse.Namespace, task: str, variant: str, seed: int) -> str:
+    """One online PWM run through the user-facing script (resumes if a checkpoint exists)."""
+    run_dir = _run_dir(args, task, variant, seed)
+    seed_episodes = 5
+    iterations = (args.steps - seed_episodes * EPISODE_STEPS) // EPISODE_STEPS
+    command = [sys.executable, str(REPO / "scripts" / "train_singletask.py"), f"env={task}",
+               f"alg={PWM_ALGS[variant].format(alg=args.alg)}", f"seed={seed}", f"general.run_dir={run_dir}",
+               f"train.iterations={iterations}", f"train.seed_episodes={seed_episodes}",
+               f"train.eval_every={args.eval_every // EPISODE_STEPS}", f"train.eval_episodes={args.eval_episodes}",
+               "train.tensorboard=false", "threads=1", *args.override]
+    log = run_dir / "stdout.log"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(f"{task} {variant} seed {seed} failed; see {log}")
+    return str(run_dir)
+
+
+def run_sac(args: argparse.Namespace, task: str, seed: int) -> str:
+    """One SAC run; writes metrics.csv and summary.json like a PWM run."""
+    import torch
+
+    from pwm.data.sac import train_sac
+    from pwm.training.logger import RunLogger
+    from pwm.utils.common import atomic_write_text
+
+    torch.set_num_threads(1)
+    run_dir = _run_dir(args, task, "sac", seed)
+    logger = RunLogger(run_dir, tensorboard=False)
+    start = time.perf_counter()
+
+    def log(steps: int, metrics: dict[str, float]) -> None:
+        logger.log(steps // args.eval_every, {"train/env_steps": float(steps), **metrics,
+                                              "time/elapsed_s": time.perf_counter() - start})
+
+    rows, _ = train_sac(task, seed, args.steps, args.eval_every, args.eval_episodes, on_evaluation=log)
+    logger.close()
+    summary = {"task": task, "variant": "sac", "seed": seed, "elapsed_s": time.perf_counter() - start,
+               "final_reward": rows[-1]["eval/episode_reward"], "env_steps": args.steps}
+    atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+    return str(run_dir)
+
+
+def _job(args: argparse.Namespace, task: str, variant: str, seed: int) -> str:
+    if (_run_dir(args, task, variant, seed) / "summary.json").exists():
+        return f"{task} {variant} seed {seed}: already finished"
+    return run_sac(args, task, seed) if variant == "sac" else run_pwm(args, task, variant, seed)
+
+
+# ---------------------------------------------------------------------- results
+def tdmpc2_reference(path: Path = REFERENCE):
+    """Per task: (steps, mean reward over TD-MPC2's seeds) of its published curve."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    frame = frame[frame.metric == "reward"]
+    curves = frame.groupby(["task", "env_step"]).value.agg(["mean", "min", "max"]).reset_index()
+    return {task: group.sort_values("env_step") for task, group in curves.groupby("task")}
+
+
+def collect_results(args: argparse.Namespace):
+    """One row per evaluation of every finished or running run, with TD-MPC2's reward at that step."""
+    import numpy as np
+    import pandas as pd
+
+    reference = tdmpc2_reference()
+    rows = []
+    for metrics_path in sorted(Path(args.runs_dir).glob("*/*/seed*/metrics.csv")):
+        task, variant, seed = metrics_path.parts[-4], metrics_path.parts[-3], int(metrics_path.parts[-2][4:])
+        frame = pd.read_csv(metrics_path)
+        evals = frame[frame["eval/episode_reward"].notna()]
+        curve = reference.get(task)
+        for _, row in evals.iterrows():
+            steps = float(row["train/env_steps"])
+            ref = (float(np.interp(steps, curve.env_step, curve["mean"])) if curve is not None else math.nan)
+            rows.append({"task": task, "variant": variant, "seed": seed, "env_steps": int(steps),
+                         "eval_reward": round(float(row["eval/episode_reward"]), 2),
+                         "tdmpc2_reward_at_same_steps": round(ref, 2)})
+    return pd.DataFrame(rows, columns=["task", "variant", "seed", "env_steps", "eval_reward",
+                                       "tdmpc2_reward_at_same_steps"])
+
+
+def reward_at(frame, steps: int, window: int):
+    """Per seed: mean eval reward over evaluations in ``(steps - window, steps]`` (NaN if none)."""
+    sub = frame[(frame.env_steps > steps - window) & (frame.env_steps <= steps)]
+    return sub.groupby("seed").eval_reward.mean()
+
+
+def run_seconds(args: argparse.Namespace, task: str, variant: str) -> list[float]:
+    seconds = []
+    for summary in Path(args.runs_dir).glob(f"{task}/{variant}/seed*/summary.json"):
+        seconds.append(float(json.loads(summary.read_text()).get("elapsed_s", math.nan)))
+    return seconds
+
+
+def render_markdown(args: argparse.Namespace, results, command: str, commit: str) -> str:
+    reference = tdmpc2_reference()
+    budgets = [b for b in (25_000, 50_000, 100_000) if b <= args.steps]
+    lines = ["# Learning benchmark", "",
+             f"Command: `{command}` at commit `{commit}`.", "",
+             f"Single-task online PWM (`alg={args.alg}` and `alg={args.alg}_flow`) and SAC "
+             f"(stable-baselines3 2.9.2, default hyperparameters) on {args.steps:,} environment steps "
+             f"(action repeat 2), one torch thread per run on a 2-core CPU. Evaluation: {args.eval_episodes} "
+             f"deterministic episodes every {args.eval_every:,} steps on fixed reset seeds. "
+             "A reward at N steps is the mean of the evaluations in the last "
+             f"{args.eval_every * 2:,} steps up to N (two evaluations), then mean ± std over seeds.", "",
+             "TD-MPC2 (reference): its released learning curves (TD-MPC2 repository, `results/tdmpc2/`, "
+             "3 seeds, state observations), mean over seeds.", "",
+             "| task | agent | seeds | " + " | ".join(f"reward @ {b // 1000}k" for b in budgets)
+             + " | TD-MPC2 @ 100k | target (baseline) | run minutes |",
+             "|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
+    for task in [t for t in TASKS if t in set(results.task)]:
+        curve = reference.get(task)
+        ref100 = (f"{curve[curve.env_step == 100_000]['mean'].iloc[0]:.0f}" if curve is not None
+                  and (curve.env_step == 100_000).any() else "n/a")
+        for variant in ("baseline", "flow", "sac"):
+            frame = results[(results.task == task) & (results.variant == variant)]
+            if frame.empty:
+                continue
+            cells = []
+            for budget in budgets:
+                per_seed = reward_at(frame, budget, 2 * args.eval_every)
+                cells.append(f"{per_seed.mean():.0f} ± {per_seed.std(ddof=0):.0f}" if len(per_seed) else "n/a")
+            target = TARGETS.get(task)
+            status = ""
+            if variant == "baseline" and target is not None and len(budgets) and budgets[-1] == 100_000:
+                final = reward_at(frame, 100_000, 2 * args.eval_every).mean()
+                status = f"{target:.0f}: " + ("met" if final >= target else f"short by {target - final:.0f}")
+            minutes = run_seconds(args, task, variant)
+            time_cell = f"{sum(minutes) / len(minutes) / 60:.0f}" if minutes else "n/a"
+            lines.append(f"| {task} | {variant} | {frame.seed.nunique()} | " + " | ".join(cells)
+                         + f" | {ref100} | {status} | {time_cell} |")
+    notes = Path(args.out) / "learning_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    lines += ["", "![learning curves](learning.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = tdmpc2_reference()
+    tasks = [t for t in TASKS if t in set(results.task)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    colors = {"baseline": "tab:blue", "flow": "tab:orange", "sac": "tab:green"}
+    for ax, task in zip(axes[0], tasks):
+        for variant, color in colors.items():
+            frame = results[(results.task == task) & (results.variant == variant)]
+            if frame.empty:
+                continue
+            curve = frame.groupby("env_steps").eval_reward.agg(["mean", "std", "count"]).reset_index()
+            ax.plot(curve.env_steps, curve["mean"], color=color, label=f"{variant} (n={frame.seed.nunique()})")
+            ax.fill_between(curve.env_steps, curve["mean"] - curve["std"].fillna(0),
+                            curve["mean"] + curve["std"].fillna(0), color=color, alpha=0.15)
+        ref = reference.get(task)
+        if ref is not None:
+            ref = ref[ref.env_step <= results.env_steps.max()]
+            ax.errorbar(ref.env_step, ref["mean"], yerr=[ref["mean"] - ref["min"], ref["max"] - ref["mean"]],
+                        fmt="s", color="black", capsize=3, label="TD-MPC2 (published)")
+        if task in TARGETS:
+            ax.axhline(TARGETS[task], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(task)
+        ax.set_xlabel("environment steps")
+        ax.set_ylim(-20, 1020)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("eval episode reward")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(args: argparse.Namespace, command: str) -> None:
+    from pwm.utils.common import atomic_write_text
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = collect_results(args)
+    if results.empty:
+        raise SystemExit(f"no runs under {args.runs_dir}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    atomic_write_text(results.to_csv(index=False), out / "learning.csv")
+    plot(results, out / "learning.png")
+    atomic_write_text(render_markdown(args, results, command, commit), out / "learning.md")
+    print(f"wrote {out / 'learning.csv'}, {out / 'learning.md'}, {out / 'learning.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=TASKS[:4])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "flow", "sac"],
+                        choices=["baseline", "flow", "sac"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=100_000, help="environment steps per run")
+    parser.add_argument("--eval-every", type=int, default=5_000, help="environment steps between evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--alg", default="pwm_small", help="PWM size (the flow twin is <alg>_flow)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
+    parser.add_argument("--runs-dir", default=str(REPO / "benchmarks" / "runs" / "learning"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("override", nargs="*", help="extra Hydra overrides for the PWM runs, e.g. alg.horizon=10")
+    args = parser.parse_args()
+    command = "python benchmarks/learning.py " + " ".join(sys.argv[1:])
+    if not args.report_only:
+        jobs = [(task, variant, seed) for seed in args.seeds for task in args.tasks for variant in args.variants]
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(_job, args, *job): job for job in jobs}
+            for future in as_completed(futures):
+                print(future.result(), flush=True)
+    write_results(args, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""World-model quality on held-out windows: one yardstick for both dynamics variants.
+
+The flow-matching loss and the baseline's MSE are different objectives, so their training losses
+cannot be compared. :func:`world_model_quality` measures what the actor actually consumes instead:
+open-loop latent rollouts from encoded start states under the data's actions, scored against the
+encoder's own latents of the observed next states, and the rewards predicted along them.
+
+Every latent error is also reported *normalised* by the spread of the target latents across the
+batch, so a model cannot look good by collapsing its latent space (a constant encoder predicts
+itself perfectly; its normalised error is then undefined and reported as NaN, and its
+``latent_spread`` is 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pwm.models.world_model import LatentWorldModel, TaskLike
+
+#: Prefix of every metric this module returns (logged beside the training metrics).
+PREFIX = "wm_eval/"
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> float:
+    x, y = x.flatten() - x.mean(), y.flatten() - y.mean()
+    denominator = (x.pow(2).sum() * y.pow(2).sum()).sqrt()
+    return float((x * y).sum() / denominator) if denominator > eps else float("nan")
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, eps: float = 1e-12) -> float:
+    return float(numerator / denominator) if denominator > eps else float("nan")
+
+
+@torch.no_grad()
+def _open_loop(wm: LatentWorldModel, obs: torch.Tensor, action: torch.Tensor, task: TaskLike):
+    """Open-loop rollout: ``zs [H + 1, B, L]`` from ``E(obs[0])`` and targets ``E(obs[1:]) [H, B, L]``."""
+    zs = [wm.encode(obs[0], task)]
+    for t in range(action.shape[0]):
+        zs.append(wm.next(zs[-1], action[t], task))
+    return torch.stack(zs), wm.encode(obs[1:], task)
+
+
+def reward_action_gradient_norm(wm: LatentWorldModel, z: torch.Tensor, action: torch.Tensor,
+                                task: TaskLike = None) -> float:
+    """Mean over the batch of ``|| d r_hat(z, a) / d a ||`` at latents ``z [B, L]`` and actions ``a [B, A]``.
+
+    This is the first link of the actor's gradient path: a reward head that ignores the action (a
+    flat reward surface) gives the actor nothing to climb, whatever the dynamics.
+    """
+    with torch.enable_grad():
+        action = action.detach().clone().requires_grad_(True)
+        predicted = wm.predict_reward(z.detach(), action, task)
+        (grad,) = torch.autograd.grad(predicted.sum(), action)
+    return float(grad.norm(dim=-1).mean())
+
+
+def return_action_gradient_norm(wm: LatentWorldModel, z: torch.Tensor, action: torch.Tensor, gamma: float,
+                                task: TaskLike = None) -> float:
+    """Mean over the batch of ``|| d/d a_0 sum_t gamma^t r_hat_t ||`` along an open-loop rollout.
+
+    ``z [B, L]`` are start latents and ``action [H, B, A]`` the actions of the rollout; only the first
+    action is differentiated. This is what the actor's gradient sees through the dynamics: a model
+    that predicts well but barely responds to the action gives the actor nothing to climb.
+    """
+    with torch.enable_grad():
+        first = action[0].detach().clone().requires_grad_(True)
+        latent, total = z.detach(), z.new_zeros(z.shape[0])
+        for t in range(action.shape[0]):
+            step_action = first if t == 0 else action[t]
+            total = total + gamma**t * wm.predict_reward(latent, step_action, task)
+            latent = wm.next(latent, step_action, task)
+        (grad,) = torch.autograd.grad(total.sum(), first)
+    return float(grad.norm(dim=-1).mean())
+
+
+def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                        task: TaskLike = None, gamma: float = 0.99) -> dict[str, float]:
+    """Like-for-like world-model diagnostics on windows the model did not train on.
+
+    Args:
+        obs: ``[H + 1, B, obs_dim]``; action: ``[H, B, act_dim]``; reward: ``[H, B]``; task: ``[B]`` or None.
+
+    Returns (keys prefixed with ``wm_eval/``):
+        latent_mse_1, latent_mse_H: mean squared error per latent dimension after 1 and after H
+            open-loop steps, against ``E(obs[t])``.
+        latent_nmse_1, latent_nmse_H, latent_nmse_mean: those errors divided by the per-dimension
+            variance of the targets across the batch (0 = perfect; 1 = no better than predicting
+            the batch mean); ``mean`` averages steps 1..H.
+        reward_mse_1, reward_mse_H_rollout: squared error of the predicted reward at the encoded
+            start state, and along the whole open-loop rollout (steps 0..H-1).
+        reward_corr_1, reward_corr_rollout: Pearson correlation of predicted and true rewards, same
+            two places (NaN when the true rewards are constant).
+        reward_nmse_rollout: ``reward_mse_H_rollout`` divided by the variance of the true rewards.
+        latent_spread: mean over dimensions of the standard deviation of ``E(obs)`` across the batch
+            (a collapse signal: 0 means every state maps to one latent).
+        reward_action_grad: see :func:`reward_action_gradient_norm`.
+        return_action_grad: see :func:`return_action_gradient_norm` (discount ``gamma``).
+        heldout_error: ``latent_nmse_mean + reward_nmse_rollout`` (a NaN term counts as 0), the single
+            number the pretraining plateau rule watches.
+    """
+    horizon = action.shape[0]
+    if obs.shape[0] != horizon + 1 or reward.shape[0] != horizon:
+        raise ValueError(f"world_model_quality: expected obs [H+1, ...], action [H, ...], reward [H, ...]; got "
+                         f"{tuple(obs.shape)}, {tuple(action.shape)}, {tuple(reward.shape)}")
+    was_training = wm.training
+    wm.eval()
+    try:
+        zs, targets = _open_loop(wm, obs, action, task)
+        with torch.no_grad():
+            predicted_reward = wm.predict_reward(zs[:-1], action, task)  # [H, B]
+        grad_norm = reward_action_gradient_norm(wm, zs[0], action[0], task)
+        return_grad_norm = return_action_gradient_norm(wm, zs[0], action, gamma, task)
+    finally:
+        wm.train(was_training)
+    step_mse = (zs[1:] - targets).pow(2).mean(dim=(1, 2))  # [H]
+    step_var = targets.var(dim=1, unbiased=False).mean(dim=-1)  # [H]
+    nan = torch.full_like(step_mse, float("nan"))
+    step_nmse = torch.where(step_var > 1e-12, step_mse / step_var.clamp_min(1e-12), nan)  # NaN: collapsed targets
+    reward_error = (predicted_reward - reward).pow(2)
+    metrics = {
+        "latent_mse_1": float(step_mse[0]),
+        "latent_mse_H": float(step_mse[-1]),
+        "latent_nmse_1": float(step_nmse[0]),
+        "latent_nmse_H": float(step_nmse[-1]),
+        "latent_nmse_mean": float(step_nmse.mean()),
+        "reward_mse_1": float(reward_error[0].mean()),
+        "reward_mse_H_rollout": float(reward_error.mean()),
+        "reward_corr_1": _pearson(predicted_reward[0], reward[0]),
+        "reward_corr_rollout": _pearson(predicted_reward, reward),
+        "reward_nmse_rollout": _ratio(reward_error.mean(), reward.var(unbiased=False)),
+        "latent_spread": float(zs[0].std(dim=0, unbiased=False).mean()),
+        "reward_action_grad": grad_norm,
+        "return_action_grad": return_grad_norm,
+    }
+    metrics["heldout_error"] = sum(v for v in (metrics["latent_nmse_mean"], metrics["reward_nmse_rollout"]) if v == v)
+    return {PREFIX + k: v for k, v in metrics.items()}

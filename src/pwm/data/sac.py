@@ -1,0 +1,107 @@
+"""Soft actor-critic from stable-baselines3 on our task wrappers.
+
+Two uses: the reference row of the learning benchmark (what a researcher would otherwise pick), and
+the collector of datasets that cover good behaviour: :func:`train_sac` can keep every episode the
+learning agent experienced, which is what TD-MPC2's released datasets are (the replay of learning
+agents), so the A/B protocol's policies are extracted from data in which the task is solved.
+
+SAC runs with stable-baselines3's default hyperparameters; only the evaluation protocol is ours
+(deterministic actions, the same reset seeds as PWM's evaluations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from pwm.data.collect import Episode, evaluate_policy
+from pwm.envs.tasks import make_env
+from pwm.envs.wrappers import TaskEnv
+
+
+class RecordingGymEnv(gym.Env):
+    """A :class:`~pwm.envs.wrappers.TaskEnv` as a gymnasium env, keeping every finished episode in
+    TD-MPC2's layout (``obs [T+1]``, NaN action and reward in row 0) when ``record`` is true."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, env: TaskEnv, record: bool = False):
+        super().__init__()
+        self.env, self.record = env, record
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (env.act_dim,), np.float32)
+        self.episodes: list[Episode] = []
+        self._obs: list[np.ndarray] = []
+        self._actions: list[np.ndarray] = []
+        self._rewards: list[float] = []
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        obs = self.env.reset(seed)
+        self._obs, self._actions, self._rewards = [obs], [np.full(self.env.act_dim, np.nan)], [np.nan]
+        return obs, {}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float32)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.record:
+            self._obs.append(obs)
+            self._actions.append(np.clip(action, -1.0, 1.0))
+            self._rewards.append(reward)
+            if terminated or truncated:
+                self.episodes.append(Episode(
+                    obs=torch.as_tensor(np.stack(self._obs), dtype=torch.float32),
+                    action=torch.as_tensor(np.stack(self._actions), dtype=torch.float32),
+                    reward=torch.as_tensor(np.asarray(self._rewards), dtype=torch.float32),
+                    success=float(info.get("success", 0.0)), terminated=bool(terminated)))
+        return obs, reward, terminated, truncated, info
+
+    def close(self):
+        self.env.close()
+
+
+def train_sac(
+    task: str,
+    seed: int,
+    total_steps: int,
+    eval_every: int,
+    eval_episodes: int,
+    record_episodes: bool = False,
+    on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[list[dict[str, float]], list[Episode]]:
+    """Train SAC (stable-baselines3 defaults) on ``task`` for ``total_steps`` environment steps.
+
+    Evaluates the deterministic policy every ``eval_every`` steps (and at step 0) for ``eval_episodes``
+    episodes on the reset seeds PWM's evaluations use (``10_000 + seed + i``), calling
+    ``on_evaluation(env_steps, metrics)`` after each; ``eval_every=0`` trains without evaluating.
+
+    Returns:
+        The evaluation rows (``train/env_steps`` plus ``eval/*``) and, with ``record_episodes``, every
+        training episode in the order the agent lived them.
+    """
+    from stable_baselines3 import SAC
+
+    env = RecordingGymEnv(make_env(task, seed=seed), record=record_episodes)
+    eval_env = make_env(task, seed=seed + 10_000)
+    model = SAC("MlpPolicy", env, seed=seed, verbose=0, device="cpu")
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    rows = []
+    if eval_every <= 0:
+        model.learn(total_timesteps=total_steps, progress_bar=False)
+    for steps in range(0, total_steps + 1, eval_every) if eval_every > 0 else ():
+        if steps:
+            model.learn(total_timesteps=eval_every, reset_num_timesteps=False, progress_bar=False)
+        metrics, _ = evaluate_policy(eval_env, policy, eval_episodes, seed=10_000 + seed)
+        rows.append({"train/env_steps": float(steps), **metrics})
+        if on_evaluation is not None:
+            on_evaluation(steps, metrics)
+    env.close()
+    eval_env.close()
+    return rows, env.episodes

@@ -1,0 +1,164 @@
+"""World-model diagnostics on systems with known dynamics, the plateau rule and the held-out split."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pwm.algorithms.diagnostics import world_model_quality
+from pwm.algorithms.pwm import PWM
+from pwm.data.buffer import EpisodeBuffer
+from pwm.data.tdmpc2_format import heldout_mask
+from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, WorldModel
+from pwm.training.convergence import PlateauRule
+
+DECAY, ACTION_GAIN, REWARD_WEIGHTS = 0.9, 0.5, torch.tensor([2.0, -1.0])
+
+
+def linear_system(horizon: int, size: int, seed: int = 0):
+    """``s' = 0.9 s + 0.5 a`` (2-D state and action), ``r = w . a + s_0``; time-major windows."""
+    g = torch.Generator().manual_seed(seed)
+    obs = [torch.randn(size, 2, generator=g)]
+    action = torch.rand(horizon, size, 2, generator=g) * 2 - 1
+    reward = []
+    for t in range(horizon):
+        reward.append(action[t] @ REWARD_WEIGHTS + obs[-1][:, 0])
+        obs.append(DECAY * obs[-1] + ACTION_GAIN * action[t])
+    return torch.stack(obs), action, torch.stack(reward)
+
+
+class OracleModel(nn.Module):
+    """The linear system itself as a world model (identity encoder), with an optional dynamics bias."""
+
+    def __init__(self, bias: float = 0.0, constant_encoder: bool = False):
+        super().__init__()
+        self.bias, self.constant_encoder = bias, constant_encoder
+
+    def encode(self, obs, task=None):
+        return torch.zeros_like(obs) if self.constant_encoder else obs
+
+    def next(self, z, action, task=None):
+        return DECAY * z + ACTION_GAIN * action + self.bias
+
+    def predict_reward(self, z, action, task=None):
+        return action @ REWARD_WEIGHTS + z[..., 0]
+
+
+def test_perfect_model_scores_zero_error_and_full_correlation():
+    obs, action, reward = linear_system(horizon=5, size=256)
+    m = world_model_quality(OracleModel(), obs, action, reward)
+    for key in ("latent_mse_1", "latent_mse_H", "latent_nmse_mean", "reward_mse_H_rollout", "heldout_error"):
+        assert m[f"wm_eval/{key}"] == pytest.approx(0.0, abs=1e-10), key
+    assert m["wm_eval/reward_corr_rollout"] == pytest.approx(1.0, abs=1e-6)
+    assert m["wm_eval/latent_spread"] == pytest.approx(obs[0].std(0, unbiased=False).mean().item(), rel=1e-6)
+    assert m["wm_eval/reward_action_grad"] == pytest.approx(REWARD_WEIGHTS.norm().item(), rel=1e-6)
+    # d/da_0 sum_t g^t r_t: r_0 = w . a_0 gives w; a_0 moves s_t by 0.5 * 0.9^(t-1) in both dims and r_t reads s_0
+    expected = REWARD_WEIGHTS.clone()
+    expected += sum(0.99**t * ACTION_GAIN * DECAY ** (t - 1) for t in range(1, 5)) * torch.tensor([1.0, 0.0])
+    assert m["wm_eval/return_action_grad"] == pytest.approx(expected.norm().item(), rel=1e-5)
+
+
+def test_biased_dynamics_errors_match_hand_computation():
+    bias, horizon = 0.1, 4
+    obs, action, reward = linear_system(horizon, size=512)
+    m = world_model_quality(OracleModel(bias=bias), obs, action, reward)
+    # the open-loop error after t steps of z' = 0.9 z + 0.5 a + b is b * sum_{k<t} 0.9^k in every dimension
+    error = [bias * sum(DECAY**k for k in range(t)) for t in range(1, horizon + 1)]
+    assert m["wm_eval/latent_mse_1"] == pytest.approx(error[0] ** 2, rel=1e-5)
+    assert m["wm_eval/latent_mse_H"] == pytest.approx(error[-1] ** 2, rel=1e-5)
+    target_var = obs[1:].var(dim=1, unbiased=False).mean(-1)
+    expected_nmse = torch.tensor(error) ** 2 / target_var
+    assert m["wm_eval/latent_nmse_mean"] == pytest.approx(expected_nmse.mean().item(), rel=1e-5)
+    # rewards read state dim 0: along the rollout they are off by the accumulated bias (0 at step 0)
+    reward_error = torch.tensor([0.0] + error[:-1]) ** 2
+    assert m["wm_eval/reward_mse_1"] == pytest.approx(0.0, abs=1e-10)
+    assert m["wm_eval/reward_mse_H_rollout"] == pytest.approx(reward_error.mean().item(), rel=1e-5)
+    assert m["wm_eval/reward_nmse_rollout"] == pytest.approx(
+        reward_error.mean().item() / reward.var(unbiased=False).item(), rel=1e-5)
+
+
+def test_collapsed_encoder_is_flagged_not_rewarded():
+    obs, action, reward = linear_system(horizon=3, size=128)
+    m = world_model_quality(OracleModel(constant_encoder=True), obs, action, reward)
+    assert m["wm_eval/latent_spread"] == 0.0
+    assert math.isnan(m["wm_eval/latent_nmse_1"])  # zero error on a collapsed latent is not "perfect"
+
+
+def test_diagnostics_reject_misaligned_windows():
+    obs, action, reward = linear_system(horizon=3, size=8)
+    with pytest.raises(ValueError, match="expected obs"):
+        world_model_quality(OracleModel(), obs[:-1], action, reward)
+
+
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_short_pretraining_improves_heldout_prediction_and_reward_correlation(cls):
+    """A real (tiny) world model trained on the linear system gets better on held-out windows."""
+    torch.manual_seed(0)
+    wm = cls(obs_dim=2, act_dim=2, latent_dim=16, encoder_units=[32], units=[32, 32], num_bins=21,
+             vmin=-5, vmax=5)
+    agent = PWM(wm, ActorStochasticMLP(16, 2, units=[16]), CriticEnsemble(16, units=[16]), horizon=4,
+                model_lr=3e-3, wm_dynamics_coef=20.0, wm_reward_coef=0.1)
+    heldout = linear_system(horizon=4, size=512, seed=99)
+    before = world_model_quality(agent.wm, *heldout)
+    for step in range(200):
+        agent.update_world_model(*linear_system(horizon=4, size=128, seed=step))
+    after = world_model_quality(agent.wm, *heldout)
+    assert math.isnan(before["wm_eval/reward_corr_rollout"])  # the zero-initialised head predicts a constant
+    assert after["wm_eval/reward_corr_rollout"] > 0.9
+    assert after["wm_eval/reward_nmse_rollout"] < 0.3 * before["wm_eval/reward_nmse_rollout"]
+    assert after["wm_eval/latent_nmse_mean"] < 0.5 * before["wm_eval/latent_nmse_mean"]
+    assert after["wm_eval/heldout_error"] < 0.5 * before["wm_eval/heldout_error"]
+
+
+def test_plateau_rule_waits_for_patience_and_minimum_iterations():
+    rule = PlateauRule(patience=2, min_improvement=0.1, min_iterations=10)
+    assert rule.update(0, 1.0) and rule.best == 1.0
+    assert rule.update(1, 0.95) and rule.best_iteration == 1  # a new lowest value (its weights are kept) ...
+    assert rule.evaluations_since_improvement == 1  # ... but 5% is below the 10% that counts as progress
+    assert rule.update(2, 0.8) and rule.evaluations_since_improvement == 0
+    assert not rule.update(3, float("nan"))
+    assert not rule.converged(3)  # one evaluation without improvement, patience is 2
+    assert rule.update(4, 0.79)
+    assert not rule.converged(4)  # patience reached, but only 5 of 10 iterations
+    assert rule.converged(9)
+    clone = PlateauRule(patience=2, min_improvement=0.1, min_iterations=10)
+    clone.load_state_dict(rule.state_dict())
+    assert clone == rule
+    with pytest.raises(ValueError, match="pretrain.patience"):
+        PlateauRule(patience=0, min_improvement=0.1, min_iterations=0)
+
+
+def test_plateau_rule_averages_a_window_so_noise_does_not_stop_a_falling_error():
+    """An error falling 2% per evaluation under +-30% noise: single values stall, 4-evaluation means do not."""
+    noisy = [1.0 * 0.98**i * (1.3 if i % 2 else 0.7) for i in range(40)]
+    single = PlateauRule(patience=3, min_improvement=0.05, min_iterations=0)
+    windowed = PlateauRule(patience=3, min_improvement=0.05, min_iterations=0, window=4)
+    stops = {}
+    for i, value in enumerate(noisy):
+        for name, rule in (("single", single), ("windowed", windowed)):
+            rule.update(i, value)
+            if rule.converged(i) and name not in stops:
+                stops[name] = i
+    assert stops["single"] < 10 and "windowed" not in stops
+    assert windowed.best == min(noisy) and windowed.best_iteration == noisy.index(min(noisy))
+    assert windowed.best_window_mean == pytest.approx(sum(noisy[-4:]) / 4)
+
+
+def test_heldout_split_is_evenly_spaced_and_never_sampled_for_training():
+    assert heldout_mask(0, 20, 0.1).nonzero().flatten().tolist() == [0, 10]
+    assert heldout_mask(0, 2, 0.1).tolist() == [True, False]  # any fraction > 0 holds one out
+    # continuing the count across chunks gives the same selection as one chunk
+    assert torch.equal(torch.cat([heldout_mask(0, 7, 0.25), heldout_mask(7, 13, 0.25)]), heldout_mask(0, 20, 0.25))
+    buffer = EpisodeBuffer(obs_dim=1, act_dim=1, horizon=2)
+    episode_ids = torch.arange(4.0)
+    obs = episode_ids[:, None, None].expand(4, 6, 1).clone()
+    buffer.add_episodes(obs, torch.zeros(4, 6, 1), torch.zeros(4, 6), torch.zeros(4, dtype=torch.long),
+                        heldout=torch.tensor([False, True, False, True]))
+    assert buffer.num_heldout_episodes == 2 and buffer.num_windows == buffer.num_heldout_windows == 2 * 4
+    train = buffer.sample(500, torch.Generator().manual_seed(0)).obs
+    heldout = buffer.sample(500, torch.Generator().manual_seed(0), split="heldout").obs
+    assert set(train.unique().tolist()) == {0.0, 2.0} and set(heldout.unique().tolist()) == {1.0, 3.0}
+    restored = EpisodeBuffer(obs_dim=1, act_dim=1, horizon=2)
+    restored.load_state_dict(buffer.state_dict())
+    assert restored.num_heldout_windows == 8 and restored.num_heldout_episodes == 2

@@ -1,0 +1,106 @@
+"""World-model pretraining: plateau stopping, best-weight restore, exact resume."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pwm.algorithms.pwm import PWM
+from pwm.data.buffer import EpisodeBuffer
+from pwm.data.tdmpc2_format import heldout_mask
+from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, WorldModel
+from pwm.training.loops import load_checkpoint, pretrain_world_model
+
+HORIZON = 3
+
+
+def agent(cls=WorldModel, seed: int = 0) -> PWM:
+    torch.manual_seed(seed)
+    wm = cls(obs_dim=2, act_dim=2, latent_dim=16, encoder_units=[16], units=[16, 16], num_bins=11, vmin=-5, vmax=5)
+    return PWM(wm, ActorStochasticMLP(16, 2, units=[8]), CriticEnsemble(16, units=[8]), horizon=HORIZON,
+               model_lr=3e-3, wm_dynamics_coef=20.0, wm_reward_coef=0.1)
+
+
+def linear_buffer(episodes: int = 10, length: int = 20, heldout_fraction: float = 0.2) -> EpisodeBuffer:
+    """Episodes of s' = 0.9 s + 0.5 a, r = s_0 (TD-MPC2 layout), some held out."""
+    g = torch.Generator().manual_seed(0)
+    obs = torch.zeros(episodes, length + 1, 2)
+    obs[:, 0] = torch.randn(episodes, 2, generator=g)
+    action = torch.rand(episodes, length + 1, 2, generator=g) * 2 - 1
+    reward = torch.zeros(episodes, length + 1)
+    for t in range(1, length + 1):
+        obs[:, t] = 0.9 * obs[:, t - 1] + 0.5 * action[:, t]
+        reward[:, t] = obs[:, t - 1, 0]
+    buffer = EpisodeBuffer(2, 2, HORIZON)
+    buffer.add_episodes(obs, action, reward, torch.zeros(episodes, dtype=torch.long),
+                        heldout_mask(0, episodes, heldout_fraction))
+    return buffer
+
+
+def pretrain_cfg(**changes):
+    cfg = {"iterations": 40, "heldout_windows": 64, "eval_every": 5, "window": 1, "patience": 2,
+           "min_improvement": 0.0, "min_iterations": 0, "log_every": 5, "checkpoint_every": 10, "resume": True,
+           "tensorboard": False, "wandb": False}
+    return OmegaConf.create({**cfg, **changes})
+
+
+def test_pretraining_stops_on_plateau_and_restores_the_best_weights(tmp_path, monkeypatch):
+    """A held-out error that improves twice then worsens: stop after `patience` bad evaluations, keep eval 2."""
+    errors = iter([1.0, 0.5, 0.6, 0.7, 0.1])
+    snapshots = []
+
+    def fake_quality(wm, *args, **kwargs):
+        snapshots.append({k: v.clone() for k, v in wm.state_dict().items()})
+        return {"wm_eval/heldout_error": next(errors)}
+
+    monkeypatch.setattr("pwm.training.loops.world_model_quality", fake_quality)
+    learner = agent()
+    summary = pretrain_world_model(learner, linear_buffer(), tmp_path, pretrain_cfg(), batch_size=16, seed=0, meta={})
+    assert summary["iterations"] == 20 and summary["converged"] is True  # evaluations at 5, 10, 15, 20
+    assert summary["best_iteration"] == 10 and summary["heldout_error"] == 0.5
+    for key, value in learner.wm.state_dict().items():
+        assert torch.equal(value, snapshots[1][key]), key
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["finished"] and state["progress"]["iteration"] == 20
+    # re-running a finished pretraining trains nothing more and reports the same result
+    again = agent(seed=1)
+    assert pretrain_world_model(again, linear_buffer(), tmp_path, pretrain_cfg(), 16, 0, {})["iterations"] == 20
+    assert all(torch.equal(a, b) for a, b in zip(again.wm.state_dict().values(), learner.wm.state_dict().values()))
+
+
+def test_pretraining_without_heldout_episodes_runs_to_the_cap_unchecked(tmp_path):
+    summary = pretrain_world_model(agent(), linear_buffer(heldout_fraction=0.0), tmp_path,
+                                   pretrain_cfg(iterations=12), 16, 0, {})
+    assert summary["iterations"] == 12 and summary["converged"] is None
+
+
+def test_pretraining_reaching_the_cap_while_improving_is_not_converged(tmp_path):
+    summary = pretrain_world_model(agent(), linear_buffer(), tmp_path,
+                                   pretrain_cfg(iterations=30, patience=50), 16, 0, {})
+    assert summary["iterations"] == 30 and summary["converged"] is False
+
+
+def test_interrupted_pretraining_resumes_bit_identically(tmp_path):
+    """Killed after iteration 13 (last checkpoint: 10), then re-run: the same weights as never stopping.
+    Flow draws tau from torch's global RNG and batches from the sampler: both are restored."""
+    cfg = pretrain_cfg(iterations=20, patience=100)
+    full = agent(FlowWorldModel)
+    pretrain_world_model(full, linear_buffer(), tmp_path / "full", cfg, 16, 0, {})
+
+    killed = agent(FlowWorldModel)
+    update, calls = killed.update_world_model, []
+
+    def crash_after_13(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 13:
+            raise KeyboardInterrupt
+        return update(*args, **kwargs)
+
+    killed.update_world_model = crash_after_13
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_world_model(killed, linear_buffer(), tmp_path / "split", cfg, 16, 0, {})
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["progress"]["iteration"] == 10
+    torch.manual_seed(123)  # a fresh process starts from another RNG state
+    resumed = agent(FlowWorldModel, seed=5)
+    pretrain_world_model(resumed, linear_buffer(), tmp_path / "split", cfg, 16, 0, {})
+    for (key, a), b in zip(full.wm.state_dict().items(), resumed.wm.state_dict().values()):
+        assert torch.equal(a, b), key
