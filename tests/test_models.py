@@ -229,3 +229,15 @@ def test_actor_and_critic():
     assert torch.allclose(critic.value(x), critic(x).min(0).values)
     with pytest.raises(ValueError, match="num_critics"):
         CriticEnsemble(16, num_critics=0)
+
+
+def test_composed_mish_equals_torch_mish_and_its_gradient():
+    from pwm.models.layers import Mish
+
+    x = torch.linspace(-30, 30, 2001, dtype=torch.float32, requires_grad=True)
+    ours = Mish()(x)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), x)
+    reference = torch.nn.functional.mish(x)
+    (grad_reference,) = torch.autograd.grad(reference.sum(), x)
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(grad_ours, grad_reference, atol=1e-6, rtol=1e-5)

@@ -204,7 +204,9 @@ class PWM:
         wm_dynamics_coef, wm_reward_coef: weights of the world-model loss terms (see :func:`compute_wm_loss`).
         wm_rho: base of the per-step weights ``rho^t`` of the world-model loss; None uses ``gamma`` (the
             spec's choice). TD-MPC2 uses 0.5, which puts the weight on the first steps of a rollout,
-            where the predicted latents the reward head learns from are still close to the data.
+            where the predicted latents the reward head learns from are still close to the data; the
+            MLP dynamics needs that, the flow dynamics (which corrects its own rollout's drift only
+            where the loss has weight) suffers from it.
         detach_actor_input: PWM's ``detach``: the actor reads a detached latent in the rollouts, so
             the gradient reaches earlier steps only through the dynamics and reward, not back through
             the policy's own dependence on the state (a feedback path whose Jacobian product grows

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pwm.algorithms.build import build_pwm, is_flow_config
@@ -70,9 +71,14 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
                 raise ValueError(f"{data_dir} was collected with {found}, but data is now {recipe}; "
                                  "use another general.root or data.dir, or delete the folder")
         else:
-            collect_dataset(CollectConfig(
-                tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
-                policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, seed=cfg.data.seed, threads=cfg.threads))
+            job_threads = torch.get_num_threads()
+            try:  # the other jobs wait for this dataset, so collection may use their cores too
+                collect_dataset(CollectConfig(
+                    tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
+                    policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, seed=cfg.data.seed,
+                    threads=cfg.data.threads))
+            finally:
+                torch.set_num_threads(job_threads)
             atomic_write_text(json.dumps(recipe, indent=2), recipe_path)
         if not reference_path.exists():
             env = make_env(cfg.task, seed=RANDOM_REFERENCE_SEED)

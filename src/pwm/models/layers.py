@@ -13,8 +13,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+class Mish(nn.Module):
+    """``x * tanh(softplus(x))``, the function of :class:`torch.nn.Mish` (equal to float rounding).
+
+    Written out because PyTorch's fused CPU kernel is the slower one at these sizes: forward plus
+    backward on a ``[128, 128]`` input took 276 us fused and 179 us composed (one thread); Mish was
+    36% of a flow world-model update.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tanh(F.softplus(x))
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "mish": nn.Mish,
+    "mish": Mish,
     "elu": nn.ELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
@@ -62,7 +74,7 @@ class NormedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, act: nn.Module | None = None):
         super().__init__(in_features, out_features)
         self.ln = nn.LayerNorm(out_features)
-        self.act = act if act is not None else nn.Mish()
+        self.act = act if act is not None else Mish()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.ln(super().forward(x)))
