@@ -56,10 +56,15 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
         return (time.perf_counter() - start) / args["repeats"]
 
     wm_s = timed(lambda: agent.update_world_model(obs, action, reward))
+    esnr_every = agent.esnr_every
+    agent.esnr_every = 10**9  # never measured: one pass per actor update
     policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
+    agent.esnr_every = 1  # measured on every update: M passes
+    esnr_policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put({"wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb,
+               "esnr_every": esnr_every, "esnr_overhead": (esnr_policy_s - policy_s) / esnr_every / policy_s,
                "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device)})
 
 
@@ -104,6 +109,9 @@ def main() -> None:
               f"{row['policy_update_s'] / base['policy_update_s']:>8.2f}{row['peak_mb']:>10.0f}"
               f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
     print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more.")
+    for row in rows:
+        print(f"ESNR ({cli.esnr_splits} splits on every {row['esnr_every']}th actor update), {row['variant']} K={row['K']}: "
+              f"+{100 * row['esnr_overhead']:.1f}% per actor+critic update on average")
     if cli.out:
         cli.out.write_text(json.dumps({"args": args, "alg": cli.alg, "rows": rows}, indent=2))
 

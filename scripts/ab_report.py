@@ -3,6 +3,7 @@
 import argparse
 
 from pwm.experiments.report import build_report
+from pwm.experiments.statistics import Criteria
 
 
 def main() -> None:
@@ -13,11 +14,17 @@ def main() -> None:
     parser.add_argument("--bootstrap-reps", type=int, default=2000)
     parser.add_argument("--learned-std-margin", type=float, default=2.0)
     parser.add_argument("--learned-min-gain", type=float, default=0.1)
+    defaults = Criteria()
+    parser.add_argument("--final-evals", type=int, default=defaults.final_evals)
+    parser.add_argument("--hold-evals", type=int, default=defaults.hold_evals)
+    parser.add_argument("--tie-tolerance", type=float, default=defaults.tie_tolerance)
+    parser.add_argument("--confidence", type=float, default=defaults.confidence)
     args = parser.parse_args()
+    criteria = Criteria(args.final_evals, args.hold_evals, args.tie_tolerance, args.confidence)
     report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps,
-                          args.learned_std_margin, args.learned_min_gain)
+                          args.learned_std_margin, args.learned_min_gain, criteria)
     for c in report["comparisons"]:
-        print(f"{c['flow_variant']} vs baseline [{c['setting']}]: {c['verdict'].upper()}")
+        print(f"{c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: {c['verdict'].upper()}")
 
 
 if __name__ == "__main__":

@@ -134,3 +134,12 @@ def test_sac_replay_collection_writes_every_episode_in_tdmpc2_format(tmp_path):
     assert chunk["action"][:, 1:].abs().max() <= 1.0 and (chunk["reward"][:, 1:] >= 0).all()
     # consecutive positions (cart x, pole cos/sin) of an episode are one trajectory: no reset inside
     assert (chunk["obs"][:, 1:, :3] - chunk["obs"][:, :-1, :3]).abs().max() < 0.5
+
+
+def test_missing_task_is_named_not_numbered(tmp_path):
+    write_episodes(tmp_path / "0.pt", *episodes(task=3))
+    names = [f"task{i}" for i in range(30)]
+    names[5] = "walker-walk"
+    with pytest.raises(DatasetError, match=r"no episodes for task 'walker-walk' \(id 5\)"):
+        load_dataset(tmp_path, horizon=2, num_tasks=30, tasks=[5], task_names=names)
+    assert load_dataset(tmp_path, horizon=2, num_tasks=30, tasks=[3], task_names=names).num_episodes == 3

@@ -119,8 +119,12 @@ def test_nan_batch_is_skipped_and_counted():
 
 
 def test_esnr_proxy_hand_computation():
-    grads = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # param 0: mean 2, var 2 -> 2; param 1: 0
-    assert esnr_proxy(grads) == pytest.approx((4 / 2 + 0) / 2)
+    # param 0: mean 2, var 2; param 1: mean 1, var 8 -> (4 + 1) / (2 + 8)
+    grads = torch.tensor([[1.0, -1.0], [3.0, 3.0]])
+    assert esnr_proxy(grads) == pytest.approx(5 / 10)
+    # a parameter with a near-zero variance no longer dominates (the per-parameter mean would be ~1e12)
+    grads = torch.tensor([[1.0, 1.0], [3.0, 1.0 + 1e-6]])
+    assert esnr_proxy(grads) == pytest.approx((4 + 1) / 2, rel=1e-4)
 
 
 def test_split_gradients_equal_one_full_batch_pass():

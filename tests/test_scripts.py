@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import run_script
 from pwm.data.tdmpc2_format import load_dataset, read_chunk
@@ -46,6 +47,17 @@ def test_pretrain_then_train_multitask_section14_command(mt30_data, tmp_path, al
     assert rows[0]["task"] == "cup-catch" and rows[0]["variant"] == ("flow" if "flow" in alg else "baseline")
     summary = json.loads((tmp_path / "extract" / "summary.json").read_text())
     assert summary["iterations"] == 4 and summary["final_reward"] == float(rows[0]["final_reward"])
+    # evaluate.py rebuilds the multi-task agent from the checkpoint alone: on the training's evaluation
+    # seed it replays the last evaluation exactly
+    run_script("evaluate.py", f"checkpoint={tmp_path}", "task_set=mt30", "episodes=1", "threads=1",
+               f"out_dir={tmp_path / 'eval'}")
+    table = list(csv.DictReader(open(tmp_path / "eval" / "evaluation.csv")))
+    evaluated = [r for r in table if r["variant"] != "missing"]
+    assert [(r["task"], r["variant"]) for r in evaluated] == [("cup-catch", rows[0]["variant"])]
+    assert float(evaluated[0]["reward"]) == pytest.approx(summary["final_reward"], rel=1e-6)
+    assert float(evaluated[0]["score"]) == pytest.approx(summary["final_reward"] / 10, rel=1e-6)
+    assert float(evaluated[0]["pwm_published"]) == pytest.approx(471.6)  # PWM's released MT30 cup-catch
+    assert len(table) == 30 and "cheetah-run" in {r["task"] for r in table if r["variant"] == "missing"}
 
 
 def test_train_multitask_rejects_mismatched_checkpoint_and_unavailable_task(mt30_data, tmp_path):
@@ -87,9 +99,19 @@ def test_train_singletask_runs_and_resumes(tmp_path):
     run_script("train_singletask.py", *args, "train.iterations=2")
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["progress"]["iteration"] == 2 and state["buffer"]["num_episodes"] == 3
-    run_script("train_singletask.py", *args, "train.iterations=4")
+    run_script("train_singletask.py", *args, "train.iterations=4", "train.video.episodes=1",
+               "train.video.width=32", "train.video.height=24")
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]
     assert rows[1]["eval/episode_reward"] != "" and float(rows[-1]["train/env_steps"]) == 5 * 500
     assert list((tmp_path / "tensorboard").glob("events.*"))
-    assert json.loads((tmp_path / "summary.json").read_text())["variant"] == "flow"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["variant"] == "flow"
+    # the evaluation after the resume recorded its first episode: 501 states at 32x24
+    video = Image.open(tmp_path / "videos" / "eval_0000003_ep0.gif")
+    assert video.size == (32, 24) and 1 < video.n_frames <= 501
+    run_script("evaluate.py", f"checkpoint={tmp_path / 'checkpoint.pt'}", "episodes=1", "threads=1",
+               f"out_dir={tmp_path / 'eval'}")
+    (row,) = list(csv.DictReader(open(tmp_path / "eval" / "evaluation.csv")))
+    assert row["task"] == "pendulum-swingup" and row["variant"] == "flow"
+    assert float(row["reward"]) == pytest.approx(summary["final_reward"], rel=1e-6)

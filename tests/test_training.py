@@ -1,5 +1,6 @@
 """World-model pretraining: plateau stopping, best-weight restore, exact resume."""
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -8,7 +9,8 @@ from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import heldout_mask
 from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, WorldModel
-from pwm.training.loops import load_checkpoint, pretrain_world_model
+from pwm.envs.wrappers import TaskEnv
+from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline
 
 HORIZON = 3
 
@@ -104,3 +106,36 @@ def test_interrupted_pretraining_resumes_bit_identically(tmp_path):
     pretrain_world_model(resumed, linear_buffer(), tmp_path / "split", cfg, 16, 0, {})
     for (key, a), b in zip(full.wm.state_dict().items(), resumed.wm.state_dict().values()):
         assert torch.equal(a, b), key
+
+
+class LinearEnv(TaskEnv):
+    """s' = 0.9 s + 0.5 a, r = s_0: the buffer's system as an environment (5-step episodes)."""
+
+    name, obs_dim, act_dim, action_repeat, max_episode_steps = "linear", 2, 2, 1, 5
+
+    def _reset(self, seed):
+        self._state = np.full(2, 0.5)
+        return self._state
+
+    def _step(self, action):
+        reward = float(self._state[0])
+        self._state = 0.9 * self._state + 0.5 * action
+        return self._state, reward, False, False, {"success": 0.0}
+
+
+def offline_cfg(**changes):
+    cfg = {"iterations": 30, "eval_every": 10, "eval_episodes": 1, "diagnostics_windows": 0, "checkpoint_every": 10,
+           "resume": True, "train_world_model": True, "tensorboard": False, "wandb": False, "time_budget_s": None}
+    return OmegaConf.create({**cfg, **changes})
+
+
+def test_a_wall_clock_budget_stops_training_with_a_final_evaluation(tmp_path):
+    # the budget counts the offset (pretraining seconds) too: 100 s already spent of 100 s
+    summary = train_offline(agent(), linear_buffer(), LinearEnv(), tmp_path / "budget", offline_cfg(time_budget_s=100.0),
+                            batch_size=8, seed=0, time_offset_s=100.0)
+    assert summary["stopped_by_budget"] and summary["iterations"] == 1
+    assert np.isfinite(summary["final_reward"])  # evaluated before stopping
+    assert load_checkpoint(tmp_path / "budget" / "checkpoint.pt")["progress"]["iteration"] == 1
+    summary = train_offline(agent(), linear_buffer(), LinearEnv(), tmp_path / "iters", offline_cfg(),
+                            batch_size=8, seed=0, time_offset_s=100.0)
+    assert not summary["stopped_by_budget"] and summary["iterations"] == 30

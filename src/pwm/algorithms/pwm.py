@@ -171,17 +171,18 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def esnr_proxy(split_grads: torch.Tensor, eps: float = 1e-12) -> float:
-    """Gradient signal-to-noise proxy from per-split gradients ``[M, P]`` (M >= 2).
+def esnr_proxy(split_grads: torch.Tensor, eps: float = 1e-20) -> float:
+    """Gradient signal-to-noise ratio from per-split gradients ``[M, P]`` (M >= 2).
 
-    ``ESNR = mean_p( mean_m(g_{m,p})^2 / (var_m(g_{m,p}) + eps) )``: for each parameter, the squared
-    mean gradient over M equal minibatch splits divided by the unbiased variance across the splits,
-    averaged over parameters. Higher means the batch gradient direction is more consistent.
-    Parameters whose gradient is zero in every split contribute 0.
+    ``ESNR = ||mean_m g_m||^2 / sum_p var_m(g_{m,p})``: the squared norm of the mean gradient over M
+    equal minibatch splits divided by the summed (unbiased) variance across the splits, the usual
+    definition of a gradient SNR. Higher means the batch gradient direction is more consistent.
+    (A per-parameter average of mean^2/var is heavy-tailed: one parameter with a tiny variance
+    dominates it; this ratio of sums is not.)
     """
     mean = split_grads.mean(0)
     var = split_grads.var(0, unbiased=True)
-    return (mean.pow(2) / (var + eps)).mean().item()
+    return (mean.pow(2).sum() / (var.sum() + eps)).item()
 
 
 class PWM:

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pwm.data.collect import Episode, evaluate_policy
+from pwm.data.collect import EVAL_SEED_OFFSET, Episode, evaluate_policy
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
 
@@ -76,7 +76,7 @@ def train_sac(
     """Train SAC (stable-baselines3 defaults) on ``task`` for ``total_steps`` environment steps.
 
     Evaluates the deterministic policy every ``eval_every`` steps (and at step 0) for ``eval_episodes``
-    episodes on the reset seeds PWM's evaluations use (``10_000 + seed + i``), calling
+    episodes on the reset seeds PWM's evaluations use (``EVAL_SEED_OFFSET + seed + i``), calling
     ``on_evaluation(env_steps, metrics)`` after each; ``eval_every=0`` trains without evaluating.
 
     Returns:
@@ -86,7 +86,7 @@ def train_sac(
     from stable_baselines3 import SAC
 
     env = RecordingGymEnv(make_env(task, seed=seed), record=record_episodes)
-    eval_env = make_env(task, seed=seed + 10_000)
+    eval_env = make_env(task, seed=seed + EVAL_SEED_OFFSET)
     model = SAC("MlpPolicy", env, seed=seed, verbose=0, device="cpu")
 
     def policy(obs: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def train_sac(
     for steps in range(0, total_steps + 1, eval_every) if eval_every > 0 else ():
         if steps:
             model.learn(total_timesteps=eval_every, reset_num_timesteps=False, progress_bar=False)
-        metrics, _ = evaluate_policy(eval_env, policy, eval_episodes, seed=10_000 + seed)
+        metrics, _ = evaluate_policy(eval_env, policy, eval_episodes, seed=EVAL_SEED_OFFSET + seed)
         rows.append({"train/env_steps": float(steps), **metrics})
         if on_evaluation is not None:
             on_evaluation(steps, metrics)

@@ -130,7 +130,7 @@ def heldout_mask(first_episode: int, num: int, fraction: float) -> torch.Tensor:
 
 def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = None,
                  tasks: list[int] | None = None, act_dim: int | None = None,
-                 heldout_fraction: float = 0.0) -> EpisodeBuffer:
+                 heldout_fraction: float = 0.0, task_names: list[str] | None = None) -> EpisodeBuffer:
     """Validate every file of a dataset folder and load it into an :class:`EpisodeBuffer`.
 
     Args:
@@ -139,6 +139,7 @@ def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = Non
         tasks: keep only episodes of these task ids (e.g. one task for per-task policy extraction).
         act_dim: expected (padded) action width, checked when given.
         heldout_fraction: share of episodes kept out of training, for validation (see :func:`heldout_mask`).
+        task_names: names of the task set's ids, so errors name tasks rather than ids.
     """
     buffer: EpisodeBuffer | None = None
     first: Path | None = None
@@ -162,7 +163,12 @@ def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = Non
             buffer.add_episodes(chunk["obs"][keep], chunk["action"][keep], chunk["reward"][keep],
                                 chunk["task"][keep, 0], heldout_mask(buffer.num_episodes, kept, heldout_fraction))
     if buffer is None or buffer.num_episodes == 0:
-        raise DatasetError(f"{data_dir}: no episodes" + (f" for task ids {tasks}" if tasks is not None else ""))
+        wanted = ""
+        if tasks is not None:
+            named = task_names is not None
+            wanted = " for " + ", ".join(f"task {task_names[t]!r} (id {t})" if named and t < len(task_names)
+                                         else f"task id {t}" for t in tasks)
+        raise DatasetError(f"{data_dir}: no episodes{wanted}")
     if buffer.num_windows == 0:
         raise DatasetError(f"{data_dir}: no training window of {horizon + 1} steps in {buffer.num_episodes} episodes "
                            f"({buffer.num_heldout_episodes} held out for validation)")

@@ -52,8 +52,26 @@ class TaskEnv:
     def _step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         raise NotImplementedError
 
+    def render(self, width: int, height: int) -> np.ndarray:
+        """RGB frame ``[height, width, 3]`` (uint8) of the current state, from the task's default camera."""
+        raise NotImplementedError(f"{self.name}: rendering is not implemented for {type(self).__name__}")
+
     def close(self) -> None:
         pass
+
+
+def _render_mujoco(env, width: int, height: int, cache: dict) -> np.ndarray:
+    """Render a gymnasium / Meta-World MuJoCo env's ``model``/``data`` offscreen (any render_mode)."""
+    import mujoco
+
+    base = env.unwrapped
+    renderer = cache.get((width, height))
+    if renderer is None:
+        base.model.vis.global_.offwidth = max(base.model.vis.global_.offwidth, width)
+        base.model.vis.global_.offheight = max(base.model.vis.global_.offheight, height)
+        renderer = cache[(width, height)] = mujoco.Renderer(base.model, height=height, width=width)
+    renderer.update_scene(base.data)
+    return renderer.render().copy()
 
 
 class DMControlEnv(TaskEnv):
@@ -87,6 +105,9 @@ class DMControlEnv(TaskEnv):
         timestep = self._env.step(scaled)
         return self._flatten(timestep.observation), float(timestep.reward or 0.0), False, timestep.last(), {"success": 0.0}
 
+    def render(self, width: int, height: int) -> np.ndarray:
+        return self._env.physics.render(height=height, width=width, camera_id=0)
+
 
 class MetaWorldEnv(TaskEnv):
     """Meta-World v3 single task (MT1) with goal-observable state; ``info["success"]`` from the env."""
@@ -105,6 +126,7 @@ class MetaWorldEnv(TaskEnv):
         self.obs_dim = int(np.prod(self._env.observation_space.shape))
         self.act_dim = int(np.prod(self._env.action_space.shape))
         self._seed = seed
+        self._renderers: dict[tuple[int, int], Any] = {}
 
     def _reset(self, seed):
         obs, _ = self._env.reset(seed=self._seed if seed is None else seed)
@@ -114,7 +136,13 @@ class MetaWorldEnv(TaskEnv):
         obs, reward, terminated, truncated, info = self._env.step(action.astype(np.float32))
         return obs, float(reward), bool(terminated), bool(truncated), {"success": float(info.get("success", 0.0))}
 
+    def render(self, width: int, height: int) -> np.ndarray:
+        return _render_mujoco(self._env, width, height, self._renderers)
+
     def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
         self._env.close()
 
 
@@ -134,6 +162,7 @@ class GymnasiumEnv(TaskEnv):
         self.act_dim = int(np.prod(self._env.action_space.shape))
         self.max_episode_steps = int(self._env.spec.max_episode_steps or 1000)
         self._seed = seed
+        self._renderers: dict[tuple[int, int], Any] = {}
 
     def _reset(self, seed):
         obs, _ = self._env.reset(seed=self._seed if seed is None else seed)
@@ -145,7 +174,13 @@ class GymnasiumEnv(TaskEnv):
         obs, reward, terminated, truncated, _ = self._env.step(scaled.astype(np.float32))
         return obs, float(reward), bool(terminated), bool(truncated), {"success": 0.0}
 
+    def render(self, width: int, height: int) -> np.ndarray:
+        return _render_mujoco(self._env, width, height, self._renderers)
+
     def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
         self._env.close()
 
 
@@ -172,6 +207,9 @@ class PaddedEnv(TaskEnv):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action).reshape(-1)[: self.env.act_dim])
         return self._pad(obs), reward, terminated, truncated, info
+
+    def render(self, width: int, height: int) -> np.ndarray:
+        return self.env.render(width, height)
 
     def close(self):
         self.env.close()

@@ -25,12 +25,13 @@ from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.data.collect import CollectConfig, collect_dataset, evaluate_policy, random_policy
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.tasks import make_env
+from pwm.training.evaluation import EVAL_SEED_OFFSET
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
 from pwm.utils.common import atomic_write_text, file_lock, seed_everything, set_threads
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling")
-#: Reset seeds of the random-policy reference episodes: those of the evaluations (10_000 + seed + i).
-RANDOM_REFERENCE_SEED = 10_000
+#: Reset seeds of the random-policy reference episodes: those of the evaluations (EVAL_SEED_OFFSET + seed + i).
+RANDOM_REFERENCE_SEED = EVAL_SEED_OFFSET
 
 
 def variant_alg(alg_cfg: DictConfig, flow_knobs: DictConfig | dict) -> DictConfig:
@@ -105,11 +106,11 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         summary_path = run_dir / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
-            if summary.get("iterations") == cfg.train.iterations:
+            if summary.get("iterations") == cfg.train.iterations or summary.get("stopped_by_budget"):
                 return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
         data_dir, random_reference = ensure_dataset(cfg)
         seed_everything(cfg.seed)
-        eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
+        eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
         buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
         agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
         label = variant_label(alg)
@@ -124,4 +125,5 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "finetune_wm": bool(cfg.train.train_world_model), **random_reference,
                     "alg": OmegaConf.to_container(alg)}
         return train_offline(agent, buffer, eval_env, run_dir, cfg.train, alg.batch_size, cfg.seed,
-                             run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}")
+                             run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}",
+                             time_offset_s=pretrain["train_elapsed_s"])

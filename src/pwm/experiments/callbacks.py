@@ -19,13 +19,16 @@ class ABReportCallback(Callback):
 
     def _report(self, config: DictConfig) -> None:
         from pwm.experiments.report import build_report
+        from pwm.experiments.statistics import Criteria
 
         report = build_report(config.general.root, config.report.dir, tuple(config.report.thresholds),
                               config.report.bootstrap_reps, config.report.learned_std_margin,
-                              config.report.learned_min_gain)
+                              config.report.learned_min_gain, Criteria(
+                                  final_evals=config.report.final_evals, hold_evals=config.report.hold_evals,
+                                  tie_tolerance=config.report.tie_tolerance, confidence=config.report.confidence))
         for comparison in report["comparisons"]:
-            log.info("A/B %s vs baseline [%s]: %s", comparison["flow_variant"], comparison["setting"],
-                     comparison["verdict"].upper())
+            log.info("A/B %s vs baseline [%s, %s]: %s", comparison["flow_variant"], comparison["setting"],
+                     comparison["model"], comparison["verdict"].upper())
         log.info("report: %s/report.md", config.report.dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:

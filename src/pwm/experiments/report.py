@@ -4,24 +4,30 @@ Input: the run directories written by :mod:`pwm.experiments.ab` (``summary.json`
 ``pretrain/metrics.csv``). Output in ``out_dir``: ``report.md``, ``report.json`` (tables and verdicts),
 ``runs.csv`` (one row per run) and PNG plots.
 
-A *comparison* is one flow variant against the baseline within a setting (e.g. ``flow-K4-uniform``
-vs ``baseline`` under ``default``), over every task both were run on. Its verdict checks the design
-spec's acceptance criteria (section 15):
+A *comparison* is one flow variant against the baseline of the same model size within a setting
+(e.g. ``flow-K4-uniform`` vs ``baseline`` under ``default``), over every task both were run on, with
+runs paired by seed (unpaired runs are listed, not compared). A run's reward is the mean of its
+last ``final_evals`` evaluations. Its verdict checks the design spec's acceptance criteria (section
+15), "under equal compute" read as equal wall-clock (pretraining included):
 
 1. ``runs_complete``: every run of both variants finished its iterations with a final evaluation.
-2. ``reward_on_half_of_tasks``: flow's mean final reward >= baseline's on at least half of the tasks.
-3. ``faster_convergence_on_subset``: on at least one task flow reaches the upper reward threshold
-   in less wall-clock time (pretraining included) than the baseline, or reaches it where the
-   baseline never does.
-4. ``stability_or_esnr``: flow has lower actor grad-norm variance, or higher mean ESNR, or fewer
-   skipped (non-finite) updates than the baseline, averaged over its runs.
+2. ``reward_on_half_of_tasks``: at equal wall-clock (each pair compared at the shorter of its two
+   runs' durations), flow is better or tied on at least half of the tasks and better on at least one;
+   per task a paired-seed confidence interval decides flow / baseline / tie / inconclusive
+   (:func:`~pwm.experiments.statistics.paired_outcome`). The same comparison at equal iterations is
+   reported beside it.
+3. ``faster_convergence_on_subset``: on at least one task flow reaches the upper threshold (held for
+   ``hold_evals`` consecutive evaluations) in less wall-clock time than the baseline, or reaches it
+   where the baseline never does. Thresholds are fixed per task for the whole report: fractions of
+   TD-MPC2's published reward where one exists, else of the task's observed reward range.
+4. ``stability_or_esnr``: flow has a lower coefficient of variation of the actor grad norm, or a
+   higher mean ESNR, or fewer skipped (non-finite) updates than the baseline.
 
-The verdict is ``accept`` when all four hold, else ``reject`` naming the failed criteria, unless the
-comparison is *invalid*: a verdict on agents that did not learn means nothing, so it is ``invalid``
-(with the reasons named) when, on any task, a variant's mean final reward does not beat the random
-policy's by a clear margin (``learned_std_margin`` random-episode standard deviations, and at least
-``learned_min_gain`` of the random reward's magnitude), or when a world model did not converge on its
-held-out error during pretraining (or its convergence was not checked).
+The verdict is ``invalid`` (reasons named) when a variant did not learn a task (its reward does not
+beat the random policy's by ``learned_std_margin`` random-episode standard deviations and
+``learned_min_gain`` of the random reward's magnitude) or a world model did not converge; else
+``reject`` when a criterion fails, ``inconclusive`` when one cannot be decided at this number of
+seeds, and ``accept`` when all hold.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pwm.experiments.published import tdmpc2_final  # noqa: E402
+from pwm.experiments.statistics import (  # noqa: E402
+    REWARD, Criteria, coefficient_of_variation, final_reward, paired_outcome, reward_at_wall, reward_criterion,
+    time_to_threshold)
 from pwm.utils.common import atomic_write_text  # noqa: E402
-
-REWARD = "eval/episode_reward"
 
 
 @dataclass
@@ -104,18 +112,32 @@ def _best_heldout(pretrain: pd.DataFrame | None) -> dict[str, float]:
     return {name: float(best.get(column, math.nan)) for name, column in HELDOUT_COLUMNS.items()}
 
 
-def run_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: identity, outcome, cost and stability statistics."""
+def model_size(summary: dict[str, Any]) -> str:
+    """A run's network sizes, e.g. ``latent64-wm128x128-actor128x128`` (only runs of one size are compared)."""
+    alg = summary.get("alg") or {}
+    wm, actor = alg.get("world_model_config") or {}, alg.get("actor_config") or {}
+    if not wm:
+        return "unknown"
+    units = "x".join(str(u) for u in wm.get("units", []))
+    return f"latent{wm.get('latent_dim')}-wm{units}-actor{'x'.join(str(u) for u in actor.get('units', []))}"
+
+
+def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
+    """One row per run: identity, outcome (``final_reward``: mean of the last ``final_evals``
+    evaluations; ``last_reward``: the last one), cost and stability statistics."""
     rows = []
     for run in runs:
         s, m = run.summary, run.metrics
         nan_counts = s.get("nan_skipped_steps", {})
         rows.append({
             "task": s["task"], "setting": s.get("setting", "default"), "variant": s["variant"],
+            "model": model_size(s),
             "is_flow": bool(s.get("is_flow", s["variant"] != "baseline")), "seed": int(s["seed"]),
             "iterations": int(s.get("iterations", 0)),
             "expected_iterations": int(s.get("expected_iterations", s.get("iterations", 0))),
-            "final_reward": float(s.get("final_reward", math.nan)),
+            "stopped_by_budget": bool(s.get("stopped_by_budget", False)),
+            "final_reward": final_reward(run.evals, final_evals),
+            "last_reward": float(s.get("final_reward", math.nan)),
             "final_success": float(s.get("final_success", math.nan)),
             "best_reward": float(s.get("best_reward", math.nan)),
             "pretrain_s": float(s.get("pretrain_elapsed_s", 0.0)),
@@ -126,6 +148,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
             "params_critic": s.get("params/critic", math.nan),
             "nan_skipped": float(sum(nan_counts.values())) if nan_counts else 0.0,
             "actor_grad_norm_var": _column_stat(m, "actor/grad_norm", "var"),
+            "actor_grad_norm_cv": coefficient_of_variation(m["actor/grad_norm"]) if "actor/grad_norm" in m else math.nan,
             "critic_grad_norm_var": _column_stat(m, "critic/grad_norm", "var"),
             "esnr_mean": _column_stat(m, "actor/esnr", "mean"),
             "latent_norm_max": _column_stat(m, "rollout/latent_norm_max", "max"),
@@ -146,20 +169,22 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def reward_range(runs: list[Run]) -> tuple[float, float]:
-    """Lowest and highest evaluation reward over a group of runs (the threshold scale)."""
-    values = pd.concat([r.evals[REWARD] for r in runs]) if runs else pd.Series(dtype=float)
-    return (float(values.min()), float(values.max())) if len(values) else (math.nan, math.nan)
+def task_thresholds(runs: list[Run], task: str, fractions: list[float],
+                    reference: dict[str, tuple[int, float]]) -> tuple[dict[str, float], float, str]:
+    """Fixed reward thresholds of one task for the whole report, its reward scale, and their source.
 
-
-def time_to_threshold(run: Run, target: float) -> tuple[float, float]:
-    """(iteration, wall seconds) of the first evaluation with reward >= target; (inf, inf) if never."""
-    evals = run.evals
-    hit = evals[evals[REWARD] >= target]
-    if hit.empty:
-        return math.inf, math.inf
-    first = hit.iloc[0]
-    return float(first["iteration"]), float(first["wall_s"])
+    Fractions of TD-MPC2's published reward for the task where it exists (so every comparison and
+    every report uses the same bar), else of the reward range observed over all runs of the task.
+    """
+    names = [f"{int(q * 100)}%" for q in fractions]
+    if task in reference:
+        step, published = reference[task]
+        return ({n: q * published for n, q in zip(names, fractions)}, published,
+                f"TD-MPC2 published {published:.1f} @ {step / 1e6:g}M steps")
+    values = pd.concat([r.evals[REWARD] for r in runs if r.summary["task"] == task])
+    low, high = (float(values.min()), float(values.max())) if len(values) else (math.nan, math.nan)
+    return ({n: low + q * (high - low) for n, q in zip(names, fractions)}, (high - low) or 1.0,
+            f"observed range [{low:.1f}, {high:.1f}]")
 
 
 def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -227,41 +252,49 @@ def decide(per_task: pd.DataFrame, stability: dict[str, dict[str, float]], compl
     """Verdict on the acceptance criteria (see the module docstring).
 
     Args:
-        per_task: one row per task with ``baseline_reward``, ``flow_reward``, ``baseline_time_to_high``
-            and ``flow_time_to_high`` (wall seconds to the upper threshold; inf if never reached).
-        stability: ``{"baseline": {...}, "flow": {...}}`` with ``actor_grad_norm_var``, ``esnr_mean``
+        per_task: one row per task with ``outcome_wall`` (the paired outcome at equal wall-clock),
+            ``baseline_time_to_high`` and ``flow_time_to_high`` (wall seconds to the upper threshold,
+            held; inf if never reached).
+        stability: ``{"baseline": {...}, "flow": {...}}`` with ``actor_grad_norm_cv``, ``esnr_mean``
             and ``nan_skipped`` averaged over runs.
         complete: whether every run finished.
         reasons_invalid: why the comparison cannot be judged (see :func:`invalid_reasons`); any
             reason makes the verdict ``invalid``, and the criteria are still reported.
     """
     tasks = len(per_task)
-    wins = int((per_task["flow_reward"] >= per_task["baseline_reward"]).sum())
+    reward_status, reward_detail = reward_criterion(list(per_task["outcome_wall"]) if tasks else [])
     faster = per_task[np.isfinite(per_task["flow_time_to_high"])
-                      & (per_task["flow_time_to_high"] < per_task["baseline_time_to_high"])]
+                      & (per_task["flow_time_to_high"] < per_task["baseline_time_to_high"])] if tasks else per_task
     base, flow = stability["baseline"], stability["flow"]
     stable_reasons = []
-    if flow["actor_grad_norm_var"] < base["actor_grad_norm_var"]:
-        stable_reasons.append("lower actor grad-norm variance")
+    if flow["actor_grad_norm_cv"] < base["actor_grad_norm_cv"]:
+        stable_reasons.append("lower actor grad-norm coefficient of variation")
     if flow["esnr_mean"] > base["esnr_mean"]:
         stable_reasons.append("higher ESNR")
     if flow["nan_skipped"] < base["nan_skipped"]:
         stable_reasons.append("fewer skipped non-finite updates")
     criteria = {
-        "runs_complete": {"passed": bool(complete), "detail": "all runs finished" if complete else "unfinished runs"},
-        "reward_on_half_of_tasks": {"passed": tasks > 0 and wins >= tasks / 2,
-                                    "detail": f"flow >= baseline on {wins}/{tasks} tasks"},
-        "faster_convergence_on_subset": {"passed": len(faster) > 0,
+        "runs_complete": {"status": "pass" if complete else "fail",
+                          "detail": "all runs finished" if complete else "unfinished runs"},
+        "reward_on_half_of_tasks": {"status": reward_status, "detail": f"at equal wall-clock: {reward_detail}"},
+        "faster_convergence_on_subset": {"status": "pass" if len(faster) else "fail",
                                          "detail": f"faster to the upper threshold on {len(faster)}/{tasks} tasks"
                                          + (f" ({', '.join(faster['task'])})" if len(faster) else "")},
-        "stability_or_esnr": {"passed": bool(stable_reasons),
+        "stability_or_esnr": {"status": "pass" if stable_reasons else "fail",
                               "detail": ", ".join(stable_reasons) if stable_reasons
-                              else "no lower grad-norm variance, higher ESNR or fewer skipped updates"},
+                              else "no lower grad-norm variation, higher ESNR or fewer skipped updates"},
     }
-    failed = [name for name, c in criteria.items() if not c["passed"]]
+    for criterion in criteria.values():
+        criterion["passed"] = criterion["status"] == "pass"
+    failed = [name for name, c in criteria.items() if c["status"] == "fail"]
+    undecided = [name for name, c in criteria.items() if c["status"] == "inconclusive"]
     reasons_invalid = list(reasons_invalid or [])
-    verdict = "invalid" if reasons_invalid else ("accept" if not failed else "reject")
-    return {"verdict": verdict, "failed": failed, "criteria": criteria, "invalid_reasons": reasons_invalid}
+    if reasons_invalid:
+        verdict = "invalid"
+    else:
+        verdict = "reject" if failed else ("inconclusive" if undecided else "accept")
+    return {"verdict": verdict, "failed": failed, "inconclusive": undecided, "criteria": criteria,
+            "invalid_reasons": reasons_invalid}
 
 
 # ---------------------------------------------------------------------- plotting
@@ -373,40 +406,74 @@ def _slug(*parts: str) -> str:
     return "_".join(p.replace("/", "-").replace("=", "-").replace(",", "-") for p in parts)
 
 
-def compare(runs: list[Run], table: pd.DataFrame, setting: str, flow_variant: str, thresholds: list[float],
-            reps: int, learned_std_margin: float = 2.0, learned_min_gain: float = 0.1) -> dict[str, Any]:
-    """All statistics of one comparison (``flow_variant`` vs baseline within ``setting``)."""
-    sub = table[(table.setting == setting) & table.variant.isin(["baseline", flow_variant])]
+def _pairs(group: list[Run], flow_variant: str) -> tuple[list[tuple[Run, Run]], list[str]]:
+    """(baseline run, flow run) pairs that share a seed, and a description of the unpaired runs."""
+    by_seed: dict[str, dict[int, Run]] = {"baseline": {}, flow_variant: {}}
+    for run in group:
+        by_seed[run.summary["variant"]][int(run.summary["seed"])] = run
+    shared = sorted(set(by_seed["baseline"]) & set(by_seed[flow_variant]))
+    unpaired = [f"{variant} seed {seed}" for variant, runs in by_seed.items() for seed in sorted(runs)
+                if seed not in shared]
+    return [(by_seed["baseline"][s], by_seed[flow_variant][s]) for s in shared], unpaired
+
+
+def _duration(run: Run) -> float:
+    evals = run.evals
+    return float(evals.wall_s.iloc[-1]) if len(evals) else math.nan
+
+
+def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow_variant: str,
+            thresholds: dict[str, tuple[dict[str, float], float, str]], criteria: Criteria, reps: int,
+            learned_std_margin: float = 2.0, learned_min_gain: float = 0.1) -> dict[str, Any]:
+    """All statistics of one comparison (``flow_variant`` vs baseline within ``setting`` at one model
+    size); ``thresholds`` maps each task to :func:`task_thresholds`."""
+    sub = table[(table.setting == setting) & (table.model == model) & table.variant.isin(["baseline", flow_variant])]
     tasks = sorted(set(sub[sub.variant == "baseline"].task) & set(sub[sub.variant == flow_variant].task))
-    per_task, scores = [], {"baseline": [], "flow": []}
-    threshold_names = [f"{int(q * 100)}%" for q in thresholds]
+    per_task, scores, unpaired_runs = [], {"baseline": [], "flow": []}, []
     for task in tasks:
-        group = select_runs(runs, task, setting, ("baseline", flow_variant))
-        low, high = reward_range(group)
-        entry: dict[str, Any] = {"task": task}
+        group = [r for r in select_runs(runs, task, setting, ("baseline", flow_variant)) if model_size(r.summary) == model]
+        pairs, unpaired = _pairs(group, flow_variant)
+        unpaired_runs += [f"{task}: {u}" for u in unpaired]
+        targets, scale, source = thresholds[task]
+        high_name = list(targets)[-1]
         task_rows = sub[sub.task == task]
+        entry: dict[str, Any] = {"task": task, "seeds": [int(b.summary["seed"]) for b, _ in pairs],
+                                 "targets": targets, "threshold_source": source, "scale": scale}
         entry["random_reward"] = float(task_rows.random_reward.mean())
         entry["learned_margin"] = learned_margin(entry["random_reward"], float(task_rows.random_reward_std.mean()),
                                                  learned_std_margin, learned_min_gain)
-        for variant, key in (("baseline", "baseline"), (flow_variant, "flow")):
-            rows = sub[(sub.task == task) & (sub.variant == variant)]
-            variant_runs = [r for r in group if r.summary["variant"] == variant]
-            entry[f"{key}_reward"] = float(rows.final_reward.mean())
-            entry[f"{key}_reward_std"] = float(rows.final_reward.std(ddof=0))
+        budgets = [min(_duration(b), _duration(f)) for b, f in pairs]
+        entry["wall_budget_s"] = float(np.mean(budgets)) if budgets else math.nan
+        no_policy = entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0
+        paired = {}
+        for key, index in (("baseline", 0), ("flow", 1)):
+            chosen = [pair[index] for pair in pairs]
+            rows = task_rows[task_rows.variant == (flow_variant if key == "flow" else "baseline")]
+            rows = rows[rows.seed.isin(entry["seeds"])]
+            iters = np.array([final_reward(r.evals, criteria.final_evals) for r in chosen])
+            walls = np.array([reward_at_wall(r.evals, t, criteria.final_evals, no_policy)
+                              for r, t in zip(chosen, budgets)])
+            paired[key] = (iters, walls)
+            entry[f"{key}_reward"] = float(iters.mean()) if len(iters) else math.nan
+            entry[f"{key}_reward_std"] = float(iters.std(ddof=0)) if len(iters) else math.nan
+            entry[f"{key}_reward_wall"] = float(walls.mean()) if len(walls) else math.nan
             entry[f"{key}_success"] = float(rows.final_success.mean())
-            entry[f"{key}_seeds"] = int(len(rows))
+            entry[f"{key}_seeds"] = len(chosen)
             entry[f"{key}_wall_s"] = float(rows.wall_s.mean())
             entry[f"{key}_pretrain_iterations"] = float(rows.pretrain_iterations.mean())
             entry[f"{key}_pretrain_s"] = float(rows.pretrain_s.mean())
             entry[f"{key}_learned"] = bool(entry[f"{key}_reward"] >= entry["random_reward"] + entry["learned_margin"])
-            for q, name in zip(thresholds, threshold_names):
-                times = [time_to_threshold(r, low + q * (high - low))[1] for r in variant_runs]
+            for name, target in targets.items():
+                times = [time_to_threshold(r.evals, target, criteria.hold_evals)[1] for r in chosen]
                 entry[f"{key}_time_to_{name}"] = float(np.mean(times)) if times else math.inf
-            scale = (high - low) or 1.0
-            scores[key].append(((rows.sort_values("seed").final_reward.to_numpy() - low) / scale))
-        entry["baseline_time_to_high"] = entry[f"baseline_time_to_{threshold_names[-1]}"]
-        entry["flow_time_to_high"] = entry[f"flow_time_to_{threshold_names[-1]}"]
-        entry["targets"] = {name: low + q * (high - low) for q, name in zip(thresholds, threshold_names)}
+            scores[key].append((iters - (entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0))
+                               / (scale or 1.0))
+        entry["baseline_time_to_high"] = entry[f"baseline_time_to_{high_name}"]
+        entry["flow_time_to_high"] = entry[f"flow_time_to_{high_name}"]
+        for label, index in (("iterations", 0), ("wall", 1)):
+            result = paired_outcome(paired["flow"][index], paired["baseline"][index], scale, criteria)
+            entry[f"outcome_{label}"] = result["outcome"]
+            entry[f"diff_{label}"] = {k: v for k, v in result.items() if k != "outcome"}
         per_task.append(entry)
     per_task_df = pd.DataFrame(per_task)
     bars = {t["task"]: t["random_reward"] + t["learned_margin"] for t in per_task}
@@ -415,23 +482,24 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, flow_variant: st
                   if not row.final_reward >= bars[row.task]]
     stability = {
         key: {col: float(sub[sub.variant == variant][col].mean())
-              for col in ("actor_grad_norm_var", "critic_grad_norm_var", "esnr_mean", "nan_skipped",
-                          "latent_norm_max", "latent_norm_mean", "nonfinite_latents")}
+              for col in ("actor_grad_norm_cv", "actor_grad_norm_var", "critic_grad_norm_var", "esnr_mean",
+                          "nan_skipped", "latent_norm_max", "latent_norm_mean", "nonfinite_latents")}
         for variant, key in (("baseline", "baseline"), (flow_variant, "flow"))
     }
-    complete = bool(len(sub)) and bool((sub.iterations >= sub.expected_iterations).all()) \
+    complete = bool(len(sub)) and bool(((sub.iterations >= sub.expected_iterations) | sub.stopped_by_budget).all()) \
         and bool(sub.final_reward.notna().all())
-    result: dict[str, Any] = {"setting": setting, "flow_variant": flow_variant, "tasks": tasks,
-                              "per_task": per_task, "stability": stability, "runs_below_random_bar": runs_below}
-    if tasks:
-        seeds = min(min(len(s) for s in scores["baseline"]), min(len(s) for s in scores["flow"]))
+    result: dict[str, Any] = {"setting": setting, "model": model, "flow_variant": flow_variant, "tasks": tasks,
+                              "per_task": per_task, "stability": stability, "runs_below_random_bar": runs_below,
+                              "unpaired_runs": unpaired_runs, "criteria_config": vars(criteria)}
+    seeds = min((len(s) for s in scores["baseline"]), default=0)
+    if tasks and seeds:
         matrices = {k: np.stack([s[:seeds] for s in v], axis=1) for k, v in scores.items()}  # [runs, tasks]
         result["iqm"] = iqm_with_ci(matrices, reps)
         result["probability_of_improvement"] = probability_of_improvement(matrices["flow"], matrices["baseline"], reps)
         result["seeds_used"] = seeds
         result.update(decide(per_task_df, stability, complete, invalid_reasons(per_task_df, sub, flow_variant)))
     else:
-        result.update({"verdict": "no data", "failed": [], "criteria": {}, "invalid_reasons": []})
+        result.update({"verdict": "no data", "failed": [], "inconclusive": [], "criteria": {}, "invalid_reasons": []})
     return result
 
 
@@ -452,22 +520,29 @@ def parity(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = (0.5, 0.8),
-                 bootstrap_reps: int = 2000, learned_std_margin: float = 2.0,
-                 learned_min_gain: float = 0.1) -> dict[str, Any]:
-    """Build the A/B report for every run under ``root``; returns the ``report.json`` content."""
+                 bootstrap_reps: int = 2000, learned_std_margin: float = 2.0, learned_min_gain: float = 0.1,
+                 criteria: Criteria | None = None, reference_dir: str | Path | None = None) -> dict[str, Any]:
+    """Build the A/B report for every run under ``root``; returns the ``report.json`` content.
+
+    ``thresholds`` are fractions of each task's published TD-MPC2 reward (``reference_dir``, default
+    the repository's ``benchmarks/reference``), or of its observed reward range where none is published.
+    """
+    criteria = criteria or Criteria()
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(root / "runs" if (root / "runs").is_dir() else root)
     if not runs:
         raise FileNotFoundError(f"no A/B runs (summary.json + metrics.csv) under {root}")
-    table = run_table(runs)
+    table = run_table(runs, criteria.final_evals)
     atomic_write_text(table.to_csv(index=False), out_dir / "runs.csv")
+    reference = tdmpc2_final(reference_dir) if reference_dir is not None else tdmpc2_final()
+    task_targets = {task: task_thresholds(runs, task, list(thresholds), reference) for task in sorted(table.task.unique())}
     comparisons = []
-    for setting in sorted(table.setting.unique()):
-        for flow_variant in sorted(table[(table.setting == setting) & table.is_flow].variant.unique()):
-            comparisons.append(compare(runs, table, setting, flow_variant, list(thresholds), bootstrap_reps,
-                                       learned_std_margin, learned_min_gain))
+    for (setting, model), group in table.groupby(["setting", "model"]):
+        for flow_variant in sorted(group[group.is_flow].variant.unique()):
+            comparisons.append(compare(runs, table, setting, model, flow_variant, task_targets, criteria,
+                                       bootstrap_reps, learned_std_margin, learned_min_gain))
     parity_table = parity(table)
     figures = []
     for (task, setting), _ in table.groupby(["task", "setting"]):
@@ -475,36 +550,51 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
         for run in select_runs(runs, task, setting):
             groups.setdefault(run.summary["variant"], []).append(run)
         groups = dict(sorted(groups.items(), key=lambda kv: (kv[0] != "baseline", kv[0])))
-        low, high = reward_range([r for rs in groups.values() for r in rs])
-        targets = {f"{int(q * 100)}%": low + q * (high - low) for q in thresholds}
         title = f"{task} [{setting}]"
-        figures.append(plot_curves(groups, title, out_dir / f"curves_{_slug(task, setting)}.png", targets))
+        figures.append(plot_curves(groups, title, out_dir / f"curves_{_slug(task, setting)}.png", task_targets[task][0]))
         figures.append(plot_diagnostics(groups, title, out_dir / f"diagnostics_{_slug(task, setting)}.png"))
     aggregates = {f"{c['setting']}: {c['flow_variant']}": c for c in comparisons if "iqm" in c}
     if aggregates:
         figures.append(plot_aggregate(aggregates, out_dir / "aggregate_iqm.png"))
     report = {"root": str(root), "runs": len(runs), "comparisons": comparisons,
               "parity": parity_table.to_dict(orient="records"), "thresholds": list(thresholds),
-              "figures": [f.name for f in figures]}
+              "criteria": vars(criteria), "figures": [f.name for f in figures]}
     atomic_write_text(json.dumps(report, indent=2, default=float), out_dir / "report.json")
     atomic_write_text(render_markdown(report, parity_table, table), out_dir / "report.md")
     return report
 
 
+def _diff(d: dict[str, float]) -> str:
+    if d["pairs"] >= 2:
+        return f"{_fmt(d['mean_diff'], 1)} [{_fmt(d['ci_low'], 1)}, {_fmt(d['ci_high'], 1)}]"
+    return f"{_fmt(d['mean_diff'], 1)} (1 seed)"
+
+
 def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: pd.DataFrame) -> str:
+    crit = report["criteria"]
     lines = ["# A/B report: flow-matching vs MLP latent dynamics", "",
-             f"{report['runs']} runs under `{report['root']}`. Rewards are deterministic-policy evaluation "
-             "episode returns; thresholds are fractions of each task's observed reward range (lowest to highest "
-             "evaluation over both variants) and a time to a threshold is the mean over seeds, \"never\" if any seed never reaches it; wall-clock includes world-model pretraining.", "", "## Verdicts", ""]
+             f"{report['runs']} runs under `{report['root']}`. Rewards are deterministic-policy evaluation episode "
+             f"returns; a run's reward is the mean of its last {crit['final_evals']} evaluations. Runs are paired "
+             "by seed. **Equal wall-clock** (the primary comparison, spec section 15's equal compute): each pair "
+             "is compared at the shorter of its two runs' durations, world-model pretraining included; "
+             "**equal iterations**: at the end of both runs. Per task, a paired-seed "
+             f"{int(100 * crit['confidence'])}% t interval of flow - baseline decides: flow or baseline when it "
+             f"excludes 0 and the difference exceeds {100 * crit['tie_tolerance']:g}% of the task's reward scale, "
+             "tie when it lies within that tolerance, else inconclusive. Thresholds are fixed per task "
+             "(fractions of TD-MPC2's published reward where one exists) and count once held for "
+             f"{crit['hold_evals']} consecutive evaluations.", "", "## Verdicts", ""]
     for c in report["comparisons"]:
-        lines.append(f"### {c['flow_variant']} vs baseline [{c['setting']}]: **{c['verdict'].upper()}**")
+        lines.append(f"### {c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: **{c['verdict'].upper()}**")
         lines.append("")
         for reason in c.get("invalid_reasons", []):
             lines.append(f"- INVALID: {reason}")
         for note in c.get("runs_below_random_bar", []):
             lines.append(f"- note, single run: {note}")
-        for name, crit in c.get("criteria", {}).items():
-            lines.append(f"- {'PASS' if crit['passed'] else 'FAIL'} `{name}`: {crit['detail']}")
+        if c.get("unpaired_runs"):
+            lines.append(f"- not compared (no run of the other variant with the same seed): "
+                         f"{', '.join(c['unpaired_runs'])}")
+        for name, criterion in c.get("criteria", {}).items():
+            lines.append(f"- {criterion['status'].upper()} `{name}`: {criterion['detail']}")
         if c.get("seeds_used", 0) and c["seeds_used"] < 3:
             lines.append(f"- note: {c['seeds_used']} seed(s) per task; confidence intervals are wide, "
                          "treat this verdict as preliminary")
@@ -518,36 +608,44 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
                      f"{_fmt(r.wm_update_ms)} | {_fmt(r.wm_update_ms_vs_baseline)} | {_fmt(r.actor_update_ms)} | "
                      f"{_fmt(r.pretrain_s, 1)} | {_fmt(r.policy_s, 1)} | {_fmt(r.wall_s, 1)} | {_fmt(r.wall_s_vs_baseline)} |")
     for c in report["comparisons"]:
-        if not c["tasks"]:
+        if not c["tasks"] or "iqm" not in c:
             continue
         names = [f"{int(q * 100)}%" for q in report["thresholds"]]
-        lines += ["", f"## Results: {c['flow_variant']} vs baseline [{c['setting']}]", "",
-                  "| task | random policy | baseline reward | flow reward | learned (b / f) | baseline success "
-                  "| flow success | WM pretraining iterations (b / f) | WM pretraining s (b / f) | "
+        lines += ["", f"## Results: {c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]", "",
+                  "| task | random policy | equal wall-clock: budget s | baseline | flow | flow - baseline | outcome "
+                  "| equal iterations: baseline | flow | flow - baseline | outcome | learned (b / f) "
+                  "| WM pretraining iterations (b / f) | WM pretraining s (b / f) | thresholds | "
                   + " | ".join(f"time to {n} (b / f), s" for n in names) + " |",
-                  "|---|---|---|---|---|---|---|---|---|" + "---|" * len(names)]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(names)]
         for t in c["per_task"]:
             times = " | ".join(f"{_fmt(t[f'baseline_time_to_{n}'], 1)} / {_fmt(t[f'flow_time_to_{n}'], 1)}" for n in names)
             learned = " / ".join("yes" if t[f"{k}_learned"] else "**no**" for k in ("baseline", "flow"))
+            targets = ", ".join(f"{n} = {_fmt(v, 1)}" for n, v in t["targets"].items())
             lines.append(f"| {t['task']} | {_fmt(t['random_reward'])} (+{_fmt(t['learned_margin'])} to count) "
+                         f"| {_fmt(t['wall_budget_s'], 1)} | {_fmt(t['baseline_reward_wall'])} | {_fmt(t['flow_reward_wall'])} "
+                         f"| {_diff(t['diff_wall'])} | **{t['outcome_wall']}** "
                          f"| {_fmt(t['baseline_reward'])} ± {_fmt(t['baseline_reward_std'])} "
-                         f"(n={t['baseline_seeds']}) | {_fmt(t['flow_reward'])} ± {_fmt(t['flow_reward_std'])} "
-                         f"(n={t['flow_seeds']}) | {learned} | {_fmt(t['baseline_success'])} | {_fmt(t['flow_success'])} "
+                         f"| {_fmt(t['flow_reward'])} ± {_fmt(t['flow_reward_std'])} | {_diff(t['diff_iterations'])} "
+                         f"| {t['outcome_iterations']} | {learned} "
                          f"| {_fmt(t['baseline_pretrain_iterations'], 0)} / {_fmt(t['flow_pretrain_iterations'], 0)} "
-                         f"| {_fmt(t['baseline_pretrain_s'], 1)} / {_fmt(t['flow_pretrain_s'], 1)} | {times} |")
+                         f"| {_fmt(t['baseline_pretrain_s'], 1)} / {_fmt(t['flow_pretrain_s'], 1)} "
+                         f"| {targets} ({t['threshold_source']}) | {times} |")
         iqm, poi = c["iqm"], c["probability_of_improvement"]
-        lines += ["", "Aggregate over tasks (final reward normalised to each task's observed range; "
-                  f"{c['seeds_used']} seed(s) per task; 95% stratified-bootstrap CIs, rliable):", "",
+        lines += ["", "Aggregate over tasks at equal iterations (reward above the random policy's, as a fraction of "
+                  f"each task's reward scale; {c['seeds_used']} seed(s) per task; 95% stratified-bootstrap CIs, rliable):", "",
                   f"- IQM baseline: {_fmt(iqm['baseline']['iqm'], 3)} [{_fmt(iqm['baseline']['ci_low'], 3)}, "
                   f"{_fmt(iqm['baseline']['ci_high'], 3)}]",
                   f"- IQM flow: {_fmt(iqm['flow']['iqm'], 3)} [{_fmt(iqm['flow']['ci_low'], 3)}, {_fmt(iqm['flow']['ci_high'], 3)}]",
                   f"- P(flow > baseline): {_fmt(poi['p'], 3)} [{_fmt(poi['ci_low'], 3)}, {_fmt(poi['ci_high'], 3)}]",
-                  "", "Stability (mean over runs):", "",
-                  "| variant | actor grad-norm var | critic grad-norm var | ESNR | skipped non-finite updates "
-                  "| max latent norm | mean latent norm | non-finite latents |", "|---|---|---|---|---|---|---|---|"]
+                  "", "Stability (mean over runs; the grad-norm coefficient of variation is scale-free, the variance "
+                  "is shown for reference):", "",
+                  "| variant | actor grad-norm CV | actor grad-norm var | critic grad-norm var | ESNR "
+                  "| skipped non-finite updates | max latent norm | mean latent norm | non-finite latents |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for key in ("baseline", "flow"):
             s = c["stability"][key]
-            lines.append(f"| {key} | {_fmt(s['actor_grad_norm_var'], 6)} | {_fmt(s['critic_grad_norm_var'], 4)} | "
+            lines.append(f"| {key} | {_fmt(s['actor_grad_norm_cv'], 3)} | {_fmt(s['actor_grad_norm_var'], 6)} "
+                         f"| {_fmt(s['critic_grad_norm_var'], 4)} | "
                          f"{_fmt(s['esnr_mean'], 4)} | {_fmt(s['nan_skipped'], 0)} | {_fmt(s['latent_norm_max'], 3)} | "
                          f"{_fmt(s['latent_norm_mean'], 3)} | {_fmt(s['nonfinite_latents'], 0)} |")
     lines += ["", "## World-model quality (held-out windows, the pretraining evaluation that was kept)", "",

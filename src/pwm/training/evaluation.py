@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
+from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.algorithms.diagnostics import world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
-from pwm.data.collect import Episode, Policy, evaluate_policy
-from pwm.envs.wrappers import TaskEnv
+from pwm.data.collect import EVAL_SEED_OFFSET, Episode, Policy, evaluate_policy
+from pwm.envs.tasks import make_env, task_set
+from pwm.envs.wrappers import PaddedEnv, TaskEnv
+from pwm.training.video import VideoRecorder
+from pwm.utils.common import load_checkpoint
 
 
 def agent_policy(agent: PWM, task_id: int | None = None, deterministic: bool = False) -> Policy:
@@ -45,13 +53,73 @@ def episode_diagnostics(agent: PWM, episodes: list[Episode], windows: int, seed:
 
 
 def evaluate(agent: PWM, env: TaskEnv, episodes: int, seed: int, task_id: int | None = None,
-             diagnostics_windows: int = 0) -> dict[str, float]:
+             diagnostics_windows: int = 0, video: VideoRecorder | None = None,
+             step: int | None = None) -> dict[str, float]:
     """Mean episode reward, success and length over ``episodes`` deterministic-policy episodes.
 
     Episode ``i`` resets with ``seed + i``, so every variant is evaluated on the same initial states.
     With ``diagnostics_windows > 0`` the world-model diagnostics on those episodes are added
-    (keys ``wm_eval/...``, see :func:`episode_diagnostics`).
+    (keys ``wm_eval/...``, see :func:`episode_diagnostics`). With a ``video`` recorder its first
+    episodes are rendered and recorded under ``step``.
     """
-    metrics, results = evaluate_policy(env, agent_policy(agent, task_id, deterministic=True), episodes, seed)
+    render_episodes, render_size = (video.episodes, video.config.size) if video is not None else (0, (1, 1))
+    metrics, results = evaluate_policy(env, agent_policy(agent, task_id, deterministic=True), episodes, seed,
+                                       render_episodes=render_episodes, render_size=render_size)
     metrics.update(episode_diagnostics(agent, results, diagnostics_windows, seed, task_id))
+    if video is not None:
+        video.record(results, step)
     return metrics
+
+
+class NotAPolicyCheckpoint(ValueError):
+    """A checkpoint without a policy (e.g. a world-model checkpoint of ``pretrain_world_model.py``)."""
+
+
+@dataclass
+class TrainedAgent:
+    """An agent rebuilt from a training checkpoint, with the task its policy was trained for."""
+
+    agent: PWM
+    task: str
+    variant: str
+    checkpoint: Path
+    task_id: int | None = None  # index in ``task_set`` (multi-task world models)
+    task_set: str | None = None
+
+    def make_env(self, seed: int) -> TaskEnv:
+        """The task's environment, padded to the world model's widths when the agent is multi-task."""
+        env = make_env(self.task, seed=seed)
+        if self.task_set is None:
+            return env
+        return PaddedEnv(env, self.agent.wm.obs_dim, self.agent.wm.act_dim)
+
+
+def load_agent(checkpoint_path: str | Path, device: str = "auto") -> TrainedAgent:
+    """Rebuild the agent of a ``checkpoint.pt`` written by ``train_singletask.py``, ``train_multitask.py``
+    (policy extraction on a multi-task world model) or an A/B run, with its weights loaded."""
+    path = Path(checkpoint_path)
+    state = load_checkpoint(path)
+    info: dict[str, Any] = state.get("run_info") or {}
+    if "agent" not in state or "task" not in info:
+        raise NotAPolicyCheckpoint(
+            f"{path}: not a policy checkpoint of train_singletask.py, train_multitask.py or an A/B run "
+            "(world-model checkpoints of pretrain_world_model.py have no policy to evaluate)")
+    alg = info.get("alg") or (info.get("config") or {}).get("alg")
+    if alg is None:
+        raise ValueError(f"{path}: the checkpoint does not record its alg config (written by an older version)")
+    task = info["task"]
+    if info.get("task_set"):
+        tasks = task_set(info["task_set"])
+        agent = build_pwm(alg, info["obs_dim"], info["act_dim"], tasks, info["action_dims"], device=device)
+        task_id = int(info["task_id"])
+    else:
+        env = make_env(task)
+        agent = build_pwm(alg, env.obs_dim, env.act_dim, device=device)
+        env.close()
+        task_id = None
+    try:
+        agent.load_state_dict(state["agent"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the recorded alg config: {exc}") from exc
+    variant = info.get("variant") or ("flow" if is_flow_config(alg) else "baseline")
+    return TrainedAgent(agent, task, str(variant), path, task_id, info.get("task_set"))

@@ -7,7 +7,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pwm.utils.common import atomic_write_text
+from pwm.utils.extras import require_extra
 
 
 class RunLogger:
@@ -39,7 +42,8 @@ class RunLogger:
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_iteration or None)
         self._wandb = None
         if wandb:
-            import wandb as wandb_module  # optional dependency: pip install -e ".[wandb]"
+            require_extra("wandb", "wandb", "wandb=true")
+            import wandb as wandb_module
 
             self._wandb = wandb_module.init(project=wandb_project, config=config, dir=str(self.run_dir),
                                             resume="allow", name=self.run_dir.name)
@@ -70,6 +74,23 @@ class RunLogger:
                 self._tb.add_scalar(key, value, iteration)
         if self._wandb is not None:
             self._wandb.log(metrics, step=iteration)
+
+    def log_video(self, tag: str, frames: np.ndarray, step: int, fps: int, path: str | Path) -> None:
+        """Log a rendered episode ``frames [T, height, width, 3]`` already written to ``path``: to TensorBoard
+        as an animated GIF image (what ``SummaryWriter.add_video`` writes, without its moviepy
+        dependency) and to wandb as the file."""
+        if self._tb is not None:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            from pwm.training.video import gif_bytes
+
+            image = Summary.Image(height=int(frames.shape[1]), width=int(frames.shape[2]), colorspace=3,
+                                  encoded_image_string=gif_bytes(frames, fps))
+            self._tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        if self._wandb is not None:
+            import wandb as wandb_module
+
+            self._wandb.log({tag: wandb_module.Video(str(path), format=Path(path).suffix.lstrip("."))}, step=step)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -29,10 +29,12 @@ from pwm.data.buffer import EpisodeBuffer
 from pwm.data.collect import random_policy, run_episode
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
-from pwm.training.evaluation import agent_policy, evaluate
+from pwm.training.evaluation import EVAL_SEED_OFFSET, agent_policy, evaluate
 from pwm.training.convergence import PlateauRule
 from pwm.training.logger import RunLogger
-from pwm.utils.common import atomic_torch_save, atomic_write_text, seed_everything, set_threads
+from pwm.training.video import make_recorder
+from pwm.utils.common import atomic_torch_save, atomic_write_text, load_checkpoint, seed_everything, set_threads
+from pwm.utils.extras import check_optional_extras
 
 
 def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
@@ -73,14 +75,6 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator, np_rng: np.r
         np_rng.bit_generator.state = state["numpy"]
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by these loops, with an error that names the file if it is unreadable."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise RuntimeError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-
-
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(json.dumps(summary, indent=2, sort_keys=True), run_dir / "summary.json")
 
@@ -100,6 +94,7 @@ def train_offline(
     task_id: int | None = None,
     run_info: dict[str, Any] | None = None,
     desc: str = "pwm",
+    time_offset_s: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``agent`` on windows of ``buffer`` and evaluate in ``eval_env``.
 
@@ -107,7 +102,10 @@ def train_offline(
     train on exactly the same windows in the same order (the A/B data-parity control).
 
     ``train_cfg`` keys: ``iterations``, ``eval_every``, ``eval_episodes``, ``diagnostics_windows``,
-    ``checkpoint_every``, ``resume``, ``train_world_model``, ``tensorboard``, ``wandb``.
+    ``checkpoint_every``, ``resume``, ``train_world_model``, ``tensorboard``, ``wandb``, and optionally
+    ``time_budget_s``: stop (with a final evaluation and checkpoint) once ``time_offset_s`` (e.g. the
+    world-model pretraining seconds) plus the training seconds reach it, so variants of different
+    cost can get equal wall-clock instead of equal iterations.
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -120,7 +118,10 @@ def train_offline(
         _restore_rng(state["rng"], generator)
     logger = RunLogger(run_dir, progress.iteration, tensorboard=train_cfg.tensorboard, wandb=train_cfg.wandb,
                        config=run_info)
+    video = make_recorder(train_cfg, run_dir / "videos", logger)
     last = train_cfg.iterations - 1
+    budget = train_cfg.get("time_budget_s")
+    out_of_time = False
     sample_task = task_id if agent.wm.multitask else None
     bar = tqdm(range(progress.iteration, train_cfg.iterations), initial=progress.iteration,
                total=train_cfg.iterations, desc=desc, dynamic_ncols=True)
@@ -131,19 +132,24 @@ def train_offline(
         metrics = agent.update(batch.obs, batch.action, batch.reward, batch.task if agent.wm.multitask else None,
                                train_world_model=train_cfg.train_world_model)
         progress.train_elapsed_s += time.perf_counter() - start
-        if _is_due(iteration, train_cfg.eval_every, last):
-            metrics.update(evaluate(agent, eval_env, train_cfg.eval_episodes, seed=10_000 + seed, task_id=task_id,
-                                    diagnostics_windows=train_cfg.diagnostics_windows))
+        out_of_time = budget is not None and time_offset_s + progress.train_elapsed_s >= budget
+        if _is_due(iteration, train_cfg.eval_every, last) or out_of_time:
+            metrics.update(evaluate(agent, eval_env, train_cfg.eval_episodes, seed=EVAL_SEED_OFFSET + seed,
+                                    task_id=task_id, diagnostics_windows=train_cfg.diagnostics_windows,
+                                    video=video, step=iteration))
             bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}")
         progress.iteration = iteration + 1
         progress.elapsed_s += time.perf_counter() - start
         metrics.update({"time/train_elapsed_s": progress.train_elapsed_s, "time/elapsed_s": progress.elapsed_s})
         logger.log(iteration, metrics)
-        if _is_due(iteration, train_cfg.checkpoint_every, last):
+        if _is_due(iteration, train_cfg.checkpoint_every, last) or out_of_time:
             atomic_torch_save({"agent": agent.state_dict(), "progress": vars(progress),
                                "rng": _rng_state(generator), "run_info": run_info}, checkpoint_path)
+        if out_of_time:
+            break
     logger.close()
     summary = _summarise(logger.rows, agent, progress, run_info)
+    summary.update({"time_budget_s": budget, "stopped_by_budget": bool(out_of_time)})
     _write_summary(run_dir, summary)
     return summary
 
@@ -170,11 +176,12 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
     """Single-task online PWM on ``cfg.env``: random seed episodes, then per iteration collect
     ``episodes_per_iteration`` episodes with the stochastic policy and run ``updates_per_iteration``
     PWM updates; evaluate every ``eval_every`` iterations. Checkpoints include the replay buffer."""
+    check_optional_extras(cfg)
     run_dir = Path(cfg.general.run_dir)
     train = cfg.train
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 10_000)
+    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET)
     agent = build_pwm(cfg.alg, env.obs_dim, env.act_dim, device=cfg.device)
     buffer = EpisodeBuffer(env.obs_dim, env.act_dim, cfg.alg.horizon)
     generator, np_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
@@ -190,6 +197,7 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
                 "config": OmegaConf.to_container(cfg, resolve=True)}
     logger = RunLogger(run_dir, progress.iteration, tensorboard=train.tensorboard, wandb=train.wandb,
                        config=run_info["config"])
+    video = make_recorder(train, run_dir / "videos", logger)
     while buffer.num_episodes < train.seed_episodes:
         episode = run_episode(env, random_policy(env.act_dim, np_rng))
         buffer.add_episode(episode.obs, episode.action, episode.reward)
@@ -214,8 +222,8 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({"train/episode_reward": float(np.mean([e.total_reward for e in episodes])),
                         "train/env_steps": float(progress.env_steps), "time/collect_s": collect_s})
         if _is_due(iteration, train.eval_every, last):
-            metrics.update(evaluate(agent, eval_env, train.eval_episodes, seed=10_000 + cfg.seed,
-                                    diagnostics_windows=train.diagnostics_windows))
+            metrics.update(evaluate(agent, eval_env, train.eval_episodes, seed=EVAL_SEED_OFFSET + cfg.seed,
+                                    diagnostics_windows=train.diagnostics_windows, video=video, step=iteration))
             bar.set_postfix(reward=f"{metrics['eval/episode_reward']:.1f}", steps=progress.env_steps)
         progress.iteration = iteration + 1
         progress.elapsed_s += time.perf_counter() - start

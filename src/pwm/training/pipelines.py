@@ -11,15 +11,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.data.tdmpc2_format import DatasetError, load_dataset
 from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
 from pwm.envs.wrappers import PaddedEnv
+from pwm.training.evaluation import EVAL_SEED_OFFSET
 from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline, world_model_meta
 from pwm.utils.common import atomic_write_text, file_lock, resolve_device, seed_everything, set_threads
+from pwm.utils.extras import check_optional_extras
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -28,6 +30,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains on its own batches and DDP averages
     the gradients (gloo on CPU, nccl on GPU); rank 0 logs and checkpoints.
     """
+    check_optional_extras(cfg)
     set_threads(cfg.threads)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(cfg.device)
@@ -52,6 +55,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         summary = pretrain_world_model(agent, buffer, cfg.general.run_dir, cfg.pretrain, cfg.alg.batch_size,
                                        cfg.seed, meta, rank=rank,
                                        desc=f"pretrain {cfg.task_set} {'flow' if is_flow_config(cfg.alg) else 'baseline'}")
+        if world_size > 1:
+            # no rank tears the group down while another still receives the last broadcast: on a busy
+            # machine rank 1 was left waiting forever for a rank 0 that had already exited
+            dist.barrier()
     finally:
         if world_size > 1:
             dist.destroy_process_group()
@@ -91,12 +98,13 @@ def append_result(path: str | Path, row: dict[str, Any]) -> None:
 def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     """Extract a policy for ``cfg.task`` from a pretrained world model on the task's offline data,
     optionally finetuning the world model, and evaluate it in the real environment."""
+    check_optional_extras(cfg)
     set_threads(cfg.threads)
     tasks = task_set(cfg.task_set)
     if cfg.task not in tasks:
         raise UnknownTaskError(f"task {cfg.task!r} is not in task set {cfg.task_set!r}")
     task_id = tasks.index(cfg.task)
-    env = make_env(cfg.task, seed=cfg.seed + 10_000)  # fails early, naming the task, if unavailable here
+    env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)  # fails early, naming the task, if unavailable here
     state = load_checkpoint(cfg.general.checkpoint)
     if "meta" not in state:
         raise ValueError(f"{cfg.general.checkpoint}: not a world-model checkpoint of pretrain_world_model.py")
@@ -111,7 +119,7 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
                          f"{cfg.alg.world_model_config._target_} with these sizes: {exc}") from exc
     agent.scale_model_lr(cfg.train.finetune_lr_scale)
     buffer = load_dataset(cfg.general.data_dir, cfg.alg.horizon, num_tasks=len(tasks), tasks=[task_id],
-                          act_dim=meta["act_dim"])
+                          act_dim=meta["act_dim"], task_names=tasks)
     if buffer.obs_dim != meta["obs_dim"]:
         raise DatasetError(f"{cfg.general.data_dir}: obs have {buffer.obs_dim} dims, the world model expects "
                            f"{meta['obs_dim']}")
@@ -119,8 +127,12 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     variant = "flow" if is_flow_config(cfg.alg) else "baseline"
     run_info = {"task": cfg.task, "task_id": task_id, "task_set": cfg.task_set, "seed": cfg.seed,
                 "variant": variant, "finetune_wm": bool(cfg.train.train_world_model)}
+    # what scripts/evaluate.py needs to rebuild the agent from the checkpoint alone
+    agent_spec = {"alg": OmegaConf.to_container(cfg.alg, resolve=True), "obs_dim": meta["obs_dim"],
+                  "act_dim": meta["act_dim"], "action_dims": list(meta["action_dims"])}
     summary = train_offline(agent, buffer, eval_env, cfg.general.run_dir, cfg.train, cfg.alg.batch_size,
-                            cfg.seed, task_id=task_id, run_info=run_info, desc=f"{cfg.task} {variant}")
+                            cfg.seed, task_id=task_id, run_info={**run_info, **agent_spec},
+                            desc=f"{cfg.task} {variant}")
     append_result(cfg.general.results_csv, {
         **run_info, "final_reward": summary["final_reward"], "final_success": summary["final_success"],
         "best_reward": summary["best_reward"], "train_elapsed_s": round(summary["train_elapsed_s"], 3),

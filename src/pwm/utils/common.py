@@ -47,6 +47,9 @@ def _atomic_write(path: str | Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to others
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -61,6 +64,17 @@ def _atomic_write(path: str | Path, write) -> Path:
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file."""
     return _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by the training loops, with an error that names the file if it is
+    missing or unreadable."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
