@@ -12,10 +12,10 @@ from pwm.experiments.statistics import time_to_threshold
 
 
 def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_iter=1.0, pretrain_s=10.0,
-              nan_skipped=0, iterations=None, random_reward=0.0, random_std=1.0, converged=True):
+              nan_skipped=0, iterations=None, random_reward=0.0, random_std=1.0, converged=True, folder=None):
     """A run folder like pwm.experiments.ab writes: evaluations every 10 iterations."""
     iterations = iterations or 10 * len(rewards)
-    run_dir = root / "runs" / task / "default" / variant / f"seed{seed}"
+    run_dir = root / "runs" / task / "default" / variant / (folder or f"seed{seed}")
     (run_dir / "pretrain").mkdir(parents=True)
     rows = []
     for it in range(iterations):
@@ -209,3 +209,28 @@ def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(
 def _report_dir(root):
     build_report(root, bootstrap_reps=20)
     return root / "report"
+
+
+def _set_size(run_dir, latent):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["alg"] = {"world_model_config": {"latent_dim": latent, "units": [8, 8]}, "actor_config": {"units": [4]}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_sizes_are_never_mixed_and_unpaired_seeds_are_listed_not_compared(tmp_path):
+    for seed in range(2):
+        _set_size(write_run(tmp_path, "task-a", "baseline", seed, [10, 50, 90], 1.0, [1.0]), 16)
+        _set_size(write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [10, 50, 90], 1.0, [1.0]), 16)
+    _set_size(write_run(tmp_path, "task-a", "baseline", 0, [0, 0, 0], 1.0, [1.0], folder="big0"), 64)
+    for seed in range(2):  # flow seed 1 has no baseline partner at this size
+        _set_size(write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [50, 60, 70], 1.0, [1.0],
+                            folder=f"big{seed}"), 64)
+    report = build_report(tmp_path, bootstrap_reps=20)
+    by_model = {c["model"]: c for c in report["comparisons"]}
+    assert set(by_model) == {"latent16-wm8x8-actor4", "latent64-wm8x8-actor4"}
+    small, large = by_model["latent16-wm8x8-actor4"], by_model["latent64-wm8x8-actor4"]
+    assert [t["seeds"] for t in small["per_task"]] == [[0, 1]] and small["unpaired_runs"] == []
+    assert [t["seeds"] for t in large["per_task"]] == [[0]]
+    assert large["unpaired_runs"] == ["task-a: flow-K4-uniform seed 1"]
+    assert small["per_task"][0]["outcome_iterations"] == "tie"  # identical rewards
+    assert large["per_task"][0]["baseline_reward"] == 0.0  # the small baseline's rewards did not leak in
