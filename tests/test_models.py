@@ -241,3 +241,14 @@ def test_composed_mish_equals_torch_mish_and_its_gradient():
     (grad_reference,) = torch.autograd.grad(reference.sum(), x)
     assert torch.allclose(ours, reference, atol=1e-6, rtol=1e-6)
     assert torch.allclose(grad_ours, grad_reference, atol=1e-6, rtol=1e-5)
+
+
+def test_simnorm_equals_a_softmax_per_consecutive_group_with_its_gradient():
+    x = torch.randn(5, 3, 64, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(5, 3, 64, dtype=torch.float64)
+    ours = SimNorm(8)(x)
+    reference = torch.cat([torch.softmax(x[..., i:i + 8], dim=-1) for i in range(0, 64, 8)], dim=-1)
+    assert torch.allclose(ours, reference, atol=1e-12)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), x)
+    assert torch.allclose(grad_ours, grad_reference, atol=1e-12)

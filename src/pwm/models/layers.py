@@ -61,8 +61,10 @@ class SimNorm(nn.Module):
                 f"SimNorm: last dim {x.shape[-1]} is not divisible by simnorm_dim={self.simnorm_dim}"
             )
         shape = x.shape
-        x = x.reshape(*shape[:-1], -1, self.simnorm_dim)
-        return F.softmax(x, dim=-1).reshape(shape)
+        # The softmax runs over a non-innermost axis: PyTorch's CPU softmax over an innermost axis of
+        # size 8 is slow (fwd+bwd at [256, 512], one thread: 5.9 ms that way, 0.8 ms this way).
+        groups = x.reshape(*shape[:-1], -1, self.simnorm_dim).transpose(-1, -2)
+        return F.softmax(groups, dim=-2).transpose(-1, -2).reshape(shape)
 
     def extra_repr(self) -> str:
         return f"simnorm_dim={self.simnorm_dim}"
