@@ -143,3 +143,39 @@ def test_missing_task_is_named_not_numbered(tmp_path):
     with pytest.raises(DatasetError, match=r"no episodes for task 'walker-walk' \(id 5\)"):
         load_dataset(tmp_path, horizon=2, num_tasks=30, tasks=[5], task_names=names)
     assert load_dataset(tmp_path, horizon=2, num_tasks=30, tasks=[3], task_names=names).num_episodes == 3
+
+
+def test_empty_file_and_short_episodes_are_named(tmp_path, caplog):
+    obs, action, reward, task = episodes()
+    write_episodes(tmp_path / "empty" / "0.pt", obs[:0], action[:0], reward[:0], task[:0])
+    with pytest.raises(DatasetError, match=r"0.pt: holds no episodes"):
+        load_dataset(tmp_path / "empty", horizon=2)
+    write_episodes(tmp_path / "mixed" / "long.pt", *episodes(num=3, length=6))
+    write_episodes(tmp_path / "mixed" / "short.pt", *episodes(num=2, length=2))
+    with caplog.at_level("WARNING"):
+        buffer = load_dataset(tmp_path / "mixed", horizon=4)
+    assert "short.pt (2 episodes of 3 steps)" in caplog.text and "H + 1 = 5" in caplog.text
+    assert "long.pt" not in caplog.text and buffer.num_windows > 0
+
+
+def test_loading_fills_storage_allocated_once_in_blocks_and_filters_tasks(tmp_path):
+    from pwm.data import tdmpc2_format
+
+    assert tdmpc2_format.VALIDATION_BLOCK < 300  # several blocks per file, released as they are copied
+    generator = torch.Generator().manual_seed(0)
+    files = []
+    for index in range(2):
+        obs = torch.randn(300, 4, 3, generator=generator)
+        action, reward = torch.randn(300, 4, 2, generator=generator), torch.randn(300, 4, generator=generator)
+        task = (torch.arange(300) % 3 + index)[:, None].expand(300, 4).to(torch.int32)
+        write_episodes(tmp_path / f"{index}.pt", obs, action, reward, task)
+        files.append((obs, action, reward, task))
+    buffer = load_dataset(tmp_path, horizon=2, num_tasks=30)
+    assert buffer.obs.shape[0] == buffer.size == 600 * 4  # exact preallocation, no growth
+    assert torch.equal(buffer.obs[: buffer.size], torch.cat([f[0] for f in files]).reshape(-1, 3))
+    assert torch.equal(buffer.reward[: buffer.size].nan_to_num(-7), torch.cat([f[2] for f in files]).reshape(-1)
+                       .nan_to_num(-7))
+    only = load_dataset(tmp_path, horizon=2, num_tasks=30, tasks=[2])
+    expected = torch.cat([f[0][f[3][:, 0] == 2] for f in files]).reshape(-1, 3)
+    assert only.obs.shape[0] == only.size == expected.shape[0] and torch.equal(only.obs[: only.size], expected)
+    assert set(only.task[: only.size].tolist()) == {2}

@@ -190,6 +190,10 @@ def test_build_from_config_and_unknown_key_error():
         build_pwm(bad, obs_dim=6, act_dim=2)
     with pytest.raises(ValueError, match="alg.gamma"):
         build_pwm(OmegaConf.merge(plain, {"gamma": 1.5}), obs_dim=6, act_dim=2)
+    with pytest.raises(ValueError, match="alg.batch_size must be >= 1, got 0"):
+        build_pwm(OmegaConf.merge(plain, {"batch_size": 0}), obs_dim=6, act_dim=2)
+    with pytest.raises(ValueError, match="alg.critic_batch_size"):
+        build_pwm(OmegaConf.merge(plain, {"critic_batch_size": 0}), obs_dim=6, act_dim=2)
 
 
 def synthetic_windows(horizon, size, generator):

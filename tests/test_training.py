@@ -139,3 +139,14 @@ def test_a_wall_clock_budget_stops_training_with_a_final_evaluation(tmp_path):
     summary = train_offline(agent(), linear_buffer(), LinearEnv(), tmp_path / "iters", offline_cfg(),
                             batch_size=8, seed=0, time_offset_s=100.0)
     assert not summary["stopped_by_budget"] and summary["iterations"] == 30
+
+
+def test_resuming_with_a_checkpoint_of_another_model_names_it(tmp_path):
+    train_offline(agent(), linear_buffer(), LinearEnv(), tmp_path, offline_cfg(iterations=2, eval_every=2,
+                                                                               checkpoint_every=2), batch_size=8, seed=0)
+    torch.manual_seed(0)
+    wider = PWM(WorldModel(obs_dim=2, act_dim=2, latent_dim=32, encoder_units=[16], units=[16, 16], num_bins=11,
+                           vmin=-5, vmax=5), ActorStochasticMLP(32, 2, units=[8]), CriticEnsemble(32, units=[8]),
+                horizon=HORIZON)
+    with pytest.raises(ValueError, match=r"checkpoint.pt does not fit this run's model .*resume=false"):
+        train_offline(wider, linear_buffer(), LinearEnv(), tmp_path, offline_cfg(iterations=4), batch_size=8, seed=0)

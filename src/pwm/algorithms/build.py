@@ -35,6 +35,8 @@ def build_pwm(
     unknown = sorted(set(cfg.keys()) - SCRIPT_KEYS - PWM_KEYS)
     if unknown:
         raise ValueError(f"unknown alg config keys: {', '.join(f'alg.{k}' for k in unknown)}")
+    if "batch_size" in cfg and not int(cfg.batch_size) >= 1:
+        raise ValueError(f"alg.batch_size must be >= 1, got {cfg.batch_size}")
     # Drawn before the world model is built: the two WM variants consume different amounts of RNG,
     # and actor/critic must still start identical across them under one seed (A/B parity).
     policy_init_seed = int(torch.randint(2**62, ()).item())

@@ -251,6 +251,7 @@ class PWM:
             "lam": 0.0 <= lam <= 1.0,
             "critic_tau": 0.0 < critic_tau <= 1.0,
             "critic_iterations": critic_iterations >= 0,
+            "critic_batch_size": critic_batch_size >= 1,
             "esnr_splits": esnr_splits >= 1,
             "esnr_every": esnr_every >= 1,
             "wm_dynamics_coef": wm_dynamics_coef > 0,

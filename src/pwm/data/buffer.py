@@ -36,7 +36,11 @@ class EpisodeBuffer:
     Args:
         obs_dim, act_dim: widths of the stored observations and actions.
         horizon: H; every window has ``H + 1`` observations.
-        capacity: initial capacity in steps (doubled when full; nothing is evicted).
+        capacity: initial capacity in steps (doubled when full; nothing is evicted). Offline loaders
+            pass the exact total, so the storage is allocated once and filled in place.
+
+    Memory per stored step: the observation, action and reward (float32), the task id (int32) and,
+    per window start, one int32 index (int64 beyond 2**31 steps).
     """
 
     SPLITS = ("train", "heldout")
@@ -48,7 +52,7 @@ class EpisodeBuffer:
         self.obs = torch.empty(capacity, obs_dim)
         self.action = torch.empty(capacity, act_dim)
         self.reward = torch.empty(capacity)
-        self.task = torch.empty(capacity, dtype=torch.long)
+        self.task = torch.empty(capacity, dtype=torch.int32)
         self.size = 0
         self.num_episodes = 0
         self.num_heldout_episodes = 0
@@ -73,7 +77,7 @@ class EpisodeBuffer:
             raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
         if split not in self._start_index:
             parts = self._starts[split]
-            self._start_index[split] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+            self._start_index[split] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int32)
         return self._start_index[split]
 
     def _grow(self, needed: int) -> None:
@@ -93,14 +97,19 @@ class EpisodeBuffer:
         self.add_episodes(obs[None], action[None], reward[None], torch.tensor([int(task)]), torch.tensor([heldout]))
 
     def add_episodes(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: torch.Tensor,
-                     heldout: torch.Tensor | None = None) -> None:
+                     heldout: torch.Tensor | None = None, index: torch.Tensor | None = None) -> None:
         """Append ``N`` equal-length episodes: ``obs [N, T+1, obs_dim]``, ``action [N, T+1, A]``,
-        ``reward [N, T+1]``, ``task [N]``; ``heldout [N]`` (bool) marks validation episodes."""
-        num, length = obs.shape[:2]
+        ``reward [N, T+1]``, ``task [N]``; ``heldout [N]`` (bool) marks validation episodes.
+
+        With ``index [K]`` only those episodes of ``obs``/``action``/``reward`` are appended (``task`` and
+        ``heldout`` then have K entries), copied straight into the storage without an intermediate copy.
+        """
+        total, length = obs.shape[:2]
+        num = total if index is None else int(index.numel())
         if heldout is None:
             heldout = torch.zeros(num, dtype=torch.bool)
-        if (obs.shape[2:] != (self.obs_dim,) or action.shape != (num, length, self.act_dim)
-                or reward.shape != (num, length) or task.shape != (num,) or heldout.shape != (num,)):
+        if (obs.shape[2:] != (self.obs_dim,) or action.shape != (total, length, self.act_dim)
+                or reward.shape != (total, length) or task.shape != (num,) or heldout.shape != (num,)):
             raise ValueError(
                 f"episode shapes obs {tuple(obs.shape)}, action {tuple(action.shape)}, reward {tuple(reward.shape)}, "
                 f"task {tuple(task.shape)}, heldout {tuple(heldout.shape)} do not match [N, T+1, {self.obs_dim}], "
@@ -108,13 +117,18 @@ class EpisodeBuffer:
             )
         self._grow(self.size + num * length)
         end = self.size + num * length
-        self.obs[self.size:end] = obs.reshape(-1, self.obs_dim)
-        self.action[self.size:end] = action.reshape(-1, self.act_dim)
-        self.reward[self.size:end] = reward.reshape(-1)
-        self.task[self.size:end] = task.long().repeat_interleave(length)
+        for name, source in (("obs", obs), ("action", action), ("reward", reward)):
+            target = getattr(self, name)[self.size:end].view(num, *source.shape[1:])
+            if index is None:
+                target.copy_(source)
+            else:
+                torch.index_select(source, 0, index, out=target)
+        self.task[self.size:end] = task.to(torch.int32).repeat_interleave(length)
         if length > self.horizon:
             episode_offsets = self.size + length * torch.arange(num)
             starts = episode_offsets[:, None] + torch.arange(length - self.horizon)  # [N, windows per episode]
+            if end < 2**31:
+                starts = starts.to(torch.int32)
             heldout = heldout.bool()
             for split, rows in (("train", ~heldout), ("heldout", heldout)):
                 if rows.any():
@@ -138,9 +152,9 @@ class EpisodeBuffer:
                 f"no {split} window of {self.horizon + 1} steps available{which} ({self.num_episodes} episodes, "
                 f"{self.num_heldout_episodes} held out, {self.size} steps stored)"
             )
-        pick = starts[torch.randint(starts.numel(), (batch_size,), generator=generator)]
+        pick = starts[torch.randint(starts.numel(), (batch_size,), generator=generator)].long()
         steps = pick[None, :] + torch.arange(self.horizon + 1)[:, None]  # [H+1, B]
-        return WindowBatch(self.obs[steps], self.action[steps[1:]], self.reward[steps[1:]], self.task[pick])
+        return WindowBatch(self.obs[steps], self.action[steps[1:]], self.reward[steps[1:]], self.task[pick].long())
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, torch.Tensor | int]:

@@ -4,17 +4,24 @@
 key         shape               meaning
 ==========  ==================  ===========================================================
 obs         [N, T+1, obs_dim]   observations (zero-padded to the task set's widest task)
-action      [N, T+1, act_dim]   ``action[:, t]`` led to ``obs[:, t]``; row 0 is NaN
-reward      [N, T+1]            reward of that transition; row 0 is NaN
+action      [N, T+1, act_dim]   ``action[:, t]`` led to ``obs[:, t]``; row 0 is NaN (or arbitrary)
+reward      [N, T+1]            reward of that transition; row 0 is NaN (or arbitrary)
 task        [N, T+1]            task id (index in the task set), constant along an episode
 ==========  ==================  ===========================================================
 
 :func:`read_chunk` validates a file and raises :class:`DatasetError` naming the file and the field.
+Row 0 of action and reward is never read: our writer fills it with NaN, TD-MPC2's 2023 release
+left it uninitialised (arbitrary values), and both are accepted.
 Files are pickled TensorDicts, so loading one runs pickle: only load data you trust.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import logging
+import mmap as mmap_module
 from pathlib import Path
 
 import torch
@@ -24,6 +31,8 @@ from pwm.data.buffer import EpisodeBuffer
 from pwm.utils.common import atomic_torch_save
 
 FIELDS = ("obs", "action", "reward", "task")
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -44,18 +53,38 @@ def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in mask.nonzero()[0])
 
 
-def read_chunk(path: str | Path, num_tasks: int | None = None) -> dict[str, torch.Tensor]:
-    """Load and validate one file; returns ``{"obs", "action", "reward", "task"}`` tensors.
+def _load(path: Path, mmap: bool) -> tuple[object, bool]:
+    """``torch.load`` of a dataset file, and whether it is memory-mapped: when asked and the file
+    allows it (``torch.save``'s zip format), so only the pages that are read become resident."""
+    try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False, mmap=True), True
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+        return torch.load(path, map_location="cpu", weights_only=False), False
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise DatasetError(f"{path}: cannot be read as a torch file ({type(exc).__name__}: {exc})") from exc
+
+
+def read_chunk(path: str | Path, num_tasks: int | None = None, mmap: bool = False,
+               check_values: bool = True) -> dict[str, torch.Tensor]:
+    """Load and validate one file; returns ``{"obs", "action", "reward", "task"}`` tensors (float32
+    obs/action/reward as stored, task ids in the file's integer dtype, no copies).
 
     Checks: readable; a TensorDict or dict with the four keys; shapes ``[N, T+1, ...]`` that agree;
     floating obs/action/reward and integer task; finite values everywhere except row 0 of
-    action/reward; task ids in ``[0, num_tasks)`` and constant within each episode.
+    action/reward (unless ``check_values`` is false: the caller then runs :func:`check_finite` on
+    blocks of episodes); task ids in ``[0, num_tasks)`` and constant within each episode.
     """
-    path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise DatasetError(f"{path}: cannot be read as a torch file ({type(exc).__name__}: {exc})") from exc
+    return _read_chunk(Path(path), num_tasks, mmap, check_values)[0]
+
+
+def _read_chunk(path: Path, num_tasks: int | None, mmap: bool,
+                check_values: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """:func:`read_chunk`, and whether the file is memory-mapped."""
+    data, mapped = _load(path, mmap)
     if not isinstance(data, (TensorDict, dict)):
         raise DatasetError(f"{path}: expected a TensorDict with keys {FIELDS}, got {type(data).__name__}")
     missing = [k for k in FIELDS if k not in data.keys()]
@@ -75,6 +104,8 @@ def read_chunk(path: str | Path, num_tasks: int | None = None) -> dict[str, torc
             raise DatasetError(
                 f"{path}: field '{key}' has leading shape {tuple(fields[key].shape[:2])}, obs has {tuple(lead)}"
             )
+    if lead[0] == 0:
+        raise DatasetError(f"{path}: holds no episodes (fields have leading shape {tuple(lead)})")
     if lead[1] < 2:
         raise DatasetError(f"{path}: episodes have {lead[1]} steps; need at least 2 (T+1 >= 2)")
     for key in ("obs", "action", "reward"):
@@ -82,16 +113,7 @@ def read_chunk(path: str | Path, num_tasks: int | None = None) -> dict[str, torc
             raise DatasetError(f"{path}: field '{key}' has dtype {fields[key].dtype}, expected floating point")
     if fields["task"].is_floating_point() or fields["task"].dtype == torch.bool:
         raise DatasetError(f"{path}: field 'task' has dtype {fields['task'].dtype}, expected an integer dtype")
-    bad_obs = ~torch.isfinite(fields["obs"]).all(-1)
-    if bad_obs.any():
-        raise DatasetError(f"{path}: field 'obs' has NaN/Inf at (episode, t) = {_first_bad(bad_obs)}")
-    for key in ("action", "reward"):
-        bad = ~torch.isfinite(fields[key][:, 1:].reshape(lead[0], lead[1] - 1, -1)).all(-1)
-        if bad.any():
-            episode, t = _first_bad(bad)
-            raise DatasetError(f"{path}: field '{key}' has NaN/Inf at (episode, t) = ({episode}, {t + 1}); "
-                               "only t=0 may be NaN")
-    task = fields["task"].long()
+    task = fields["task"]
     if (task != task[:, :1]).any():
         raise DatasetError(f"{path}: field 'task' changes within episode {_first_bad((task != task[:, :1]).any(1))[0]}")
     if task.min() < 0 or (num_tasks is not None and task.max() >= num_tasks):
@@ -99,8 +121,74 @@ def read_chunk(path: str | Path, num_tasks: int | None = None) -> dict[str, torc
             f"{path}: field 'task' has ids in [{task.min().item()}, {task.max().item()}], "
             f"outside [0, {num_tasks}) for this task set"
         )
-    return {"obs": fields["obs"].float(), "action": fields["action"].float(),
-            "reward": fields["reward"].float(), "task": task}
+    chunk = {"obs": fields["obs"].float(), "action": fields["action"].float(),
+             "reward": fields["reward"].float(), "task": task}
+    if check_values:
+        for start in range(0, lead[0], VALIDATION_BLOCK):
+            check_finite(path, chunk, start, min(start + VALIDATION_BLOCK, lead[0]))
+    return chunk, mapped
+
+
+#: Episodes validated (and, when loading, copied) at a time: bounds the temporaries of the checks.
+VALIDATION_BLOCK = 256
+
+
+def check_finite(path: Path, chunk: dict[str, torch.Tensor], start: int, stop: int) -> None:
+    """Raise if episodes ``start..stop-1`` hold NaN/Inf anywhere except row 0 of action/reward."""
+    bad_obs = ~torch.isfinite(chunk["obs"][start:stop]).all(-1)
+    if bad_obs.any():
+        episode, t = _first_bad(bad_obs)
+        raise DatasetError(f"{path}: field 'obs' has NaN/Inf at (episode, t) = ({start + episode}, {t})")
+    for key in ("action", "reward"):
+        values = chunk[key][start:stop, 1:]
+        bad = ~torch.isfinite(values.reshape(*values.shape[:2], -1)).all(-1)
+        if bad.any():
+            episode, t = _first_bad(bad)
+            raise DatasetError(f"{path}: field '{key}' has NaN/Inf at (episode, t) = ({start + episode}, {t + 1}); "
+                               "only t=0 may be NaN")
+
+
+def _release(tensor: torch.Tensor, start: int, stop: int) -> None:
+    """Drop the resident pages of rows ``start..stop-1`` of a memory-mapped, read-only tensor (they
+    are re-read from the file if touched again), so a file is never resident whole while loading.
+    Only for tensors :func:`_load` memory-mapped (on ordinary memory it would zero the rows); a no-op
+    where ``madvise`` is unavailable."""
+    libc = _libc()
+    if libc is None or not tensor.is_contiguous():
+        return
+    row = tensor[0].numel() * tensor.element_size()
+    page = mmap_module.PAGESIZE
+    begin = tensor.data_ptr() + start * row
+    aligned = begin - begin % page + (page if begin % page else 0)  # only whole pages inside the range
+    end = tensor.data_ptr() + stop * row
+    length = (end - aligned) // page * page
+    if length > 0:
+        libc.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(length), mmap_module.MADV_DONTNEED)
+
+
+@functools.cache
+def _libc():
+    if not hasattr(mmap_module, "MADV_DONTNEED"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def _kept_episodes(path: Path, tasks: list[int] | None) -> tuple[int, int] | None:
+    """(kept episodes, steps per episode) of a file from its shapes and task column alone (memory-mapped,
+    so the rest of the file is not read); None if the file cannot tell (:func:`read_chunk` then names
+    the problem)."""
+    try:
+        data, _ = _load(path, mmap=True)
+        obs, task = data["obs"], data["task"]
+        if obs.dim() != 3 or task.dim() != 2 or task.shape[:2] != obs.shape[:2]:
+            return None
+        kept = obs.shape[0] if tasks is None else int(torch.isin(task[:, 0], torch.tensor(tasks)).sum())
+        return kept, int(obs.shape[1])
+    except Exception:  # noqa: BLE001 - validation comes later, with a precise message
+        return None
 
 
 def dataset_files(data_dir: str | Path) -> list[Path]:
@@ -143,25 +231,44 @@ def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = Non
     """
     buffer: EpisodeBuffer | None = None
     first: Path | None = None
-    for path in dataset_files(data_dir):
-        chunk = read_chunk(path, num_tasks)
+    short: list[str] = []
+    files = dataset_files(data_dir)
+    # First pass, shapes only: the storage is allocated once at its final size (no growth by
+    # doubling, no copies), and torch.empty does not touch its pages until they are filled.
+    capacity = sum(k * t for k, t in filter(None, (_kept_episodes(path, tasks) for path in files)))
+    for path in files:
+        chunk, mapped = _read_chunk(path, num_tasks, mmap=True, check_values=False)
         obs_dim, chunk_act_dim = chunk["obs"].shape[-1], chunk["action"].shape[-1]
         if buffer is None:
             if act_dim is not None and chunk_act_dim != act_dim:
                 raise DatasetError(f"{path}: field 'action' has {chunk_act_dim} dims, expected {act_dim}")
-            buffer, first = EpisodeBuffer(obs_dim, chunk_act_dim, horizon, capacity=1024), path
+            buffer, first = EpisodeBuffer(obs_dim, chunk_act_dim, horizon, capacity=max(capacity, 1)), path
         elif (obs_dim, chunk_act_dim) != (buffer.obs_dim, buffer.act_dim):
             raise DatasetError(
                 f"{path}: obs/action widths ({obs_dim}, {chunk_act_dim}) differ from "
                 f"({buffer.obs_dim}, {buffer.act_dim}) in {first}"
             )
-        keep = torch.ones(chunk["obs"].shape[0], dtype=torch.bool)
-        if tasks is not None:
-            keep = torch.isin(chunk["task"][:, 0], torch.tensor(tasks))
-        if keep.any():
-            kept = int(keep.sum())
-            buffer.add_episodes(chunk["obs"][keep], chunk["action"][keep], chunk["reward"][keep],
-                                chunk["task"][keep, 0], heldout_mask(buffer.num_episodes, kept, heldout_fraction))
+        episode_task = chunk["task"][:, 0].clone()
+        wanted = torch.ones_like(episode_task, dtype=torch.bool) if tasks is None \
+            else torch.isin(episode_task, torch.tensor(tasks))
+        kept = int(wanted.sum())
+        if kept and chunk["obs"].shape[1] < horizon + 1:
+            short.append(f"{path} ({kept} episodes of {chunk['obs'].shape[1]} steps)")
+        # block by block: check, copy the wanted episodes straight into the storage, release the block
+        for start in range(0, chunk["obs"].shape[0], VALIDATION_BLOCK):
+            stop = min(start + VALIDATION_BLOCK, chunk["obs"].shape[0])
+            index = wanted[start:stop].nonzero()[:, 0] + start
+            if index.numel():
+                check_finite(path, chunk, start, stop)
+                whole = index.numel() == stop - start
+                buffer.add_episodes(*(chunk[k][start:stop] if whole else chunk[k] for k in ("obs", "action", "reward")),
+                                    episode_task[index], heldout_mask(buffer.num_episodes, index.numel(),
+                                                                      heldout_fraction),
+                                    index=None if whole else index)
+            if mapped:
+                for key in ("obs", "action", "reward", "task"):
+                    _release(chunk[key], start, stop)
+        del chunk  # drops the file's memory map before the next one is read
     if buffer is None or buffer.num_episodes == 0:
         wanted = ""
         if tasks is not None:
@@ -169,6 +276,9 @@ def load_dataset(data_dir: str | Path, horizon: int, num_tasks: int | None = Non
             wanted = " for " + ", ".join(f"task {task_names[t]!r} (id {t})" if named and t < len(task_names)
                                          else f"task id {t}" for t in tasks)
         raise DatasetError(f"{data_dir}: no episodes{wanted}")
+    if short:
+        log.warning("%s: %d file(s) hold episodes shorter than H + 1 = %d steps, which give no training window "
+                    "and are not trained on: %s", data_dir, len(short), horizon + 1, "; ".join(short))
     if buffer.num_windows == 0:
         raise DatasetError(f"{data_dir}: no training window of {horizon + 1} steps in {buffer.num_episodes} episodes "
                            f"({buffer.num_heldout_episodes} held out for validation)")

@@ -130,3 +130,46 @@ def action_dim(name: str) -> int:
         return env.act_dim
     finally:
         env.close()
+
+
+#: Meta-World v3's goal-observable state: the same 39 numbers for every task.
+METAWORLD_OBS_DIM = 39
+
+
+@functools.cache
+def observation_dim(name: str) -> int | None:
+    """Observation width of a task (builds the environment once; cached); None for TD-MPC2's custom
+    DMC tasks, which cannot be built here."""
+    if name in CUSTOM_DMC_ACTION_DIMS:
+        return None
+    if task_family(name) == "metaworld":
+        return METAWORLD_OBS_DIM
+    env = make_env(name)
+    try:
+        return env.obs_dim
+    finally:
+        env.close()
+
+
+def check_dataset_widths(tasks: list[str], present: list[int], obs_dim: int, act_dim: int, where: str) -> None:
+    """Check a multi-task dataset's padded widths against its task set; raises naming the task and widths.
+
+    Every task present in the data must fit (its observation and action widths at most the dataset's),
+    and the dataset may not be wider than the set's widest task (a sign of data from another set).
+    Custom tasks that cannot be built here are checked on actions only.
+    """
+    from pwm.data.tdmpc2_format import DatasetError
+
+    for task_id in present:
+        name = tasks[task_id]
+        task_obs, task_act = observation_dim(name), action_dim(name)
+        if task_obs is not None and task_obs > obs_dim:
+            raise DatasetError(f"{where}: field 'obs' is {obs_dim} wide, but task {name!r} (id {task_id}) has "
+                               f"{task_obs}-dim observations: the data was not collected for this task set")
+        if task_act > act_dim:
+            raise DatasetError(f"{where}: field 'action' is {act_dim} wide, but task {name!r} (id {task_id}) has "
+                               f"{task_act}-dim actions")
+    widest = max((d for d in (observation_dim(t) for t in tasks) if d is not None), default=None)
+    if widest is not None and obs_dim > widest:
+        raise DatasetError(f"{where}: field 'obs' is {obs_dim} wide, wider than any task of the set (at most "
+                           f"{widest}): the data was collected for another task set")

@@ -75,6 +75,16 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator, np_rng: np.r
         np_rng.bit_generator.state = state["numpy"]
 
 
+def _restore(module: Any, state: dict[str, Any], checkpoint_path: Path) -> None:
+    """``module.load_state_dict(state)`` with an error that says which checkpoint does not fit and why."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{checkpoint_path} does not fit this run's model (another task, observation width or alg "
+                         f"size?): {str(exc).splitlines()[0]} ... Use another general.run_dir, or resume=false to "
+                         "start over") from exc
+
+
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(json.dumps(summary, indent=2, sort_keys=True), run_dir / "summary.json")
 
@@ -113,7 +123,7 @@ def train_offline(
     progress = Progress()
     if train_cfg.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        agent.load_state_dict(state["agent"])
+        _restore(agent, state["agent"], checkpoint_path)
         progress = Progress(**state["progress"])
         _restore_rng(state["rng"], generator)
     logger = RunLogger(run_dir, progress.iteration, tensorboard=train_cfg.tensorboard, wandb=train_cfg.wandb,
@@ -189,7 +199,7 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
     progress = Progress()
     if train.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        agent.load_state_dict(state["agent"])
+        _restore(agent, state["agent"], checkpoint_path)
         buffer.load_state_dict(state["buffer"])
         progress = Progress(**state["progress"])
         _restore_rng(state["rng"], generator, np_rng)
@@ -280,7 +290,7 @@ def pretrain_world_model(
     finished = False
     if pretrain_cfg.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        agent.wm.load_state_dict(state["world_model"])
+        _restore(agent.wm, state["world_model"], checkpoint_path)
         agent.wm_optim.load_state_dict(state["wm_optim"])
         progress = Progress(**state["progress"])
         if "rng" in state:

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.data.tdmpc2_format import DatasetError, load_dataset
-from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
+from pwm.envs.tasks import UnknownTaskError, action_dim, check_dataset_widths, make_env, task_set
 from pwm.envs.wrappers import PaddedEnv
 from pwm.training.evaluation import EVAL_SEED_OFFSET
 from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline, world_model_meta
@@ -46,6 +46,8 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     too_wide = [(t, d) for t, d in zip(tasks, action_dims) if d > buffer.act_dim]
     if too_wide:
         raise DatasetError(f"{cfg.general.data_dir}: actions have {buffer.act_dim} dims but tasks need more: {too_wide}")
+    present = sorted(set(buffer.task[: len(buffer)].unique().tolist()))
+    check_dataset_widths(tasks, present, buffer.obs_dim, buffer.act_dim, f"{cfg.general.data_dir} ({cfg.task_set})")
     agent = build_pwm(cfg.alg, buffer.obs_dim, buffer.act_dim, tasks, action_dims, device=str(device))
     if world_size > 1:
         agent.wm_loss = DistributedDataParallel(
