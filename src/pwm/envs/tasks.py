@@ -108,12 +108,17 @@ def make_env(name: str, seed: int = 0):
         from pwm.envs.wrappers import MetaWorldEnv
 
         return MetaWorldEnv(name, seed)
-    if name in CUSTOM_DMC_ACTION_DIMS:
-        raise UnavailableTaskError(
-            f"task {name!r} is one of TD-MPC2's custom DMC tasks: it needs TD-MPC2's own MJCF/reward "
-            "code, which dm_control does not ship, so it cannot be built here"
-        )
     from pwm.envs.wrappers import DMControlEnv
+
+    if name in CUSTOM_DMC_ACTION_DIMS:
+        from pwm.envs.custom_dmc import CUSTOM_TASKS
+
+        if name not in CUSTOM_TASKS:
+            raise UnavailableTaskError(
+                f"task {name!r} is one of TD-MPC2's custom DMC tasks whose model (a three-link arm) is not "
+                "built here; the other custom tasks are (pwm.envs.custom_dmc)"
+            )
+        return DMControlEnv(name, *_dmc_ids(name), seed, build=CUSTOM_TASKS[name])
 
     return DMControlEnv(name, *_dmc_ids(name), seed)
 
@@ -138,13 +143,15 @@ METAWORLD_OBS_DIM = 39
 
 @functools.cache
 def observation_dim(name: str) -> int | None:
-    """Observation width of a task (builds the environment once; cached); None for TD-MPC2's custom
-    DMC tasks, which cannot be built here."""
-    if name in CUSTOM_DMC_ACTION_DIMS:
+    """Observation width of a task (builds the environment once; cached); None for a task that
+    cannot be built here."""
+    try:
+        family = task_family(name)
+        if family == "metaworld":
+            return METAWORLD_OBS_DIM
+        env = make_env(name)
+    except UnavailableTaskError:
         return None
-    if task_family(name) == "metaworld":
-        return METAWORLD_OBS_DIM
-    env = make_env(name)
     try:
         return env.obs_dim
     finally:

@@ -80,12 +80,13 @@ class DMControlEnv(TaskEnv):
     action_repeat = 2
     max_episode_steps = 500
 
-    def __init__(self, name: str, domain: str, task: str, seed: int = 0):
+    def __init__(self, name: str, domain: str, task: str, seed: int = 0, build=None):
+        """``build(random) -> dm_control Environment`` replaces ``suite.load(domain, task)`` (custom tasks)."""
         super().__init__()
         from dm_control import suite
 
         self.name = name
-        self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        self._env = build(seed) if build is not None else suite.load(domain, task, task_kwargs={"random": seed})
         spec = self._env.action_spec()
         self._low, self._high = spec.minimum, spec.maximum
         self.act_dim = int(spec.shape[0])
