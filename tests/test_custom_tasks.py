@@ -9,7 +9,7 @@ from pwm.envs.tasks import CUSTOM_DMC_ACTION_DIMS, make_env
 
 WIDTHS = {"walker-walk-backwards": 24, "walker-run-backwards": 24, "cheetah-run-backwards": 17,
           "cheetah-run-front": 17, "cheetah-run-back": 17, "cheetah-jump": 17, "hopper-hop-backwards": 15,
-          "cup-spin": 8, "pendulum-spin": 3}
+          "cup-spin": 8, "pendulum-spin": 3, "reacher-three-easy": 8, "reacher-three-hard": 8}
 
 
 @pytest.mark.parametrize("name", sorted(CUSTOM_TASKS))
@@ -72,3 +72,17 @@ def test_pendulum_spin_and_cup_spin_reward_speed():
     offset_z = physics.named.data.xpos["ball", "z"] - physics.named.data.qpos["ball_z"]  # joint frame vs world
     in_cup = _reward("cup-spin", q_ball_x=target_x, q_ball_z=target_z - offset_z, v_ball_x=8.0, v_ball_z=0.0)
     assert fast_far > 0.5 and in_cup == 0.0  # fast, but in the cup: nothing
+
+
+def test_three_link_reachers_reward_the_finger_on_the_target_within_their_radius():
+    for name, radius in (("reacher-three-easy", 0.05), ("reacher-three-hard", 0.015)):
+        env = make_env(name, seed=0)
+        env.reset(0)
+        physics, task = env._env.physics, env._env.task
+        assert physics.model.nu == 3 and list(physics.named.model.jnt_range["shoulder1"]) == pytest.approx(
+            [-np.deg2rad(80), np.deg2rad(80)])
+        finger = physics.named.data.geom_xpos["finger", :2].copy()
+        for offset, expected in ((0.0, 1.0), (radius + 0.01 - 0.005, 1.0), (radius + 0.01 + 0.02, 0.0)):
+            physics.named.model.geom_pos["target", :2] = finger + [offset, 0.0]
+            physics.forward()
+            assert float(task.get_reward(physics)) == pytest.approx(expected), (name, offset)

@@ -21,9 +21,16 @@ def test_unknown_and_unavailable_tasks_are_named():
         make_env("walker-fly")
     with pytest.raises(UnknownTaskError, match="mw-juggle"):
         task_family("mw-juggle")
-    with pytest.raises(UnavailableTaskError, match="reacher-three-easy"):
-        make_env("reacher-three-easy")
-    assert action_dim("reacher-three-easy") == 3  # still known for multi-task masks
+    assert action_dim("reacher-three-easy") == 3
+
+
+def test_every_mt30_task_builds_with_tdmpc2s_widths():
+    from pwm.envs.tasks import observation_dim, task_set
+
+    widths = {name: (observation_dim(name), action_dim(name)) for name in task_set("mt30")}
+    assert all(obs is not None for obs, _ in widths.values())
+    assert max(obs for obs, _ in widths.values()) == 24 and max(act for _, act in widths.values()) == 6
+    assert widths["reacher-three-easy"] == (8, 3) and widths["cheetah-run-backwards"] == (17, 6)
 
 
 @pytest.mark.parametrize("name, obs_dim, act_dim, max_steps", [
@@ -76,7 +83,7 @@ def test_dataset_widths_are_checked_against_the_task_set():
     from pwm.data.tdmpc2_format import DatasetError
     from pwm.envs.tasks import check_dataset_widths
 
-    tasks = ["cartpole-balance", "walker-walk", "reacher-three-easy"]  # obs 5, 24, not buildable here
+    tasks = ["cartpole-balance", "walker-walk", "reacher-three-easy"]  # obs 5, 24, 8
     check_dataset_widths(tasks, [0, 1, 2], obs_dim=24, act_dim=6, where="data")
     with pytest.raises(DatasetError, match=r"data: field 'obs' is 17 wide, but task 'walker-walk' \(id 1\) has 24"):
         check_dataset_widths(tasks, [0, 1], obs_dim=17, act_dim=6, where="data")

@@ -10,10 +10,12 @@ definitions (TD-MPC2's paper and task list): dm_control's own models and observa
 * ``hopper-hop-backwards``: hop backwards at half hopper's hop speed while standing.
 * ``cup-spin``: swing the ball around the cup, fast and far from it, not in it.
 * ``pendulum-spin``: spin the pendulum at 9 rad/s or faster.
+* ``reacher-three-easy`` / ``reacher-three-hard``: dm_control's reacher task (sparse reward, target
+  radius 0.05 / 0.015) with a three-link arm: links of 0.09, a free shoulder and two joints limited
+  to +-80 degrees, one motor each.
 
 The planar floors of walker and cheetah are doubled in length, as TD-MPC2 does, so a backwards run
-of a whole episode does not leave the floor. TD-MPC2's three-link reachers (``reacher-three-easy``,
-``reacher-three-hard``) need a new arm model and are not built here.
+of a whole episode does not leave the floor.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 from dm_control.rl import control
-from dm_control.suite import ball_in_cup, cheetah, hopper, pendulum, walker
+from dm_control.suite import ball_in_cup, cheetah, hopper, pendulum, reacher, walker
 from dm_control.utils import rewards
 
 INF = float("inf")
@@ -188,6 +190,51 @@ def _pendulum_spin(random) -> control.Environment:
     return control.Environment(physics, PendulumSpin(random=random), time_limit=pendulum._DEFAULT_TIME_LIMIT)
 
 
+# ------------------------------------------------------------------------- reacher
+_ARM_PATTERN = re.compile(r'<body name="arm".*?</body>\s*</body>\s*</body>', re.S)
+_ACTUATOR_PATTERN = re.compile(r"<actuator>.*?</actuator>", re.S)
+_THREE_LINK_ARM = """<body name="arm0" pos="0 0 .01">
+      <geom name="arm0" type="capsule" fromto="0 0 0 0.09 0 0" size=".01" material="self"/>
+      <joint name="shoulder0"/>
+      <body name="arm1" pos=".09 0 0">
+        <geom name="arm1" type="capsule" fromto="0 0 0 0.09 0 0" size=".01" material="self"/>
+        <joint name="shoulder1" limited="true" range="-80 80"/>
+        <body name="hand" pos=".09 0 0">
+          <geom name="hand" type="capsule" fromto="0 0 0 0.09 0 0" size=".01" material="self"/>
+          <joint name="wrist" limited="true" range="-80 80"/>
+          <body name="finger" pos=".09 0 0">
+            <camera name="hand" pos="0 0 .2" mode="track"/>
+            <geom name="finger" type="sphere" size=".01" material="effector"/>
+          </body>
+        </body>
+      </body>
+    </body>"""
+_THREE_MOTORS = """<actuator>
+    <motor name="shoulder0" joint="shoulder0"/>
+    <motor name="shoulder1" joint="shoulder1"/>
+    <motor name="wrist" joint="wrist"/>
+  </actuator>"""
+
+
+def three_link_reacher_xml() -> str:
+    """dm_control's reacher model with its two-link arm replaced by a three-link one."""
+    xml, _ = reacher.get_model_and_assets()
+    text = xml.decode() if isinstance(xml, bytes) else xml
+    if not _ARM_PATTERN.search(text) or not _ACTUATOR_PATTERN.search(text):
+        raise RuntimeError("dm_control's reacher model has changed: cannot find its arm to replace")
+    text = _ARM_PATTERN.sub(_THREE_LINK_ARM, text, count=1)
+    return _ACTUATOR_PATTERN.sub(_THREE_MOTORS, text, count=1)
+
+
+def _reacher_three(target_size: float) -> Callable[[np.random.RandomState | int | None], control.Environment]:
+    def build(random):
+        _, assets = reacher.get_model_and_assets()
+        physics = reacher.Physics.from_xml_string(three_link_reacher_xml(), assets)
+        return control.Environment(physics, reacher.Reacher(target_size=target_size, random=random),
+                                   time_limit=reacher._DEFAULT_TIME_LIMIT)
+    return build
+
+
 #: Task name -> ``build(random) -> dm_control Environment``.
 CUSTOM_TASKS: dict[str, Callable[[np.random.RandomState | int | None], control.Environment]] = {
     "walker-walk-backwards": _walker(walker._WALK_SPEED),
@@ -199,4 +246,6 @@ CUSTOM_TASKS: dict[str, Callable[[np.random.RandomState | int | None], control.E
     "hopper-hop-backwards": _hopper_backwards,
     "cup-spin": _cup_spin,
     "pendulum-spin": _pendulum_spin,
+    "reacher-three-easy": _reacher_three(reacher._BIG_TARGET),
+    "reacher-three-hard": _reacher_three(reacher._SMALL_TARGET),
 }

@@ -115,8 +115,7 @@ def make_env(name: str, seed: int = 0):
 
         if name not in CUSTOM_TASKS:
             raise UnavailableTaskError(
-                f"task {name!r} is one of TD-MPC2's custom DMC tasks whose model (a three-link arm) is not "
-                "built here; the other custom tasks are (pwm.envs.custom_dmc)"
+                f"task {name!r} is one of TD-MPC2's custom DMC tasks without a definition in pwm.envs.custom_dmc"
             )
         return DMControlEnv(name, *_dmc_ids(name), seed, build=CUSTOM_TASKS[name])
 
