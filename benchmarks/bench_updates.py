@@ -5,7 +5,9 @@
     python benchmarks/bench_updates.py --alg pwm_48M --device cuda --out bench.json
 
 Every configuration runs in a fresh process (so its peak memory is its own): peak RSS on CPU,
-``torch.cuda.max_memory_allocated`` on CUDA. Ratios are flow / baseline (time ratios > 1 = slower).
+``torch.cuda.max_memory_allocated`` on CUDA. "WM upd MB": the peak of the world-model updates above
+the memory held before them (activations, gradients, optimizer state). Ratios are flow / baseline
+(time ratios > 1 = slower).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 CFG_DIR = Path(__file__).resolve().parent.parent / "scripts" / "cfg"
 
 
-def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Queue) -> None:
+def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Queue,
+             recompute: bool = False) -> None:
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -37,6 +40,7 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
     alg.horizon, alg.esnr_splits = args["horizon"], args["esnr_splits"]
     if integrate_steps is not None:
         alg.world_model_config.integrate_steps = integrate_steps
+        alg.world_model_config.recompute_substeps = recompute
     device = resolve_device(args["device"])
     agent = build_pwm(alg, args["obs_dim"], args["act_dim"], device=str(device))
     batch, horizon = args["batch"], args["horizon"]
@@ -55,7 +59,11 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args["repeats"]
 
+    before_mb = _status_mb("VmRSS")
+    _reset_peak()
     wm_s = timed(lambda: agent.update_world_model(obs, action, reward))
+    wm_peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                  else _status_mb("VmHWM") - before_mb)
     esnr_every = agent.esnr_every
     agent.esnr_every = 10**9  # never measured: one pass per actor update
     policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
@@ -63,15 +71,36 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
     esnr_policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    queue.put({"wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb,
+    queue.put({"wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb, "wm_update_mb": wm_peak_mb,
                "esnr_every": esnr_every, "esnr_overhead": (esnr_policy_s - policy_s) / esnr_every / policy_s,
                "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device)})
 
 
-def measure(alg_name: str, integrate_steps: int | None, args: dict) -> dict:
+def _status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MB (NaN off Linux)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool = False) -> dict:
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure, args=(alg_name, integrate_steps, args, queue))
+    process = context.Process(target=_measure, args=(alg_name, integrate_steps, args, queue, recompute))
     process.start()
     result = queue.get()
     process.join()
@@ -88,6 +117,8 @@ def main() -> None:
     parser.add_argument("--act-dim", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--esnr-splits", type=int, default=4)
+    parser.add_argument("--recompute-steps", type=int, nargs="*", default=[4],
+                        help="K values also measured with recompute_substeps=true (row flow-rc)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
@@ -97,18 +128,22 @@ def main() -> None:
 
     rows = [{"variant": "baseline", "K": "-", **measure(cli.alg, None, args)}]
     rows += [{"variant": "flow", "K": k, **measure(f"{cli.alg}_flow", k, args)} for k in cli.integrate_steps]
+    rows += [{"variant": "flow-rc", "K": k, **measure(f"{cli.alg}_flow", k, args, recompute=True)}
+             for k in cli.recompute_steps]
     base = rows[0]
     print(f"{cli.alg}: batch {cli.batch}, H {cli.horizon}, device {base['device']}, {cli.repeats} repeats\n")
     header = (f"{'variant':<9}{'K':>3}{'WM params':>12}{'WM upd/s':>10}{'x base':>8}"
-              f"{'policy upd/s':>14}{'x base':>8}{'peak MB':>10}{'x base':>8}")
+              f"{'policy upd/s':>14}{'x base':>8}{'WM upd MB':>11}{'x base':>8}{'peak MB':>10}{'x base':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['variant']:<9}{row['K']:>3}{row['wm_params']:>12,}{1 / row['wm_update_s']:>10.2f}"
               f"{row['wm_update_s'] / base['wm_update_s']:>8.2f}{1 / row['policy_update_s']:>14.2f}"
-              f"{row['policy_update_s'] / base['policy_update_s']:>8.2f}{row['peak_mb']:>10.0f}"
+              f"{row['policy_update_s'] / base['policy_update_s']:>8.2f}{row['wm_update_mb']:>11.0f}"
+              f"{row['wm_update_mb'] / base['wm_update_mb']:>8.2f}{row['peak_mb']:>10.0f}"
               f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
-    print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more.")
+    print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more. "
+          "flow-rc: recompute_substeps=true (sub-steps recomputed in backward).")
     for row in rows:
         print(f"ESNR ({cli.esnr_splits} splits on every {row['esnr_every']}th actor update), {row['variant']} K={row['K']}: "
               f"+{100 * row['esnr_overhead']:.1f}% per actor+critic update on average")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.utils.checkpoint
 
 from pwm.models.layers import init_weights, mlp
 from pwm.models.world_model import LatentWorldModel, TaskLike
@@ -33,6 +34,9 @@ class FlowWorldModel(LatentWorldModel):
         latent_clip_norm: if set, latents leaving :meth:`next` with an L2 norm above this are scaled
             back onto that norm (spec section 10 mitigation); every clipped sample is counted in
             :attr:`latent_clip_count` so the training loop can log it. ``None`` disables clipping.
+        recompute_substeps: in world-model updates, keep only each environment step's input latent for
+            the backward pass and recompute the K Euler sub-steps there (activation checkpointing):
+            the same gradients, less activation memory, one more forward pass of the dynamics.
 
     The velocity MLP takes ``[z, a, task_emb, t]`` and has the same hidden widths (``units``) as the
     baseline dynamics, so its parameter count exceeds the baseline's by exactly ``units[0]`` (the
@@ -47,6 +51,7 @@ class FlowWorldModel(LatentWorldModel):
         integrate_steps: int = 4,
         fm_tau_sampling: Literal["uniform", "midpoint"] = "uniform",
         latent_clip_norm: float | None = None,
+        recompute_substeps: bool = False,
         **kwargs,
     ):
         super().__init__(obs_dim, act_dim, **kwargs)
@@ -61,6 +66,7 @@ class FlowWorldModel(LatentWorldModel):
         self.integrate_steps = int(integrate_steps)
         self.fm_tau_sampling = fm_tau_sampling
         self.latent_clip_norm = latent_clip_norm
+        self.recompute_substeps = bool(recompute_substeps)
         self._velocity = mlp(self.latent_dim + self.act_dim + self.task_dim + 1, self.units, self.latent_dim)
         self._velocity.apply(init_weights)
         self.register_buffer("latent_clip_count", torch.zeros((), dtype=torch.long), persistent=False)
@@ -80,11 +86,20 @@ class FlowWorldModel(LatentWorldModel):
 
     def next(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike = None) -> torch.Tensor:
         """Integrate ``v`` from t=0 to 1: ``z <- z + dt * v(z, a, (k + 0.5) dt)`` for ``k = 0..K-1``."""
+        # Only while the model itself trains: under a freeze (the actor's rollouts) the parameters'
+        # requires_grad flags change before the backward pass, and a recomputation must match the forward.
+        if self.recompute_substeps and torch.is_grad_enabled() and self._velocity[0].weight.requires_grad:
+            z = torch.utils.checkpoint.checkpoint(self._integrate, z, action, task, use_reentrant=False)
+        else:
+            z = self._integrate(z, action, task)
+        return self._clip(z)
+
+    def _integrate(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike) -> torch.Tensor:
         dt = 1.0 / self.integrate_steps
         for k in range(self.integrate_steps):
             t = torch.full((1,), (k + 0.5) * dt, device=z.device, dtype=z.dtype)
             z = z + dt * self.velocity(z, action, t, task)
-        return self._clip(z)
+        return z
 
     def sample_tau(self, like: torch.Tensor) -> torch.Tensor:
         """Flow times ``[B, 1]`` for a batch of latents ``like`` ``[B, latent_dim]``."""
