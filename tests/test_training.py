@@ -186,3 +186,81 @@ def test_both_variants_train_on_identical_batches_from_identical_initial_weights
     assert all(torch.equal(a, b) for pair in zip(base, flow) for a, b in zip(*pair))
     for name, tensors in initial["pwm_tiny"].items():
         assert all(torch.equal(a, b) for a, b in zip(tensors, initial["pwm_tiny_flow"][name])), name
+
+
+def test_interrupted_offline_training_resumes_bit_identically(tmp_path):
+    """Policy extraction killed after iteration 7 (last checkpoint: 5), then re-run: the same weights
+    (world model finetuned too) as never stopping."""
+    cfg = offline_cfg(iterations=10, eval_every=5, checkpoint_every=5)
+    full = agent(FlowWorldModel)
+    train_offline(full, linear_buffer(), LinearEnv(), tmp_path / "full", cfg, batch_size=8, seed=0)
+    killed = agent(FlowWorldModel)
+    update, calls = killed.update, []
+
+    def crash_after_7(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 7:
+            raise KeyboardInterrupt
+        return update(*args, **kwargs)
+
+    killed.update = crash_after_7
+    with pytest.raises(KeyboardInterrupt):
+        train_offline(killed, linear_buffer(), LinearEnv(), tmp_path / "split", cfg, batch_size=8, seed=0)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["progress"]["iteration"] == 5
+    torch.manual_seed(123)
+    resumed = agent(FlowWorldModel, seed=5)
+    train_offline(resumed, linear_buffer(), LinearEnv(), tmp_path / "split", cfg, batch_size=8, seed=0)
+    for (key, a), b in zip(full.state_dict()["actor"].items(), resumed.state_dict()["actor"].values()):
+        assert torch.equal(a, b), key
+    for (key, a), b in zip(full.wm.state_dict().items(), resumed.wm.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+@pytest.mark.slow
+def test_interrupted_online_training_resumes_bit_identically(tmp_path, monkeypatch):
+    """train_singletask's loop killed in iteration 3 (last checkpoint: 2), then re-run: the same weights
+    as never stopping; training episodes reset from seeds of the checkpointed generator."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from pwm.training import loops
+
+    def config(run_dir):
+        overrides = ["env=pendulum-swingup", "alg=pwm_tiny", "threads=1", f"general.run_dir={run_dir}",
+                     "train.iterations=4", "train.seed_episodes=1", "train.updates_per_iteration=2",
+                     "train.eval_every=2", "train.eval_episodes=1", "train.checkpoint_every=2",
+                     "train.tensorboard=false", "train.diagnostics_windows=0"]
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "scripts" / "cfg"),
+                                   version_base="1.3"):
+            return compose("config", overrides=overrides)
+
+    loops.train_online(config(tmp_path / "full"))
+    build, calls = loops.build_pwm, []
+
+    def crashing_build(*args, **kwargs):
+        built = build(*args, **kwargs)
+        update = built.update
+
+        def crash_in_iteration_3(*update_args, **update_kwargs):
+            calls.append(1)
+            if len(calls) > 5:  # 2 updates per iteration
+                raise KeyboardInterrupt
+            return update(*update_args, **update_kwargs)
+
+        built.update = crash_in_iteration_3
+        return built
+
+    monkeypatch.setattr(loops, "build_pwm", crashing_build)
+    with pytest.raises(KeyboardInterrupt):
+        loops.train_online(config(tmp_path / "split"))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["progress"]["iteration"] == 2
+    torch.manual_seed(123)
+    loops.train_online(config(tmp_path / "split"))
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    split = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for part in ("world_model", "actor", "critic"):
+        for (key, a), b in zip(full["agent"][part].items(), split["agent"][part].values()):
+            assert torch.equal(a, b), (part, key)
+    assert torch.equal(full["buffer"]["obs"], split["buffer"]["obs"])

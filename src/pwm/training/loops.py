@@ -26,7 +26,7 @@ from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.algorithms.diagnostics import world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
-from pwm.data.collect import random_policy, run_episode
+from pwm.data.collect import COLLECT_SEED_OFFSET, random_policy, run_episode
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
 from pwm.training.evaluation import EVAL_SEED_OFFSET, agent_policy, evaluate
@@ -87,6 +87,12 @@ def _restore(module: Any, state: dict[str, Any], checkpoint_path: Path) -> None:
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(json.dumps(summary, indent=2, sort_keys=True), run_dir / "summary.json")
+
+
+def _episode_seed(np_rng: np.random.Generator) -> int:
+    """Reset seed of a training episode, drawn from the run's checkpointed generator: a resumed run
+    meets the same initial states as an uninterrupted one (the environment's own RNG is not saved)."""
+    return int(np_rng.integers(COLLECT_SEED_OFFSET, 2**31 - 1))
 
 
 def _is_due(iteration: int, every: int, last: int) -> bool:
@@ -209,7 +215,7 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
                        config=run_info["config"])
     video = make_recorder(train, run_dir / "videos", logger)
     while buffer.num_episodes < train.seed_episodes:
-        episode = run_episode(env, random_policy(env.act_dim, np_rng))
+        episode = run_episode(env, random_policy(env.act_dim, np_rng), seed=_episode_seed(np_rng))
         buffer.add_episode(episode.obs, episode.action, episode.reward)
         progress.env_steps += episode.length
     last = train.iterations - 1
@@ -218,7 +224,8 @@ def train_online(cfg: DictConfig) -> dict[str, Any]:
     for iteration in bar:
         start = time.perf_counter()
         agent.set_training_progress(iteration / train.iterations)
-        episodes = [run_episode(env, agent_policy(agent)) for _ in range(train.episodes_per_iteration)]
+        episodes = [run_episode(env, agent_policy(agent), seed=_episode_seed(np_rng))
+                    for _ in range(train.episodes_per_iteration)]
         for episode in episodes:
             buffer.add_episode(episode.obs, episode.action, episode.reward)
             progress.env_steps += episode.length
