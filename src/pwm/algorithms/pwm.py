@@ -36,28 +36,6 @@ def discount_weights(horizon: int, gamma: float, device: torch.device | None = N
     return gamma ** torch.arange(horizon, dtype=torch.float32, device=device)
 
 
-def mse_rollout_dynamics_loss(
-    wm: LatentWorldModel,
-    z0: torch.Tensor,
-    action: torch.Tensor,
-    next_z: torch.Tensor,
-    gamma: float,
-    task: TaskLike = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Baseline dynamics loss: ``(1/H) sum_t gamma^t MSE(next(z_t, a_t), next_z[t])`` along a rollout.
-
-    Returns ``(zs [H + 1, B, latent_dim], loss)``, the same contract as
-    :meth:`~pwm.models.flow_world_model.FlowWorldModel.latent_rollout_and_dynamics_loss`.
-    """
-    horizon = action.shape[0]
-    zs = [z0]
-    loss = z0.new_zeros(())
-    for t in range(horizon):
-        zs.append(wm.next(zs[-1], action[t], task))
-        loss = loss + gamma**t * (zs[-1] - next_z[t]).pow(2).mean()
-    return torch.stack(zs), loss / horizon
-
-
 def compute_wm_loss(
     wm: LatentWorldModel,
     obs: torch.Tensor,
@@ -87,8 +65,8 @@ def compute_wm_loss(
         terms: detached, unweighted ``{"dynamics_loss", "reward_loss"}``.
         zs: predicted latents ``[H + 1, B, latent_dim]``.
 
-    Dynamics: if the model exposes ``latent_rollout_and_dynamics_loss`` (FlowWorldModel) it computes
-    the flow-matching loss; otherwise the baseline gamma-weighted MSE rollout is used. Targets
+    Dynamics: ``wm.latent_rollout_and_dynamics_loss``: the flow-matching loss for FlowWorldModel,
+    the baseline gamma-weighted MSE rollout for the MLP world model. Targets
     ``E(obs[1:])`` are computed without gradient (TD-MPC2's consistency target). Reward loss is the
     same in both branches: ``(1/H) sum_t gamma^t mean_B two_hot_loss(R(zs[t], a_t), r_t)``.
     """
@@ -101,10 +79,9 @@ def compute_wm_loss(
     z0 = wm.encode(obs[0], task)
     with torch.no_grad():
         next_z = wm.encode(obs[1:], task)
-    if hasattr(wm, "latent_rollout_and_dynamics_loss"):
-        zs, dynamics_loss = wm.latent_rollout_and_dynamics_loss(z0, action, next_z, horizon, gamma, task)
-    else:
-        zs, dynamics_loss = mse_rollout_dynamics_loss(wm, z0, action, next_z, gamma, task)
+    # The spec's guarded branch: the flow model's method computes the flow-matching loss, the
+    # baseline's (LatentWorldModel's) the gamma-weighted MSE rollout.
+    zs, dynamics_loss = wm.latent_rollout_and_dynamics_loss(z0, action, next_z, horizon, gamma, task)
     per_step_reward_loss = wm.two_hot.loss(wm.reward(zs[:-1], action, task), reward).mean(-1)
     reward_loss = (discount_weights(horizon, gamma, obs.device) * per_step_reward_loss).sum() / horizon
     terms = {"dynamics_loss": dynamics_loss.detach(), "reward_loss": reward_loss.detach()}

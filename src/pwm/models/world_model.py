@@ -166,6 +166,33 @@ class LatentWorldModel(nn.Module):
         """One latent step: ``(next(z, a), reward(z, a))``; the reward is the raw head output."""
         return self.next(z, action, task), self.reward(z, action, task)
 
+    def latent_rollout_and_dynamics_loss(
+        self,
+        z0: torch.Tensor,
+        act_seq: torch.Tensor,
+        next_z_seq: torch.Tensor,
+        horizon: int,
+        gamma: float,
+        task: TaskLike = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Roll :meth:`next` ``horizon`` steps from ``z0`` ``[B, latent_dim]`` under ``act_seq``
+        ``[H, B, act_dim]``; the dynamics loss is the baseline's (TD-MPC2's consistency loss)
+        ``(1/H) sum_t gamma^t MSE(zs[t+1], next_z_seq[t])``.
+
+        Returns ``(zs [H + 1, B, latent_dim], loss)``. The flow model overrides this with its
+        flow-matching loss (same contract), so the algorithm calls one method for either model.
+        """
+        if act_seq.shape[0] < horizon or next_z_seq.shape[0] < horizon:
+            raise ValueError(
+                f"horizon={horizon} exceeds act_seq ({act_seq.shape[0]}) or next_z_seq ({next_z_seq.shape[0]}) length"
+            )
+        zs = [z0]
+        loss = z0.new_zeros(())
+        for t in range(horizon):
+            zs.append(self.next(zs[-1], act_seq[t], task))
+            loss = loss + gamma**t * (zs[-1] - next_z_seq[t]).pow(2).mean()
+        return torch.stack(zs), loss / horizon
+
 
 class WorldModel(LatentWorldModel):
     """Baseline PWM world model: an MLP predicts the next SimNorm-ed latent in one call.
