@@ -1,0 +1,118 @@
+"""The report as markdown (``report.md``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "never"
+    if value != 0 and abs(value) < 10.0**-digits:
+        return f"{value:.3g}"  # small diagnostics (e.g. grad-norm variances) keep their magnitude
+    return f"{value:,.{digits}f}"
+
+
+def _diff(d: dict[str, float]) -> str:
+    if d["pairs"] >= 2:
+        return f"{_fmt(d['mean_diff'], 1)} [{_fmt(d['ci_low'], 1)}, {_fmt(d['ci_high'], 1)}]"
+    return f"{_fmt(d['mean_diff'], 1)} (1 seed)"
+
+
+def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: pd.DataFrame) -> str:
+    crit = report["criteria"]
+    lines = ["# A/B report: flow-matching vs MLP latent dynamics", "",
+             f"{report['runs']} runs under `{report['root']}`. Rewards are deterministic-policy evaluation episode "
+             f"returns; a run's reward is the mean of its last {crit['final_evals']} evaluations. Runs are paired "
+             "by seed. **Equal wall-clock** (the primary comparison, spec section 15's equal compute): each pair "
+             "is compared at the shorter of its two runs' durations, world-model pretraining included; "
+             "**equal iterations**: at the end of both runs. Per task, a paired-seed "
+             f"{int(100 * crit['confidence'])}% t interval of flow - baseline decides: flow or baseline when it "
+             f"excludes 0 and the difference exceeds {100 * crit['tie_tolerance']:g}% of the task's reward scale, "
+             "tie when it lies within that tolerance, else inconclusive. Thresholds are fixed per task "
+             "(fractions of TD-MPC2's published reward where one exists) and count once held for "
+             f"{crit['hold_evals']} consecutive evaluations.", "", "## Verdicts", ""]
+    for c in report["comparisons"]:
+        lines.append(f"### {c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: **{c['verdict'].upper()}**")
+        lines.append("")
+        for reason in c.get("invalid_reasons", []):
+            lines.append(f"- INVALID: {reason}")
+        for note in c.get("runs_below_random_bar", []):
+            lines.append(f"- note, single run: {note}")
+        if c.get("unpaired_runs"):
+            lines.append(f"- not compared (no run of the other variant with the same seed): "
+                         f"{', '.join(c['unpaired_runs'])}")
+        for name, criterion in c.get("criteria", {}).items():
+            lines.append(f"- {criterion['status'].upper()} `{name}`: {criterion['detail']}")
+        if c.get("seeds_used", 0) and c["seeds_used"] < 3:
+            lines.append(f"- note: {c['seeds_used']} seed(s) per task; confidence intervals are wide, "
+                         "treat this verdict as preliminary")
+        lines.append("")
+    lines += ["## Parity", "", "| setting | variant | runs | WM params | vs baseline | actor params | critic params "
+              "| WM update ms | vs baseline | actor update ms | pretrain s | policy s | total s | vs baseline |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in parity_table.iterrows():
+        lines.append(f"| {r.setting} | {r.variant} | {r.runs} | {int(r.params_world_model):,} | "
+                     f"{_fmt(r.params_world_model_vs_baseline, 4)} | {int(r.params_actor):,} | {int(r.params_critic):,} | "
+                     f"{_fmt(r.wm_update_ms)} | {_fmt(r.wm_update_ms_vs_baseline)} | {_fmt(r.actor_update_ms)} | "
+                     f"{_fmt(r.pretrain_s, 1)} | {_fmt(r.policy_s, 1)} | {_fmt(r.wall_s, 1)} | {_fmt(r.wall_s_vs_baseline)} |")
+    for c in report["comparisons"]:
+        if not c["tasks"] or "iqm" not in c:
+            continue
+        names = [f"{int(q * 100)}%" for q in report["thresholds"]]
+        lines += ["", f"## Results: {c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]", "",
+                  "| task | random policy | equal wall-clock: budget s | baseline | flow | flow - baseline | outcome "
+                  "| equal iterations: baseline | flow | flow - baseline | outcome | learned (b / f) "
+                  "| WM pretraining iterations (b / f) | WM pretraining s (b / f) | thresholds | "
+                  + " | ".join(f"time to {n} (b / f), s" for n in names) + " |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(names)]
+        for t in c["per_task"]:
+            times = " | ".join(f"{_fmt(t[f'baseline_time_to_{n}'], 1)} / {_fmt(t[f'flow_time_to_{n}'], 1)}" for n in names)
+            learned = " / ".join("yes" if t[f"{k}_learned"] else "**no**" for k in ("baseline", "flow"))
+            targets = ", ".join(f"{n} = {_fmt(v, 1)}" for n, v in t["targets"].items())
+            lines.append(f"| {t['task']} | {_fmt(t['random_reward'])} (+{_fmt(t['learned_margin'])} to count) "
+                         f"| {_fmt(t['wall_budget_s'], 1)} | {_fmt(t['baseline_reward_wall'])} | {_fmt(t['flow_reward_wall'])} "
+                         f"| {_diff(t['diff_wall'])} | **{t['outcome_wall']}** "
+                         f"| {_fmt(t['baseline_reward'])} ± {_fmt(t['baseline_reward_std'])} "
+                         f"| {_fmt(t['flow_reward'])} ± {_fmt(t['flow_reward_std'])} | {_diff(t['diff_iterations'])} "
+                         f"| {t['outcome_iterations']} | {learned} "
+                         f"| {_fmt(t['baseline_pretrain_iterations'], 0)} / {_fmt(t['flow_pretrain_iterations'], 0)} "
+                         f"| {_fmt(t['baseline_pretrain_s'], 1)} / {_fmt(t['flow_pretrain_s'], 1)} "
+                         f"| {targets} ({t['threshold_source']}) | {times} |")
+        iqm, poi = c["iqm"], c["probability_of_improvement"]
+        lines += ["", "Aggregate over tasks at equal iterations (reward above the random policy's, as a fraction of "
+                  f"each task's reward scale; {c['seeds_used']} seed(s) per task; 95% stratified-bootstrap CIs, rliable):", "",
+                  f"- IQM baseline: {_fmt(iqm['baseline']['iqm'], 3)} [{_fmt(iqm['baseline']['ci_low'], 3)}, "
+                  f"{_fmt(iqm['baseline']['ci_high'], 3)}]",
+                  f"- IQM flow: {_fmt(iqm['flow']['iqm'], 3)} [{_fmt(iqm['flow']['ci_low'], 3)}, {_fmt(iqm['flow']['ci_high'], 3)}]",
+                  f"- P(flow > baseline): {_fmt(poi['p'], 3)} [{_fmt(poi['ci_low'], 3)}, {_fmt(poi['ci_high'], 3)}]",
+                  "", "Stability (mean over runs; the grad-norm coefficient of variation is scale-free, the variance "
+                  "is shown for reference):", "",
+                  "| variant | actor grad-norm CV | actor grad-norm var | critic grad-norm var | ESNR "
+                  "| skipped non-finite updates | max latent norm | mean latent norm | non-finite latents |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key in ("baseline", "flow"):
+            s = c["stability"][key]
+            lines.append(f"| {key} | {_fmt(s['actor_grad_norm_cv'], 3)} | {_fmt(s['actor_grad_norm_var'], 6)} "
+                         f"| {_fmt(s['critic_grad_norm_var'], 4)} | "
+                         f"{_fmt(s['esnr_mean'], 4)} | {_fmt(s['nan_skipped'], 0)} | {_fmt(s['latent_norm_max'], 3)} | "
+                         f"{_fmt(s['latent_norm_mean'], 3)} | {_fmt(s['nonfinite_latents'], 0)} |")
+    lines += ["", "## World-model quality (held-out windows, the pretraining evaluation that was kept)", "",
+              "Both dynamics are scored on one yardstick: open-loop latent rollouts under the data's actions "
+              "against the encoder's latents of the observed states (errors normalised by the targets' spread: "
+              "1 = no better than the batch mean), and rewards predicted along them. Mean over runs.", "",
+              "| setting | variant | runs | converged | 1-step latent error | H-step latent error "
+              "| reward correlation | reward error (normalised) |", "|---|---|---|---|---|---|---|---|"]
+    for (setting, variant), group in table.groupby(["setting", "variant"]):
+        converged = sum(f is True for f in group.pretrain_converged)
+        lines.append(f"| {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
+                     f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} | {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "
+                     f"| {_fmt(group.heldout_reward_corr.mean(), 3)} | {_fmt(group.heldout_reward_nmse.mean(), 4)} |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in report["figures"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""A/B run folders as tables: what :mod:`pwm.experiments.ab` wrote (``summary.json``, ``metrics.csv``,
+``pretrain/metrics.csv``), one :class:`Run` each, and one row per run (:func:`run_table`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pwm.experiments.statistics import REWARD, coefficient_of_variation, final_reward
+
+
+@dataclass
+class Run:
+    """One finished (or partial) A/B run."""
+
+    path: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    pretrain: pd.DataFrame | None
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        """Evaluation rows with the total wall-clock (pretraining + policy training) ``wall_s``."""
+        rows = self.metrics[self.metrics[REWARD].notna()] if REWARD in self.metrics else self.metrics.iloc[:0]
+        rows = rows.copy()
+        rows["wall_s"] = rows["time/train_elapsed_s"] + float(self.summary.get("pretrain_elapsed_s", 0.0))
+        return rows
+
+
+def select_runs(runs: list[Run], task: str, setting: str, variants: tuple[str, ...] | None = None) -> list[Run]:
+    """The runs of one task and setting (and, if given, of these variants)."""
+    return [r for r in runs if r.summary["task"] == task and r.summary.get("setting", "default") == setting
+            and (variants is None or r.summary["variant"] in variants)]
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv``."""
+    runs = []
+    for summary_path in sorted(Path(root).rglob("summary.json")):
+        metrics_path = summary_path.parent / "metrics.csv"
+        if not metrics_path.exists():
+            continue
+        pretrain_path = summary_path.parent / "pretrain" / "metrics.csv"
+        runs.append(Run(summary_path.parent, json.loads(summary_path.read_text()), pd.read_csv(metrics_path),
+                        pd.read_csv(pretrain_path) if pretrain_path.exists() else None))
+    return runs
+
+
+def _column_stat(frame: pd.DataFrame | None, column: str, how: str) -> float:
+    if frame is None or column not in frame:
+        return float("nan")
+    values = frame[column].dropna()
+    if values.empty:
+        return float("nan")
+    return float(getattr(values, how)())
+
+
+HELDOUT_COLUMNS = {"heldout_latent_nmse_1": "wm_eval/latent_nmse_1", "heldout_latent_nmse_H": "wm_eval/latent_nmse_H",
+                   "heldout_reward_corr": "wm_eval/reward_corr_rollout",
+                   "heldout_reward_nmse": "wm_eval/reward_nmse_rollout"}
+
+
+def _best_heldout(pretrain: pd.DataFrame | None) -> dict[str, float]:
+    """Held-out diagnostics of the pretraining evaluation with the lowest ``heldout_error`` (the
+    weights pretraining kept)."""
+    if pretrain is None or "wm_eval/heldout_error" not in pretrain or pretrain["wm_eval/heldout_error"].isna().all():
+        return {name: math.nan for name in HELDOUT_COLUMNS}
+    best = pretrain.loc[pretrain["wm_eval/heldout_error"].idxmin()]
+    return {name: float(best.get(column, math.nan)) for name, column in HELDOUT_COLUMNS.items()}
+
+
+def model_size(summary: dict[str, Any]) -> str:
+    """A run's network sizes, e.g. ``latent64-wm128x128-actor128x128`` (only runs of one size are compared)."""
+    alg = summary.get("alg") or {}
+    wm, actor = alg.get("world_model_config") or {}, alg.get("actor_config") or {}
+    if not wm:
+        return "unknown"
+    units = "x".join(str(u) for u in wm.get("units", []))
+    return f"latent{wm.get('latent_dim')}-wm{units}-actor{'x'.join(str(u) for u in actor.get('units', []))}"
+
+
+def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
+    """One row per run: identity, outcome (``final_reward``: mean of the last ``final_evals``
+    evaluations; ``last_reward``: the last one), cost and stability statistics."""
+    rows = []
+    for run in runs:
+        s, m = run.summary, run.metrics
+        nan_counts = s.get("nan_skipped_steps", {})
+        rows.append({
+            "task": s["task"], "setting": s.get("setting", "default"), "variant": s["variant"],
+            "model": model_size(s),
+            "is_flow": bool(s.get("is_flow", s["variant"] != "baseline")), "seed": int(s["seed"]),
+            "iterations": int(s.get("iterations", 0)),
+            "expected_iterations": int(s.get("expected_iterations", s.get("iterations", 0))),
+            "stopped_by_budget": bool(s.get("stopped_by_budget", False)),
+            "final_reward": final_reward(run.evals, final_evals),
+            "last_reward": float(s.get("final_reward", math.nan)),
+            "final_success": float(s.get("final_success", math.nan)),
+            "best_reward": float(s.get("best_reward", math.nan)),
+            "pretrain_s": float(s.get("pretrain_elapsed_s", 0.0)),
+            "policy_s": float(s.get("train_elapsed_s", math.nan)),
+            "wall_s": float(s.get("pretrain_elapsed_s", 0.0)) + float(s.get("train_elapsed_s", math.nan)),
+            "params_world_model": s.get("params/world_model", math.nan),
+            "params_actor": s.get("params/actor", math.nan),
+            "params_critic": s.get("params/critic", math.nan),
+            "nan_skipped": float(sum(nan_counts.values())) if nan_counts else 0.0,
+            "actor_grad_norm_var": _column_stat(m, "actor/grad_norm", "var"),
+            "actor_grad_norm_cv": coefficient_of_variation(m["actor/grad_norm"]) if "actor/grad_norm" in m else math.nan,
+            "critic_grad_norm_var": _column_stat(m, "critic/grad_norm", "var"),
+            "esnr_mean": _column_stat(m, "actor/esnr", "mean"),
+            "latent_norm_max": _column_stat(m, "rollout/latent_norm_max", "max"),
+            "latent_norm_mean": _column_stat(m, "rollout/latent_norm_mean", "mean"),
+            "nonfinite_latents": _column_stat(m, "rollout/nonfinite_latents", "sum"),
+            "wm_update_s": _column_stat(run.pretrain, "time/wm_update_s", "mean"),
+            "actor_update_s": _column_stat(m, "time/actor_update_s", "mean"),
+            "random_reward": float(s.get("random_reward", math.nan)),
+            "random_reward_std": float(s.get("random_reward_std", math.nan)),
+            "pretrain_iterations": float(s.get("pretrain_iterations", math.nan)),
+            "pretrain_converged": s.get("pretrain_converged"),
+            **_best_heldout(run.pretrain),
+            "dynamics_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
+                                                "wm/dynamics_loss", "mean"),
+            "reward_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
+                                              "wm/reward_loss", "mean"),
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,256 @@
+"""Statistics and verdict of one comparison (flow variant vs baseline): thresholds, aggregate
+confidence intervals, the learned/converged checks and the acceptance criteria (see
+:mod:`pwm.experiments.report` for the rules in words, :mod:`pwm.experiments.statistics` for the formulas)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pwm.experiments.runs import Run, model_size, select_runs
+from pwm.experiments.statistics import (
+    REWARD, Criteria, final_reward, paired_outcome, reward_at_wall, reward_criterion, time_to_threshold)
+
+
+def task_thresholds(runs: list[Run], task: str, fractions: list[float],
+                    reference: dict[str, tuple[int, float]]) -> tuple[dict[str, float], float, str]:
+    """Fixed reward thresholds of one task for the whole report, its reward scale, and their source.
+
+    Fractions of TD-MPC2's published reward for the task where it exists (so every comparison and
+    every report uses the same bar), else of the reward range observed over all runs of the task.
+    """
+    names = [f"{int(q * 100)}%" for q in fractions]
+    if task in reference:
+        step, published = reference[task]
+        return ({n: q * published for n, q in zip(names, fractions)}, published,
+                f"TD-MPC2 published {published:.1f} @ {step / 1e6:g}M steps")
+    values = pd.concat([r.evals[REWARD] for r in runs if r.summary["task"] == task])
+    low, high = (float(values.min()), float(values.max())) if len(values) else (math.nan, math.nan)
+    return ({n: low + q * (high - low) for n, q in zip(names, fractions)}, (high - low) or 1.0,
+            f"observed range [{low:.1f}, {high:.1f}]")
+
+
+def iqm_with_ci(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """IQM of ``[runs, tasks]`` score matrices with 95% stratified-bootstrap CIs (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)  # rliable's bootstrap draws from NumPy's global RNG
+    point, interval = rly.get_interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    return {k: {"iqm": float(point[k][0]), "ci_low": float(interval[k][0][0]), "ci_high": float(interval[k][1][0])}
+            for k in scores}
+
+
+def probability_of_improvement(flow: np.ndarray, baseline: np.ndarray, reps: int, seed: int = 0) -> dict[str, float]:
+    """P(flow > baseline) on ``[runs, tasks]`` scores, with a 95% stratified-bootstrap CI (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)
+    point, interval = rly.get_interval_estimates(
+        {"flow>baseline": (flow, baseline)},
+        lambda x, y: np.array([metrics.probability_of_improvement(x, y)]), reps=reps)
+    return {"p": float(point["flow>baseline"][0]), "ci_low": float(interval["flow>baseline"][0][0]),
+            "ci_high": float(interval["flow>baseline"][1][0])}
+
+
+def learned_margin(random_reward: float, random_std: float, std_margin: float, min_gain: float) -> float:
+    """How far above the random policy's mean reward a policy must score to count as having learned."""
+    return max(std_margin * random_std, min_gain * abs(random_reward))
+
+
+def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: str) -> list[str]:
+    """Why a comparison cannot be judged: variants that did not learn, world models that did not converge.
+
+    Args:
+        per_task: one row per task with ``random_reward``, ``learned_margin`` and, per variant key
+            (``baseline``/``flow``), ``<key>_reward``.
+        runs: the comparison's rows of :func:`run_table` (``variant``, ``pretrain_converged``).
+    """
+    reasons = []
+    for _, row in per_task.iterrows():
+        if not np.isfinite(row["random_reward"]):
+            reasons.append(f"{row['task']}: no random-policy reference reward to check learning against")
+            continue
+        bar = row["random_reward"] + row["learned_margin"]
+        for key, variant in (("baseline", "baseline"), ("flow", flow_variant)):
+            if not row[f"{key}_reward"] >= bar:
+                reasons.append(f"{row['task']}: {variant} did not learn (final reward {row[f'{key}_reward']:.1f} "
+                               f"< random {row['random_reward']:.1f} + margin {row['learned_margin']:.1f})")
+    for variant in ("baseline", flow_variant):
+        flags = runs[runs.variant == variant].pretrain_converged.tolist()
+        unchecked = sum(f is None or (isinstance(f, float) and math.isnan(f)) for f in flags)
+        not_converged = sum(f is False for f in flags)
+        if not_converged:
+            reasons.append(f"{variant}: world model did not converge in {not_converged} of {len(flags)} runs "
+                           "(held-out error still falling at pretrain.iterations)")
+        if unchecked:
+            reasons.append(f"{variant}: world-model convergence unchecked in {unchecked} of {len(flags)} runs "
+                           "(no held-out episodes)")
+    return reasons
+
+
+def decide(per_task: pd.DataFrame, stability: dict[str, dict[str, float]], complete: bool,
+           reasons_invalid: list[str] | None = None) -> dict[str, Any]:
+    """Verdict on the acceptance criteria (see the module docstring).
+
+    Args:
+        per_task: one row per task with ``outcome_wall`` (the paired outcome at equal wall-clock),
+            ``baseline_time_to_high`` and ``flow_time_to_high`` (wall seconds to the upper threshold,
+            held; inf if never reached).
+        stability: ``{"baseline": {...}, "flow": {...}}`` with ``actor_grad_norm_cv``, ``esnr_mean``
+            and ``nan_skipped`` averaged over runs.
+        complete: whether every run finished.
+        reasons_invalid: why the comparison cannot be judged (see :func:`invalid_reasons`); any
+            reason makes the verdict ``invalid``, and the criteria are still reported.
+    """
+    tasks = len(per_task)
+    reward_status, reward_detail = reward_criterion(list(per_task["outcome_wall"]) if tasks else [])
+    faster = per_task[np.isfinite(per_task["flow_time_to_high"])
+                      & (per_task["flow_time_to_high"] < per_task["baseline_time_to_high"])] if tasks else per_task
+    base, flow = stability["baseline"], stability["flow"]
+    stable_reasons = []
+    if flow["actor_grad_norm_cv"] < base["actor_grad_norm_cv"]:
+        stable_reasons.append("lower actor grad-norm coefficient of variation")
+    if flow["esnr_mean"] > base["esnr_mean"]:
+        stable_reasons.append("higher ESNR")
+    if flow["nan_skipped"] < base["nan_skipped"]:
+        stable_reasons.append("fewer skipped non-finite updates")
+    criteria = {
+        "runs_complete": {"status": "pass" if complete else "fail",
+                          "detail": "all runs finished" if complete else "unfinished runs"},
+        "reward_on_half_of_tasks": {"status": reward_status, "detail": f"at equal wall-clock: {reward_detail}"},
+        "faster_convergence_on_subset": {"status": "pass" if len(faster) else "fail",
+                                         "detail": f"faster to the upper threshold on {len(faster)}/{tasks} tasks"
+                                         + (f" ({', '.join(faster['task'])})" if len(faster) else "")},
+        "stability_or_esnr": {"status": "pass" if stable_reasons else "fail",
+                              "detail": ", ".join(stable_reasons) if stable_reasons
+                              else "no lower grad-norm variation, higher ESNR or fewer skipped updates"},
+    }
+    for criterion in criteria.values():
+        criterion["passed"] = criterion["status"] == "pass"
+    failed = [name for name, c in criteria.items() if c["status"] == "fail"]
+    undecided = [name for name, c in criteria.items() if c["status"] == "inconclusive"]
+    reasons_invalid = list(reasons_invalid or [])
+    if reasons_invalid:
+        verdict = "invalid"
+    else:
+        verdict = "reject" if failed else ("inconclusive" if undecided else "accept")
+    return {"verdict": verdict, "failed": failed, "inconclusive": undecided, "criteria": criteria,
+            "invalid_reasons": reasons_invalid}
+
+
+def _pairs(group: list[Run], flow_variant: str) -> tuple[list[tuple[Run, Run]], list[str]]:
+    """(baseline run, flow run) pairs that share a seed, and a description of the unpaired runs."""
+    by_seed: dict[str, dict[int, Run]] = {"baseline": {}, flow_variant: {}}
+    for run in group:
+        by_seed[run.summary["variant"]][int(run.summary["seed"])] = run
+    shared = sorted(set(by_seed["baseline"]) & set(by_seed[flow_variant]))
+    unpaired = [f"{variant} seed {seed}" for variant, runs in by_seed.items() for seed in sorted(runs)
+                if seed not in shared]
+    return [(by_seed["baseline"][s], by_seed[flow_variant][s]) for s in shared], unpaired
+
+
+def _duration(run: Run) -> float:
+    evals = run.evals
+    return float(evals.wall_s.iloc[-1]) if len(evals) else math.nan
+
+
+def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow_variant: str,
+            thresholds: dict[str, tuple[dict[str, float], float, str]], criteria: Criteria, reps: int,
+            learned_std_margin: float = 2.0, learned_min_gain: float = 0.1) -> dict[str, Any]:
+    """All statistics of one comparison (``flow_variant`` vs baseline within ``setting`` at one model
+    size); ``thresholds`` maps each task to :func:`task_thresholds`."""
+    sub = table[(table.setting == setting) & (table.model == model) & table.variant.isin(["baseline", flow_variant])]
+    tasks = sorted(set(sub[sub.variant == "baseline"].task) & set(sub[sub.variant == flow_variant].task))
+    per_task, scores, unpaired_runs = [], {"baseline": [], "flow": []}, []
+    for task in tasks:
+        group = [r for r in select_runs(runs, task, setting, ("baseline", flow_variant)) if model_size(r.summary) == model]
+        pairs, unpaired = _pairs(group, flow_variant)
+        unpaired_runs += [f"{task}: {u}" for u in unpaired]
+        targets, scale, source = thresholds[task]
+        high_name = list(targets)[-1]
+        task_rows = sub[sub.task == task]
+        entry: dict[str, Any] = {"task": task, "seeds": [int(b.summary["seed"]) for b, _ in pairs],
+                                 "targets": targets, "threshold_source": source, "scale": scale}
+        entry["random_reward"] = float(task_rows.random_reward.mean())
+        entry["learned_margin"] = learned_margin(entry["random_reward"], float(task_rows.random_reward_std.mean()),
+                                                 learned_std_margin, learned_min_gain)
+        budgets = [min(_duration(b), _duration(f)) for b, f in pairs]
+        entry["wall_budget_s"] = float(np.mean(budgets)) if budgets else math.nan
+        no_policy = entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0
+        paired = {}
+        for key, index in (("baseline", 0), ("flow", 1)):
+            chosen = [pair[index] for pair in pairs]
+            rows = task_rows[task_rows.variant == (flow_variant if key == "flow" else "baseline")]
+            rows = rows[rows.seed.isin(entry["seeds"])]
+            iters = np.array([final_reward(r.evals, criteria.final_evals) for r in chosen])
+            walls = np.array([reward_at_wall(r.evals, t, criteria.final_evals, no_policy)
+                              for r, t in zip(chosen, budgets)])
+            paired[key] = (iters, walls)
+            entry[f"{key}_reward"] = float(iters.mean()) if len(iters) else math.nan
+            entry[f"{key}_reward_std"] = float(iters.std(ddof=0)) if len(iters) else math.nan
+            entry[f"{key}_reward_wall"] = float(walls.mean()) if len(walls) else math.nan
+            entry[f"{key}_success"] = float(rows.final_success.mean())
+            entry[f"{key}_seeds"] = len(chosen)
+            entry[f"{key}_wall_s"] = float(rows.wall_s.mean())
+            entry[f"{key}_pretrain_iterations"] = float(rows.pretrain_iterations.mean())
+            entry[f"{key}_pretrain_s"] = float(rows.pretrain_s.mean())
+            entry[f"{key}_learned"] = bool(entry[f"{key}_reward"] >= entry["random_reward"] + entry["learned_margin"])
+            for name, target in targets.items():
+                times = [time_to_threshold(r.evals, target, criteria.hold_evals)[1] for r in chosen]
+                entry[f"{key}_time_to_{name}"] = float(np.mean(times)) if times else math.inf
+            scores[key].append((iters - (entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0))
+                               / (scale or 1.0))
+        entry["baseline_time_to_high"] = entry[f"baseline_time_to_{high_name}"]
+        entry["flow_time_to_high"] = entry[f"flow_time_to_{high_name}"]
+        for label, index in (("iterations", 0), ("wall", 1)):
+            result = paired_outcome(paired["flow"][index], paired["baseline"][index], scale, criteria)
+            entry[f"outcome_{label}"] = result["outcome"]
+            entry[f"diff_{label}"] = {k: v for k, v in result.items() if k != "outcome"}
+        per_task.append(entry)
+    per_task_df = pd.DataFrame(per_task)
+    bars = {t["task"]: t["random_reward"] + t["learned_margin"] for t in per_task}
+    runs_below = [f"{row.task}: {row.variant} seed {row.seed} did not learn (final reward {row.final_reward:.1f} "
+                  f"< {bars[row.task]:.1f})" for row in sub[sub.task.isin(tasks)].itertuples()
+                  if not row.final_reward >= bars[row.task]]
+    stability = {
+        key: {col: float(sub[sub.variant == variant][col].mean())
+              for col in ("actor_grad_norm_cv", "actor_grad_norm_var", "critic_grad_norm_var", "esnr_mean",
+                          "nan_skipped", "latent_norm_max", "latent_norm_mean", "nonfinite_latents")}
+        for variant, key in (("baseline", "baseline"), (flow_variant, "flow"))
+    }
+    complete = bool(len(sub)) and bool(((sub.iterations >= sub.expected_iterations) | sub.stopped_by_budget).all()) \
+        and bool(sub.final_reward.notna().all())
+    result: dict[str, Any] = {"setting": setting, "model": model, "flow_variant": flow_variant, "tasks": tasks,
+                              "per_task": per_task, "stability": stability, "runs_below_random_bar": runs_below,
+                              "unpaired_runs": unpaired_runs, "criteria_config": vars(criteria)}
+    seeds = min((len(s) for s in scores["baseline"]), default=0)
+    if tasks and seeds:
+        matrices = {k: np.stack([s[:seeds] for s in v], axis=1) for k, v in scores.items()}  # [runs, tasks]
+        result["iqm"] = iqm_with_ci(matrices, reps)
+        result["probability_of_improvement"] = probability_of_improvement(matrices["flow"], matrices["baseline"], reps)
+        result["seeds_used"] = seeds
+        result.update(decide(per_task_df, stability, complete, invalid_reasons(per_task_df, sub, flow_variant)))
+    else:
+        result.update({"verdict": "no data", "failed": [], "inconclusive": [], "criteria": {}, "invalid_reasons": []})
+    return result
+
+
+def parity(table: pd.DataFrame) -> pd.DataFrame:
+    """Parameter counts and wall-clock per (setting, variant), with ratios to the baseline."""
+    agg = table.groupby(["setting", "variant"]).agg(
+        runs=("seed", "count"), params_world_model=("params_world_model", "first"),
+        params_actor=("params_actor", "first"), params_critic=("params_critic", "first"),
+        wm_update_ms=("wm_update_s", lambda s: 1000 * s.mean()), actor_update_ms=("actor_update_s", lambda s: 1000 * s.mean()),
+        pretrain_s=("pretrain_s", "mean"), policy_s=("policy_s", "mean"), wall_s=("wall_s", "mean"),
+    ).reset_index()
+    base = agg[agg.variant == "baseline"].set_index("setting")
+    for column in ("params_world_model", "wm_update_ms", "wall_s"):
+        agg[f"{column}_vs_baseline"] = [
+            row[column] / base.loc[row.setting, column] if row.setting in base.index else math.nan
+            for _, row in agg.iterrows()]
+    return agg
