@@ -9,11 +9,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pwm.data.collect import CollectConfig, collect_dataset
+from pwm.training.evaluation import checkpoint_policy
 
 
 @hydra.main(config_path="cfg", config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    files = collect_dataset(CollectConfig(**OmegaConf.to_container(cfg, resolve=True)))
+    config = CollectConfig(**OmegaConf.to_container(cfg, resolve=True))
+    policies = None
+    if config.policy == "checkpoint":
+        policies = {task: checkpoint_policy(path, config.deterministic) for task, path in (config.checkpoints or {}).items()}
+    files = collect_dataset(config, policies)
     print(f"wrote {len(files)} file(s) to {cfg.out_dir}")
 
 

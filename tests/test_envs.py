@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from pwm.envs import (PaddedEnv, UnavailableTaskError, UnknownTaskError, action_dim, make_env, task_family,
-                      task_set)
+from pwm.envs import PaddedEnv, UnknownTaskError, action_dim, make_env, task_family, task_set
 
 
 def test_task_sets_follow_tdmpc2_order():

@@ -56,7 +56,7 @@ def test_gif_round_trips_every_frame(tmp_path):
 def test_recorder_writes_files_and_tensorboard_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pwm.data.collect import Episode
+    from pwm.envs.rollout import Episode
 
     logger = RunLogger(tmp_path, tensorboard=True)
     recorder = VideoRecorder(VideoConfig(episodes=1), tmp_path / "videos", logger)

@@ -115,3 +115,8 @@ def test_train_singletask_runs_and_resumes(tmp_path):
     (row,) = list(csv.DictReader(open(tmp_path / "eval" / "evaluation.csv")))
     assert row["task"] == "pendulum-swingup" and row["variant"] == "flow"
     assert float(row["reward"]) == pytest.approx(summary["final_reward"], rel=1e-6)
+    # the trained policy collects a dataset (policy=checkpoint)
+    run_script("collect_data.py", "tasks=[pendulum-swingup]", "task_set=null", "policy=checkpoint", "episodes=2",
+               f"checkpoints={{pendulum-swingup:'{tmp_path / 'checkpoint.pt'}'}}", f"out_dir={tmp_path / 'data'}")
+    (chunk,) = [read_chunk(path) for path in (tmp_path / "data").glob("*.pt")]
+    assert chunk["obs"].shape == (2, 501, 3)

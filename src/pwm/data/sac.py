@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pwm.data.collect import EVAL_SEED_OFFSET, Episode, evaluate_policy
+from pwm.envs.rollout import EVAL_SEED_OFFSET, Episode, evaluate_policy
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
 

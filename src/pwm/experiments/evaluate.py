@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from pwm.envs.tasks import task_set
 from pwm.experiments.published import DEFAULT_REFERENCE_DIR, normalized_score, pwm_published, tdmpc2_final
-from pwm.training.evaluation import EVAL_SEED_OFFSET, NotAPolicyCheckpoint, evaluate, load_agent
+from pwm.envs.rollout import EVAL_SEED_OFFSET
+from pwm.training.evaluation import NotAPolicyCheckpoint, evaluate, load_agent
 from pwm.training.video import VideoConfig, VideoRecorder
 from pwm.utils.common import atomic_write_text
 

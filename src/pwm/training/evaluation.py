@@ -13,7 +13,7 @@ from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.algorithms.diagnostics import world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
-from pwm.data.collect import EVAL_SEED_OFFSET, Episode, Policy, evaluate_policy
+from pwm.envs.rollout import Episode, Policy, evaluate_policy
 from pwm.envs.tasks import make_env, task_set
 from pwm.envs.wrappers import PaddedEnv, TaskEnv
 from pwm.training.video import VideoRecorder
@@ -123,3 +123,9 @@ def load_agent(checkpoint_path: str | Path, device: str = "auto") -> TrainedAgen
         raise ValueError(f"{path}: weights do not fit the recorded alg config: {exc}") from exc
     variant = info.get("variant") or ("flow" if is_flow_config(alg) else "baseline")
     return TrainedAgent(agent, task, str(variant), path, task_id, info.get("task_set"))
+
+
+def checkpoint_policy(checkpoint_path: str | Path, deterministic: bool = False, device: str = "cpu") -> Policy:
+    """The policy of a training checkpoint as ``obs -> action`` (numpy), e.g. to collect data with it."""
+    trained = load_agent(checkpoint_path, device)
+    return agent_policy(trained.agent, trained.task_id, deterministic=deterministic)

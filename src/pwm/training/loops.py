@@ -26,10 +26,10 @@ from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.algorithms.diagnostics import world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
-from pwm.data.collect import COLLECT_SEED_OFFSET, random_policy, run_episode
+from pwm.envs.rollout import COLLECT_SEED_OFFSET, EVAL_SEED_OFFSET, random_policy, run_episode
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
-from pwm.training.evaluation import EVAL_SEED_OFFSET, agent_policy, evaluate
+from pwm.training.evaluation import agent_policy, evaluate
 from pwm.training.convergence import PlateauRule
 from pwm.training.logger import RunLogger
 from pwm.training.video import make_recorder

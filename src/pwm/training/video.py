@@ -14,7 +14,7 @@ import numpy as np
 from pwm.utils.extras import require_extra
 
 if TYPE_CHECKING:
-    from pwm.data.collect import Episode
+    from pwm.envs.rollout import Episode
     from pwm.training.logger import RunLogger
 
 VIDEO_FORMATS = ("gif", "mp4")
