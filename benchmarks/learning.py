@@ -95,13 +95,10 @@ def _job(args: argparse.Namespace, task: str, variant: str, seed: int) -> str:
 
 # ---------------------------------------------------------------------- results
 def tdmpc2_reference(path: Path = REFERENCE):
-    """Per task: (steps, mean reward over TD-MPC2's seeds) of its published curve."""
-    import pandas as pd
+    """Per task: TD-MPC2's published curve (``env_step``, ``mean``/``min``/``max`` reward over its seeds)."""
+    from pwm.experiments.published import tdmpc2_curves
 
-    frame = pd.read_csv(path)
-    frame = frame[frame.metric == "reward"]
-    curves = frame.groupby(["task", "env_step"]).value.agg(["mean", "min", "max"]).reset_index()
-    return {task: group.sort_values("env_step") for task, group in curves.groupby("task")}
+    return tdmpc2_curves(path.parent)
 
 
 def collect_results(args: argparse.Namespace):
@@ -152,9 +149,9 @@ def render_markdown(args: argparse.Namespace, results, command: str, commit: str
              f"{args.eval_every * 2:,} steps up to N (two evaluations), then mean ± std over seeds.", "",
              "TD-MPC2 (reference): its released learning curves (TD-MPC2 repository, `results/tdmpc2/`, "
              "3 seeds, state observations), mean over seeds.", "",
-             "| task | agent | seeds | " + " | ".join(f"reward @ {b // 1000}k" for b in budgets)
+             "| task | agent | seeds | steps run | " + " | ".join(f"reward @ {b // 1000}k" for b in budgets)
              + " | TD-MPC2 @ 100k | target (baseline) | run minutes |",
-             "|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
+             "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
     for task in [t for t in TASKS if t in set(results.task)]:
         curve = reference.get(task)
         ref100 = (f"{curve[curve.env_step == 100_000]['mean'].iloc[0]:.0f}" if curve is not None
@@ -166,6 +163,8 @@ def render_markdown(args: argparse.Namespace, results, command: str, commit: str
             cells = []
             for budget in budgets:
                 per_seed = reward_at(frame, budget, 2 * args.eval_every)
+                if frame.env_steps.max() < budget:  # not there yet: no number
+                    per_seed = per_seed.iloc[:0]
                 cells.append(f"{per_seed.mean():.0f} ± {per_seed.std(ddof=0):.0f}" if len(per_seed) else "n/a")
             target = TARGETS.get(task)
             status = ""
@@ -174,7 +173,9 @@ def render_markdown(args: argparse.Namespace, results, command: str, commit: str
                 status = f"{target:.0f}: " + ("met" if final >= target else f"short by {target - final:.0f}")
             minutes = run_seconds(args, task, variant)
             time_cell = f"{sum(minutes) / len(minutes) / 60:.0f}" if minutes else "n/a"
-            lines.append(f"| {task} | {variant} | {frame.seed.nunique()} | " + " | ".join(cells)
+            steps = int(frame.groupby("seed").env_steps.max().min())
+            steps_cell = f"{steps // 1000}k" + ("" if steps >= args.steps else " (running)")
+            lines.append(f"| {task} | {variant} | {frame.seed.nunique()} | {steps_cell} | " + " | ".join(cells)
                          + f" | {ref100} | {status} | {time_cell} |")
     notes = Path(args.out) / "learning_notes.md"
     if notes.exists():

@@ -139,10 +139,7 @@ class FlowWorldModel(LatentWorldModel):
         This helper returns the loss already normalised by ``1/H``; the algorithm must not divide it
         again (``pwm.algorithms.pwm.compute_wm_loss`` does not), exactly as for the baseline branch.
         """
-        if act_seq.shape[0] < horizon or next_z_seq.shape[0] < horizon:
-            raise ValueError(
-                f"horizon={horizon} exceeds act_seq ({act_seq.shape[0]}) or next_z_seq ({next_z_seq.shape[0]}) length"
-            )
+        self._check_rollout_lengths(act_seq, next_z_seq, horizon)
         zs = [z0]
         dynamics_loss = z0.new_zeros(())
         for t in range(horizon):

@@ -166,6 +166,13 @@ class LatentWorldModel(nn.Module):
         """One latent step: ``(next(z, a), reward(z, a))``; the reward is the raw head output."""
         return self.next(z, action, task), self.reward(z, action, task)
 
+    @staticmethod
+    def _check_rollout_lengths(act_seq: torch.Tensor, next_z_seq: torch.Tensor, horizon: int) -> None:
+        if act_seq.shape[0] < horizon or next_z_seq.shape[0] < horizon:
+            raise ValueError(
+                f"horizon={horizon} exceeds act_seq ({act_seq.shape[0]}) or next_z_seq ({next_z_seq.shape[0]}) length"
+            )
+
     def latent_rollout_and_dynamics_loss(
         self,
         z0: torch.Tensor,
@@ -182,10 +189,7 @@ class LatentWorldModel(nn.Module):
         Returns ``(zs [H + 1, B, latent_dim], loss)``. The flow model overrides this with its
         flow-matching loss (same contract), so the algorithm calls one method for either model.
         """
-        if act_seq.shape[0] < horizon or next_z_seq.shape[0] < horizon:
-            raise ValueError(
-                f"horizon={horizon} exceeds act_seq ({act_seq.shape[0]}) or next_z_seq ({next_z_seq.shape[0]}) length"
-            )
+        self._check_rollout_lengths(act_seq, next_z_seq, horizon)
         zs = [z0]
         loss = z0.new_zeros(())
         for t in range(horizon):
