@@ -28,6 +28,7 @@ from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
 from pwm.utils.common import atomic_write_text, file_lock, seed_everything, set_threads
+from pwm.utils.extras import check_optional_extras
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling")
 #: Reset seeds of the random-policy reference episodes: those of the evaluations (EVAL_SEED_OFFSET + seed + i).
@@ -99,6 +100,7 @@ def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
 
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
+    check_optional_extras(cfg)  # before the dataset is collected
     alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
