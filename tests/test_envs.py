@@ -82,12 +82,15 @@ def test_dataset_widths_are_checked_against_the_task_set():
     from pwm.data.tdmpc2_format import DatasetError
     from pwm.envs.tasks import check_dataset_widths
 
-    tasks = ["cartpole-balance", "walker-walk", "reacher-three-easy"]  # obs 5, 24, 8
+    tasks = ["cartpole-balance", "walker-walk", "reacher-three-easy"]  # obs 5, 24, 8: padded to 24
     check_dataset_widths(tasks, [0, 1, 2], obs_dim=24, act_dim=6, where="data")
+    check_dataset_widths(tasks, [0], obs_dim=24, act_dim=6, where="data")  # walker absent from the data: fine
     with pytest.raises(DatasetError, match=r"data: field 'obs' is 17 wide, but task 'walker-walk' \(id 1\) has 24"):
         check_dataset_widths(tasks, [0, 1], obs_dim=17, act_dim=6, where="data")
-    check_dataset_widths(tasks, [0], obs_dim=17, act_dim=6, where="data")  # walker absent from the data: fine
-    with pytest.raises(DatasetError, match=r"'obs' is 30 wide, wider than any task of the set \(at most 24\)"):
+    with pytest.raises(DatasetError, match=r"'obs' is 30 wide, but this task set's data is padded to its widest task, 24"):
         check_dataset_widths(tasks, [0], obs_dim=30, act_dim=6, where="data")
     with pytest.raises(DatasetError, match=r"'action' is 4 wide, but task 'walker-walk' \(id 1\) has 6-dim actions"):
         check_dataset_widths(tasks, [1], obs_dim=24, act_dim=4, where="data")
+    # MT30's data (24 wide) is not MT80's (39: Meta-World's observations)
+    with pytest.raises(DatasetError, match="padded to its widest task, 39"):
+        check_dataset_widths(task_set("mt80"), [0, 1], obs_dim=24, act_dim=6, where="data")

@@ -24,7 +24,7 @@ def test_collected_data_is_tdmpc2_format(mt30_data):
     files = sorted(mt30_data.glob("*.pt"))
     assert len(files) == 4
     chunk = read_chunk(files[0], num_tasks=30)
-    assert chunk["obs"].shape == (1, 501, 8) and chunk["action"].shape == (1, 501, 6)  # padded to MT30's widest
+    assert chunk["obs"].shape == (1, 501, 24) and chunk["action"].shape == (1, 501, 6)  # padded to MT30's widest
     assert torch.isnan(chunk["action"][:, 0]).all() and torch.isnan(chunk["reward"][:, 0]).all()
     buffer = load_dataset(mt30_data, horizon=16, num_tasks=30)
     assert set(buffer.task[: len(buffer)].unique().tolist()) == {7, 12}  # pendulum-swingup, cup-catch in MT30 order
@@ -37,7 +37,7 @@ def test_pretrain_then_train_multitask_section14_command(mt30_data, tmp_path, al
                f"general.run_dir={pre_dir}", *TINY_PRETRAIN)
     checkpoint = pre_dir / "checkpoint.pt"
     meta = torch.load(checkpoint, weights_only=False)["meta"]
-    assert meta["tasks"][12] == "cup-catch" and meta["action_dims"][12] == 2 and meta["obs_dim"] == 8
+    assert meta["tasks"][12] == "cup-catch" and meta["action_dims"][12] == 2 and meta["obs_dim"] == 24
     results = tmp_path / "results.csv"
     # the spec's command, with tiny-run overrides appended
     run_script("train_multitask.py", "-cn", "config_mt30", f"alg={alg}", "task=cup-catch",

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from pwm.data.tdmpc2_format import write_episodes
 from pwm.envs.rollout import COLLECT_SEED_OFFSET, Episode, Policy, random_policy, run_episode
-from pwm.envs.tasks import action_dim, make_env, task_set
+from pwm.envs.tasks import action_dim, make_env, set_obs_width, task_set
 from pwm.utils.common import set_threads
 
 def pad_episode(episode: Episode, obs_dim: int, act_dim: int) -> Episode:
@@ -71,7 +71,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
     if cfg.policy not in COLLECT_POLICIES:
         raise ValueError(f"policy must be one of {COLLECT_POLICIES}, got {cfg.policy!r}")
     envs = [make_env(t, seed=cfg.seed) for t in tasks]
-    obs_dim = cfg.pad_obs_dim or max(env.obs_dim for env in envs)
+    # padded to the task set's widest task, as TD-MPC2's datasets are (so any set member fits a model)
+    obs_dim = cfg.pad_obs_dim or set_obs_width(members)
     act_dim = cfg.pad_act_dim or max(action_dim(t) for t in members)
     for env in envs:
         if env.obs_dim > obs_dim or env.act_dim > act_dim:

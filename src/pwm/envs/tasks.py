@@ -157,12 +157,21 @@ def observation_dim(name: str) -> int | None:
         env.close()
 
 
+def set_obs_width(tasks: list[str]) -> int:
+    """The observation width a multi-task dataset of ``tasks`` is padded to: its widest task's."""
+    widths = [d for d in (observation_dim(t) for t in tasks) if d is not None]
+    if not widths:
+        raise UnavailableTaskError(f"no task of {tasks} can be built here to read its observation width")
+    return max(widths)
+
+
 def check_dataset_widths(tasks: list[str], present: list[int], obs_dim: int, act_dim: int, where: str) -> None:
     """Check a multi-task dataset's padded widths against its task set; raises naming the task and widths.
 
     Every task present in the data must fit (its observation and action widths at most the dataset's),
-    and the dataset may not be wider than the set's widest task (a sign of data from another set).
-    Custom tasks that cannot be built here are checked on actions only.
+    and observations must be padded to exactly the set's widest task, as TD-MPC2's (and our
+    collector's) datasets are: MT30 data is 24 wide, MT80 data 39, so one set's data is not taken
+    for the other's.
     """
     from pwm.data.tdmpc2_format import DatasetError
 
@@ -175,7 +184,7 @@ def check_dataset_widths(tasks: list[str], present: list[int], obs_dim: int, act
         if task_act > act_dim:
             raise DatasetError(f"{where}: field 'action' is {act_dim} wide, but task {name!r} (id {task_id}) has "
                                f"{task_act}-dim actions")
-    widest = max((d for d in (observation_dim(t) for t in tasks) if d is not None), default=None)
-    if widest is not None and obs_dim > widest:
-        raise DatasetError(f"{where}: field 'obs' is {obs_dim} wide, wider than any task of the set (at most "
-                           f"{widest}): the data was collected for another task set")
+    widest = set_obs_width(tasks)
+    if obs_dim != widest:
+        raise DatasetError(f"{where}: field 'obs' is {obs_dim} wide, but this task set's data is padded to its "
+                           f"widest task, {widest}: the data was collected for another task set")
