@@ -7,7 +7,8 @@
 Every configuration runs in a fresh process (so its peak memory is its own): peak RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA. "WM upd MB": the peak of the world-model updates above
 the memory held before them (activations, gradients, optimizer state). Ratios are flow / baseline
-(time ratios > 1 = slower).
+(time ratios > 1 = slower). Also printed: FLOPs of one world-model update (torch's FLOP counter) and
+the achieved rate against this machine's own matmul rate on the update's shapes.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
     wm_s = timed(lambda: agent.update_world_model(obs, action, reward))
     wm_peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else _status_mb("VmHWM") - before_mb)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        agent.update_world_model(obs, action, reward)
+    wm_gflop = counter.get_total_flops() / 1e9
+    matmul_gflops = _matmul_rate(batch, int(alg.world_model_config.units[0]), device)
     esnr_every = agent.esnr_every
     agent.esnr_every = 10**9  # never measured: one pass per actor update
     policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
@@ -71,9 +78,26 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
     esnr_policy_s = timed(lambda: agent.update_actor_critic(obs[0]))
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    queue.put({"wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb, "wm_update_mb": wm_peak_mb,
+    queue.put({"wm_gflop": wm_gflop, "wm_gflops": wm_gflop / wm_s, "matmul_gflops": matmul_gflops,
+               "wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb, "wm_update_mb": wm_peak_mb,
                "esnr_every": esnr_every, "esnr_overhead": (esnr_policy_s - policy_s) / esnr_every / policy_s,
                "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device)})
+
+
+def _matmul_rate(rows: int, width: int, device, seconds: float = 1.0) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) on the update's typical shape ``[rows, width] x [width, width]``."""
+    import torch
+
+    a, b = torch.randn(rows, width, device=device), torch.randn(width, width, device=device)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * rows * width * width * count / (time.perf_counter() - start) / 1e9
 
 
 def _status_mb(field: str) -> float:
@@ -144,6 +168,10 @@ def main() -> None:
               f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
     print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more. "
           "flow-rc: recompute_substeps=true (sub-steps recomputed in backward).")
+    for row in rows:
+        print(f"{row['variant']} K={row['K']}: {row['wm_gflop']:.1f} GFLOP per world-model update, "
+              f"{row['wm_gflops']:.0f} GFLOP/s = {row['wm_gflops'] / row['matmul_gflops']:.2f} of this machine's "
+              f"matmul rate on the same shapes ({row['matmul_gflops']:.0f} GFLOP/s)")
     for row in rows:
         print(f"ESNR ({cli.esnr_splits} splits on every {row['esnr_every']}th actor update), {row['variant']} K={row['K']}: "
               f"+{100 * row['esnr_overhead']:.1f}% per actor+critic update on average")
