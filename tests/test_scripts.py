@@ -81,6 +81,8 @@ def test_train_multitask_rejects_mismatched_checkpoint_and_unavailable_task(mt30
 
 
 def test_pretrain_with_torchrun_gloo(mt30_data, tmp_path):
+    """Two processes on different batches: the run ends only if both ranks hold identical weights
+    (run_pretrain compares them; without gradient averaging it raises)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))

@@ -58,6 +58,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
                                        cfg.seed, meta, rank=rank,
                                        desc=f"pretrain {cfg.task_set} {'flow' if is_flow_config(cfg.alg) else 'baseline'}")
         if world_size > 1:
+            _check_ranks_agree(agent.wm)
             # no rank tears the group down while another still receives the last broadcast: on a busy
             # machine rank 1 was left waiting forever for a rank 0 that had already exited
             dist.barrier()
@@ -65,6 +66,18 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         if world_size > 1:
             dist.destroy_process_group()
     return summary
+
+
+def _check_ranks_agree(module: torch.nn.Module) -> None:
+    """Raise if the DDP ranks ended with different weights (they train on different batches, so only
+    working gradient averaging keeps them equal)."""
+    flat = torch.cat([p.detach().reshape(-1).float() for p in module.parameters()])
+    position = torch.arange(len(flat), device=flat.device)
+    signature = torch.stack([flat.sum(), flat.square().sum(), (flat * position).sum()])
+    gathered = [torch.empty_like(signature) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, signature)
+    if any(not torch.equal(other, gathered[0]) for other in gathered[1:]):
+        raise RuntimeError(f"DDP ranks ended pretraining with different world-model weights: {gathered}")
 
 
 def _check_checkpoint(meta: dict[str, Any], cfg: DictConfig, tasks: list[str], path: str) -> None:
