@@ -79,8 +79,7 @@ def test_padded_env():
 
 
 def test_dataset_widths_are_checked_against_the_task_set():
-    from pwm.data.tdmpc2_format import DatasetError
-    from pwm.envs.tasks import check_dataset_widths
+    from pwm.data.tdmpc2_format import DatasetError, check_dataset_widths
 
     tasks = ["cartpole-balance", "walker-walk", "reacher-three-easy"]  # obs 5, 24, 8: padded to 24
     check_dataset_widths(tasks, [0, 1, 2], obs_dim=24, act_dim=6, where="data")

@@ -163,28 +163,3 @@ def set_obs_width(tasks: list[str]) -> int:
     if not widths:
         raise UnavailableTaskError(f"no task of {tasks} can be built here to read its observation width")
     return max(widths)
-
-
-def check_dataset_widths(tasks: list[str], present: list[int], obs_dim: int, act_dim: int, where: str) -> None:
-    """Check a multi-task dataset's padded widths against its task set; raises naming the task and widths.
-
-    Every task present in the data must fit (its observation and action widths at most the dataset's),
-    and observations must be padded to exactly the set's widest task, as TD-MPC2's (and our
-    collector's) datasets are: MT30 data is 24 wide, MT80 data 39, so one set's data is not taken
-    for the other's.
-    """
-    from pwm.data.tdmpc2_format import DatasetError
-
-    for task_id in present:
-        name = tasks[task_id]
-        task_obs, task_act = observation_dim(name), action_dim(name)
-        if task_obs is not None and task_obs > obs_dim:
-            raise DatasetError(f"{where}: field 'obs' is {obs_dim} wide, but task {name!r} (id {task_id}) has "
-                               f"{task_obs}-dim observations: the data was not collected for this task set")
-        if task_act > act_dim:
-            raise DatasetError(f"{where}: field 'action' is {act_dim} wide, but task {name!r} (id {task_id}) has "
-                               f"{task_act}-dim actions")
-    widest = set_obs_width(tasks)
-    if obs_dim != widest:
-        raise DatasetError(f"{where}: field 'obs' is {obs_dim} wide, but this task set's data is padded to its "
-                           f"widest task, {widest}: the data was collected for another task set")

@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from pwm.algorithms.build import build_pwm, is_flow_config
-from pwm.data.tdmpc2_format import DatasetError, load_dataset
-from pwm.envs.tasks import UnknownTaskError, action_dim, check_dataset_widths, make_env, task_set
-from pwm.envs.wrappers import PaddedEnv
+from pwm.data.tdmpc2_format import DatasetError, check_dataset_widths, load_dataset
+from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
 from pwm.envs.rollout import EVAL_SEED_OFFSET
-from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline, world_model_meta
-from pwm.utils.common import atomic_write_text, file_lock, resolve_device, seed_everything, set_threads
+from pwm.envs.wrappers import PaddedEnv
+from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
+from pwm.utils.common import atomic_write_text, file_lock, load_checkpoint, resolve_device, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
 
 
