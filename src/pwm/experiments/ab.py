@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pwm.algorithms.build import build_pwm, is_flow_config
 from pwm.data.collect import CollectConfig, collect_dataset
-from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.data.tdmpc2_format import load_dataset
+from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
 from pwm.utils.common import atomic_write_text, file_lock, seed_everything, set_threads
