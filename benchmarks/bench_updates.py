@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import time
 from pathlib import Path
 
+from _process import in_fresh_process, reset_peak, status_mb
+
 CFG_DIR = Path(__file__).resolve().parent.parent / "scripts" / "cfg"
 
 
-def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Queue,
-             recompute: bool = False) -> None:
+def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool, queue) -> None:
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -60,11 +60,11 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, queue: mp.Q
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args["repeats"]
 
-    before_mb = _status_mb("VmRSS")
-    _reset_peak()
+    before_mb = status_mb("VmRSS")
+    reset_peak()
     wm_s = timed(lambda: agent.update_world_model(obs, action, reward))
     wm_peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-                  else _status_mb("VmHWM") - before_mb)
+                  else status_mb("VmHWM") - before_mb)
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -100,35 +100,8 @@ def _matmul_rate(rows: int, width: int, device, seconds: float = 1.0) -> float:
     return 2 * rows * width * width * count / (time.perf_counter() - start) / 1e9
 
 
-def _status_mb(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MB (NaN off Linux)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux ``clear_refs``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-
-
 def measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool = False) -> dict:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure, args=(alg_name, integrate_steps, args, queue, recompute))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return in_fresh_process(_measure, alg_name, integrate_steps, args, recompute)
 
 
 def main() -> None:

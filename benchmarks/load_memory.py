@@ -12,11 +12,12 @@ divided by the bytes that end up loaded, and the seconds taken.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from _process import in_fresh_process, status_mb
 
 
 def write_dataset(root: Path, gb: float, files: int, length: int, obs_dim: int, act_dim: int, tasks: int) -> int:
@@ -39,41 +40,25 @@ def write_dataset(root: Path, gb: float, files: int, length: int, obs_dim: int, 
     return total
 
 
-def _status_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process. Not ``ru_maxrss``: Linux
-    carries that across fork + exec, so a spawned child would report its parent's peak."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _load(root: str, tasks: list[int] | None, queue: mp.Queue) -> None:
+def _load(root: str, tasks: list[int] | None, queue) -> None:
     import tensordict  # noqa: F401  (the libraries the loader needs are not the data's memory)
     import torch
 
     from pwm.data.tdmpc2_format import load_dataset
 
     torch.set_num_threads(1)
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     start = time.perf_counter()
     buffer = load_dataset(root, horizon=16, num_tasks=30, tasks=tasks)
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     loaded = buffer.size * 4 * (buffer.obs_dim + buffer.act_dim + 1 + 1)  # the same steps in the file layout
     queue.put({"peak_above_start_mb": peak - before, "loaded_mb": loaded / 2**20, "seconds": seconds,
                "episodes": buffer.num_episodes})
 
 
 def measure(root: Path, tasks: list[int] | None) -> dict:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_load, args=(str(root), tasks, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return in_fresh_process(_load, str(root), tasks)
 
 
 def main() -> None:

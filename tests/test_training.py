@@ -81,6 +81,19 @@ def test_pretraining_reaching_the_cap_while_improving_is_not_converged(tmp_path)
     assert summary["iterations"] == 30 and summary["converged"] is False
 
 
+def crash_after(function, calls: int):
+    """``function`` that raises KeyboardInterrupt (a killed run) on its call number ``calls + 1``."""
+    made = []
+
+    def wrapped(*args, **kwargs):
+        made.append(1)
+        if len(made) > calls:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapped
+
+
 def test_interrupted_pretraining_resumes_bit_identically(tmp_path):
     """Killed after iteration 13 (last checkpoint: 10), then re-run: the same weights as never stopping.
     Flow draws tau from torch's global RNG and batches from the sampler: both are restored."""
@@ -89,15 +102,7 @@ def test_interrupted_pretraining_resumes_bit_identically(tmp_path):
     pretrain_world_model(full, linear_buffer(), tmp_path / "full", cfg, 16, 0, {})
 
     killed = agent(FlowWorldModel)
-    update, calls = killed.update_world_model, []
-
-    def crash_after_13(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 13:
-            raise KeyboardInterrupt
-        return update(*args, **kwargs)
-
-    killed.update_world_model = crash_after_13
+    killed.update_world_model = crash_after(killed.update_world_model, 13)
     with pytest.raises(KeyboardInterrupt):
         pretrain_world_model(killed, linear_buffer(), tmp_path / "split", cfg, 16, 0, {})
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["progress"]["iteration"] == 10
@@ -195,15 +200,7 @@ def test_interrupted_offline_training_resumes_bit_identically(tmp_path):
     full = agent(FlowWorldModel)
     train_offline(full, linear_buffer(), LinearEnv(), tmp_path / "full", cfg, batch_size=8, seed=0)
     killed = agent(FlowWorldModel)
-    update, calls = killed.update, []
-
-    def crash_after_7(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 7:
-            raise KeyboardInterrupt
-        return update(*args, **kwargs)
-
-    killed.update = crash_after_7
+    killed.update = crash_after(killed.update, 7)
     with pytest.raises(KeyboardInterrupt):
         train_offline(killed, linear_buffer(), LinearEnv(), tmp_path / "split", cfg, batch_size=8, seed=0)
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["progress"]["iteration"] == 5
@@ -236,19 +233,11 @@ def test_interrupted_online_training_resumes_bit_identically(tmp_path, monkeypat
             return compose("config", overrides=overrides)
 
     loops.train_online(config(tmp_path / "full"))
-    build, calls = loops.build_pwm, []
+    build = loops.build_pwm
 
     def crashing_build(*args, **kwargs):
         built = build(*args, **kwargs)
-        update = built.update
-
-        def crash_in_iteration_3(*update_args, **update_kwargs):
-            calls.append(1)
-            if len(calls) > 5:  # 2 updates per iteration
-                raise KeyboardInterrupt
-            return update(*update_args, **update_kwargs)
-
-        built.update = crash_in_iteration_3
+        built.update = crash_after(built.update, 5)  # 2 updates per iteration: killed in iteration 3
         return built
 
     monkeypatch.setattr(loops, "build_pwm", crashing_build)
