@@ -68,7 +68,7 @@ def run_sac(args: argparse.Namespace, task: str, seed: int) -> str:
 
     from pwm.data.sac import train_sac
     from pwm.training.logger import RunLogger
-    from pwm.utils.common import atomic_write_text
+    from pwm.utils.common import atomic_write_text, git_commit
 
     torch.set_num_threads(1)
     run_dir = _run_dir(args, task, "sac", seed)
@@ -222,15 +222,14 @@ def plot(results, path: Path) -> None:
 
 
 def write_results(args: argparse.Namespace, command: str) -> None:
-    from pwm.utils.common import atomic_write_text
+    from pwm.utils.common import atomic_write_text, git_commit
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = collect_results(args)
     if results.empty:
         raise SystemExit(f"no runs under {args.runs_dir}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = git_commit(REPO) or "unknown"
     atomic_write_text(results.to_csv(index=False), out / "learning.csv")
     plot(results, out / "learning.png")
     atomic_write_text(render_markdown(args, results, command, commit), out / "learning.md")

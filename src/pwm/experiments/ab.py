@@ -27,7 +27,7 @@ from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
-from pwm.utils.common import atomic_write_text, file_lock, seed_everything, set_threads
+from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling")
@@ -124,7 +124,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "pretrain_elapsed_s": pretrain["train_elapsed_s"],
                     "pretrain_iterations": pretrain["iterations"], "pretrain_converged": pretrain["converged"],
                     "pretrain_heldout_error": pretrain["heldout_error"],
-                    "finetune_wm": bool(cfg.train.train_world_model), **random_reference,
+                    "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), **random_reference,
                     "alg": OmegaConf.to_container(alg)}
         return train_offline(agent, buffer, eval_env, run_dir, cfg.train, alg.batch_size, cfg.seed,
                              run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}",

@@ -36,7 +36,11 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
              f"excludes 0 and the difference exceeds {100 * crit['tie_tolerance']:g}% of the task's reward scale, "
              "tie when it lies within that tolerance, else inconclusive. Thresholds are fixed per task "
              "(fractions of TD-MPC2's published reward where one exists) and count once held for "
-             f"{crit['hold_evals']} consecutive evaluations.", "", "## Verdicts", ""]
+             f"{crit['hold_evals']} consecutive evaluations.", ""]
+    if "commit" in table:
+        commits = sorted({str(c) for c in table.commit.dropna()})
+        lines += [f"Runs made at commit {', '.join(f'`{c}`' for c in commits) or 'unknown (not recorded)'}.", ""]
+    lines += ["## Verdicts", ""]
     for c in report["comparisons"]:
         lines.append(f"### {c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: **{c['verdict'].upper()}**")
         lines.append("")

@@ -122,6 +122,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "random_reward_std": float(s.get("random_reward_std", math.nan)),
             "pretrain_iterations": float(s.get("pretrain_iterations", math.nan)),
             "pretrain_converged": s.get("pretrain_converged"),
+            "commit": s.get("commit"),
             **_best_heldout(run.pretrain),
             "dynamics_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
                                                 "wm/dynamics_loss", "mean"),

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The CPU-scale study of H1 and H2 (scripts/cfg/study/cpu.yaml): the A/B on 6 MT30 DMC tasks x 3 seeds,
+# then the spec section 9 sweeps on two of those tasks. Resumable: re-run it and finished jobs are skipped,
+# interrupted ones resume from their checkpoints. Each stage rebuilds results/study/report.md over every
+# run so far.
+#   bash scripts/run_study.sh                      # everything (about 5 hours on 2 CPU cores)
+#   STAGES=main bash scripts/run_study.sh          # the main A/B only (about 2 hours)
+#   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+stages="${STAGES:-main integrate_steps tau_sampling horizon finetune}"
+sweep_tasks="${SWEEP_TASKS:-cartpole-swingup,finger-spin}"
+mkdir -p results/study
+log=results/study/commands.md
+[ -f "$log" ] || printf '# Commands that made this study\n\nEach line: when a stage ended, the commit it ran on, its command.\n\n' >"$log"
+
+stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, uniform tau, H=16, frozen WM) are shared
+  local name=$1; shift
+  local command=(.venv/bin/python scripts/ab_compare.py -m +study=cpu "$@")
+  "${command[@]}"
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD -- src scripts 2>/dev/null || commit="$commit+dirty"
+  echo "- $(date -u +%Y-%m-%dT%H:%MZ) \`$commit\` $name: \`${command[*]:1}\`" >>"$log"
+}
+
+for name in $stages; do
+  case $name in
+    main) stage main "$@" ;;
+    integrate_steps) stage "$name" task="$sweep_tasks" alg=pwm_small_flow flow.integrate_steps=2,8 "$@" ;;
+    tau_sampling) stage "$name" task="$sweep_tasks" alg=pwm_small_flow flow.fm_tau_sampling=midpoint "$@" ;;
+    horizon) stage "$name" task="$sweep_tasks" alg.horizon=10,20 "$@" ;;
+    finetune) stage "$name" task="$sweep_tasks" train.train_world_model=true "$@" ;;
+    *) echo "unknown stage '$name' (main, integrate_steps, tau_sampling, horizon, finetune)" >&2; exit 2 ;;
+  esac
+done
