@@ -24,7 +24,7 @@ from _process import in_fresh_process, reset_peak, status_mb
 CFG_DIR = Path(__file__).resolve().parent.parent / "scripts" / "cfg"
 
 
-def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool, queue) -> None:
+def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool, compiled: bool, queue) -> None:
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -42,6 +42,7 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
     if integrate_steps is not None:
         alg.world_model_config.integrate_steps = integrate_steps
         alg.world_model_config.recompute_substeps = recompute
+    alg.compile_wm_loss = compiled
     device = resolve_device(args["device"])
     agent = build_pwm(alg, args["obs_dim"], args["act_dim"], device=str(device))
     batch, horizon = args["batch"], args["horizon"]
@@ -49,8 +50,12 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
     action = torch.rand(horizon, batch, args["act_dim"], device=device) * 2 - 1
     reward = torch.randn(horizon, batch, device=device)
 
+    warmup_s = []
+
     def timed(fn) -> float:
-        fn()  # warm-up
+        start = time.perf_counter()
+        fn()  # warm-up (and compilation)
+        warmup_s.append(time.perf_counter() - start)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -67,9 +72,11 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
                   else status_mb("VmHWM") - before_mb)
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        agent.update_world_model(obs, action, reward)
-    wm_gflop = counter.get_total_flops() / 1e9
+    wm_gflop = float("nan")
+    if not compiled:  # the FLOP counter sees eager ops only; a compiled update does the same FLOPs
+        with FlopCounterMode(display=False) as counter:
+            agent.update_world_model(obs, action, reward)
+        wm_gflop = counter.get_total_flops() / 1e9
     matmul_gflops = _matmul_rate(batch, int(alg.world_model_config.units[0]), device)
     esnr_every = agent.esnr_every
     agent.esnr_every = 10**9  # never measured: one pass per actor update
@@ -81,7 +88,8 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
     queue.put({"wm_gflop": wm_gflop, "wm_gflops": wm_gflop / wm_s, "matmul_gflops": matmul_gflops,
                "wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb, "wm_update_mb": wm_peak_mb,
                "esnr_every": esnr_every, "esnr_overhead": (esnr_policy_s - policy_s) / esnr_every / policy_s,
-               "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device)})
+               "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device),
+               "wm_first_update_s": warmup_s[0]})
 
 
 def _matmul_rate(rows: int, width: int, device, seconds: float = 1.0) -> float:
@@ -100,8 +108,9 @@ def _matmul_rate(rows: int, width: int, device, seconds: float = 1.0) -> float:
     return 2 * rows * width * width * count / (time.perf_counter() - start) / 1e9
 
 
-def measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool = False) -> dict:
-    return in_fresh_process(_measure, alg_name, integrate_steps, args, recompute)
+def measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool = False,
+            compiled: bool = False) -> dict:
+    return in_fresh_process(_measure, alg_name, integrate_steps, args, recompute, compiled)
 
 
 def main() -> None:
@@ -116,6 +125,9 @@ def main() -> None:
     parser.add_argument("--esnr-splits", type=int, default=4)
     parser.add_argument("--recompute-steps", type=int, nargs="*", default=[4],
                         help="K values also measured with recompute_substeps=true (row flow-rc)")
+    parser.add_argument("--compile-steps", type=int, nargs="*", default=[4],
+                        help="K values also measured with compile_wm_loss=true (rows *-c; the baseline too when "
+                             "any); pass none to skip: compiling takes minutes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
@@ -127,6 +139,15 @@ def main() -> None:
     rows += [{"variant": "flow", "K": k, **measure(f"{cli.alg}_flow", k, args)} for k in cli.integrate_steps]
     rows += [{"variant": "flow-rc", "K": k, **measure(f"{cli.alg}_flow", k, args, recompute=True)}
              for k in cli.recompute_steps]
+    if cli.compile_steps:
+        rows += [{"variant": "base-c", "K": "-", **measure(cli.alg, None, args, compiled=True)}]
+        rows += [{"variant": "flow-c", "K": k, **measure(f"{cli.alg}_flow", k, args, compiled=True)}
+                 for k in cli.compile_steps]
+        eager_gflop = {row["K"]: row["wm_gflop"] for row in rows if row["variant"] in ("baseline", "flow")}
+        for row in rows:
+            if row["variant"].endswith("-c"):
+                row["wm_gflop"] = eager_gflop.get(row["K"], float("nan"))
+                row["wm_gflops"] = row["wm_gflop"] / row["wm_update_s"]
     base = rows[0]
     print(f"{cli.alg}: batch {cli.batch}, H {cli.horizon}, device {base['device']}, {cli.repeats} repeats\n")
     header = (f"{'variant':<9}{'K':>3}{'WM params':>12}{'WM upd/s':>10}{'x base':>8}"
@@ -140,7 +161,14 @@ def main() -> None:
               f"{row['wm_update_mb'] / base['wm_update_mb']:>8.2f}{row['peak_mb']:>10.0f}"
               f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
     print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more. "
-          "flow-rc: recompute_substeps=true (sub-steps recomputed in backward).")
+          "flow-rc: recompute_substeps=true (sub-steps recomputed in backward). "
+          "*-c: compile_wm_loss=true (torch.compile of the world-model loss).")
+    for row in rows:
+        if row["variant"].endswith("-c"):
+            eager = next(r for r in rows if r["variant"] == row["variant"].replace("-c", "").replace("base", "baseline")
+                         and r["K"] == row["K"])
+            print(f"{row['variant']} K={row['K']}: compiled WM update {row['wm_update_s'] / eager['wm_update_s']:.2f}x "
+                  f"the eager one; first (compiling) update {row['wm_first_update_s']:.0f} s")
     for row in rows:
         print(f"{row['variant']} K={row['K']}: {row['wm_gflop']:.1f} GFLOP per world-model update, "
               f"{row['wm_gflops']:.0f} GFLOP/s = {row['wm_gflops'] / row['matmul_gflops']:.2f} of this machine's "

@@ -68,7 +68,7 @@ def run_sac(args: argparse.Namespace, task: str, seed: int) -> str:
 
     from pwm.data.sac import train_sac
     from pwm.training.logger import RunLogger
-    from pwm.utils.common import atomic_write_text, git_commit
+    from pwm.utils.common import atomic_write_text
 
     torch.set_num_threads(1)
     run_dir = _run_dir(args, task, "sac", seed)
@@ -174,7 +174,7 @@ def render_markdown(args: argparse.Namespace, results, command: str, commit: str
             minutes = run_seconds(args, task, variant)
             time_cell = f"{sum(minutes) / len(minutes) / 60:.0f}" if minutes else "n/a"
             steps = int(frame.groupby("seed").env_steps.max().min())
-            steps_cell = f"{steps // 1000}k" + ("" if steps >= args.steps else " (running)")
+            steps_cell = f"{steps // 1000}k" + ("" if steps >= args.steps else " (unfinished)")
             lines.append(f"| {task} | {variant} | {frame.seed.nunique()} | {steps_cell} | " + " | ".join(cells)
                          + f" | {ref100} | {status} | {time_cell} |")
     notes = Path(args.out) / "learning_notes.md"

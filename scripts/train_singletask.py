@@ -9,12 +9,12 @@ Logs to <run_dir>/metrics.csv and TensorBoard; re-running the same command resum
 import hydra
 from omegaconf import DictConfig
 
-from pwm.training.loops import train_online
+from pwm.training.pipelines import run_singletask
 
 
 @hydra.main(config_path="cfg", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    summary = train_online(cfg)
+    summary = run_singletask(cfg)
     print(f"final eval reward {summary['final_reward']:.2f} (best {summary['best_reward']:.2f}); "
           f"run dir {cfg.general.run_dir}")
     return summary["final_reward"]

@@ -97,14 +97,14 @@ def test_missing_extras_fail_before_the_run_with_the_install_command(monkeypatch
 
     from hydra import compose, initialize_config_dir
 
-    from pwm.training.loops import train_online
+    from pwm.training.pipelines import run_singletask
 
     config_dir = str(Path(__file__).resolve().parent.parent / "scripts" / "cfg")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         cfg = compose("config", overrides=["alg=pwm_tiny", "env=cartpole-balance", "train.wandb=true",
                                            f"general.run_dir={tmp_path / 'run'}"])
     with pytest.raises(MissingExtraError, match="wandb"):
-        train_online(cfg)
+        run_singletask(cfg)
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
 
 

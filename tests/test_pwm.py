@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -322,3 +323,21 @@ def test_esnr_is_measured_every_nth_actor_update_and_survives_a_checkpoint():
     clone = make_pwm(esnr_splits=2, esnr_every=3, critic_iterations=0)
     clone.load_state_dict(agent.state_dict())
     assert [not math.isnan(clone.update_actor_critic(obs0)["actor/esnr"]) for _ in range(3)] == [False, False, True]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_world_model_loss_gives_the_eager_update():
+    """compile_wm_loss=True: the same world-model steps as eager, to float tolerance."""
+    agents = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        agents.append(make_pwm(compile_wm_loss=compiled))
+    eager, compiled = agents
+    for seed in range(3):
+        metrics = [agent.update_world_model(*batch(seed=seed)) for agent in agents]
+        assert metrics[1]["wm/total_loss"] == pytest.approx(metrics[0]["wm/total_loss"], rel=1e-5)
+    assert type(compiled.wm_loss).__name__ == "OptimizedModule"
+    for (name, a), b in zip(eager.wm.state_dict().items(), compiled.wm.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

@@ -10,7 +10,8 @@ from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import heldout_mask
 from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, WorldModel
 from pwm.envs.wrappers import TaskEnv
-from pwm.training.loops import load_checkpoint, pretrain_world_model, train_offline
+from pwm.training.loops import pretrain_world_model, train_offline
+from pwm.utils.common import load_checkpoint
 
 HORIZON = 3
 
@@ -221,7 +222,7 @@ def test_interrupted_online_training_resumes_bit_identically(tmp_path, monkeypat
 
     from hydra import compose, initialize_config_dir
 
-    from pwm.training import loops
+    from pwm.training import pipelines
 
     def config(run_dir):
         overrides = ["env=pendulum-swingup", "alg=pwm_tiny", "threads=1", f"general.run_dir={run_dir}",
@@ -232,21 +233,21 @@ def test_interrupted_online_training_resumes_bit_identically(tmp_path, monkeypat
                                    version_base="1.3"):
             return compose("config", overrides=overrides)
 
-    loops.train_online(config(tmp_path / "full"))
-    build = loops.build_pwm
+    pipelines.run_singletask(config(tmp_path / "full"))
+    build = pipelines.build_pwm
 
     def crashing_build(*args, **kwargs):
         built = build(*args, **kwargs)
         built.update = crash_after(built.update, 5)  # 2 updates per iteration: killed in iteration 3
         return built
 
-    monkeypatch.setattr(loops, "build_pwm", crashing_build)
+    monkeypatch.setattr(pipelines, "build_pwm", crashing_build)
     with pytest.raises(KeyboardInterrupt):
-        loops.train_online(config(tmp_path / "split"))
+        pipelines.run_singletask(config(tmp_path / "split"))
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["progress"]["iteration"] == 2
     torch.manual_seed(123)
-    loops.train_online(config(tmp_path / "split"))
+    pipelines.run_singletask(config(tmp_path / "split"))
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     split = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
     for part in ("world_model", "actor", "critic"):

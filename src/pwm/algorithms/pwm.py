@@ -192,6 +192,9 @@ class PWM:
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
+        compile_wm_loss: run the world-model loss (forward and backward) through ``torch.compile``:
+            about 0.8x the eager update time on CPU at 5M, paid for with a one-off compile of one to two
+            minutes (needs a C++ compiler on CPU). Off by default: small or short runs do not earn it back.
         device: torch device for all modules.
     """
 
@@ -220,6 +223,7 @@ class PWM:
         detach_actor_input: bool = False,
         lr_schedule: str = "constant",
         lr_final: float = 1e-5,
+        compile_wm_loss: bool = False,
         device: str | torch.device = "cpu",
     ):
         checks = {
@@ -253,6 +257,8 @@ class PWM:
         #: What computes the WM loss; distributed pretraining replaces it with a DDP wrapper of itself.
         self.wm_rho = float(wm_rho) if wm_rho is not None else self.gamma
         self.wm_loss: nn.Module = WorldModelLoss(self.wm, self.wm_rho, float(wm_dynamics_coef), float(wm_reward_coef))
+        if compile_wm_loss:  # shares the parameters; checkpoints keep saving self.wm
+            self.wm_loss = torch.compile(self.wm_loss)
         self.wm_optim = torch.optim.Adam(wm_parameter_groups(self.wm), lr=model_lr)
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)

@@ -27,6 +27,7 @@ from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
+from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
 
@@ -100,7 +101,9 @@ def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
 
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
-    check_optional_extras(cfg)  # before the dataset is collected
+    check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
+    train_settings = OfflineSettings.from_cfg(cfg.train, "train")
+    pretrain_settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
     alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
@@ -116,7 +119,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
         agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
         label = variant_label(alg)
-        pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", cfg.pretrain, alg.batch_size, cfg.seed,
+        pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", pretrain_settings, alg.batch_size, cfg.seed,
                                         world_model_meta(agent, alg, None), desc=f"{cfg.task} {label} wm")
         agent.scale_model_lr(cfg.train.finetune_lr_scale)
         run_info = {"task": cfg.task, "seed": cfg.seed, "setting": cfg.setting or "default", "variant": label,
@@ -126,6 +129,6 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "pretrain_heldout_error": pretrain["heldout_error"],
                     "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), **random_reference,
                     "alg": OmegaConf.to_container(alg)}
-        return train_offline(agent, buffer, eval_env, run_dir, cfg.train, alg.batch_size, cfg.seed,
+        return train_offline(agent, buffer, eval_env, run_dir, train_settings, alg.batch_size, cfg.seed,
                              run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}",
                              time_offset_s=pretrain["train_elapsed_s"])

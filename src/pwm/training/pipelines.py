@@ -1,5 +1,11 @@
-"""The offline multi-task pipeline behind the scripts: world-model pretraining, then per-task
-policy extraction from a pretrained checkpoint with evaluation in the real environment."""
+"""The wiring of each training script, in one place: read the config, build the environment, data
+and agent, call a loop of :mod:`pwm.training.loops`.
+
+* :func:`run_singletask` (``train_singletask.py``): online PWM on one task.
+* :func:`run_pretrain` (``pretrain_world_model.py``): multi-task world-model pretraining, under torchrun too.
+* :func:`run_policy_extraction` (``train_multitask.py``): a policy from a pretrained world model.
+
+(The A/B job, ``ab_compare.py``, is wired in :func:`pwm.experiments.ab.run_ab_job`.)"""
 
 from __future__ import annotations
 
@@ -15,13 +21,31 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import DatasetError, check_dataset_widths, load_dataset
 from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
 from pwm.envs.rollout import EVAL_SEED_OFFSET
 from pwm.envs.wrappers import PaddedEnv
-from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
+from pwm.training.loops import pretrain_world_model, train_offline, train_online, world_model_meta
+from pwm.training.settings import OfflineSettings, OnlineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, load_checkpoint, resolve_device, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
+
+
+def run_singletask(cfg: DictConfig) -> dict[str, Any]:
+    """Online PWM on ``cfg.env`` (see ``scripts/cfg/config.yaml``)."""
+    check_optional_extras(cfg)
+    settings = OnlineSettings.from_cfg(cfg.train, "train")
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET)
+    agent = build_pwm(cfg.alg, env.obs_dim, env.act_dim, device=cfg.device)
+    buffer = EpisodeBuffer(env.obs_dim, env.act_dim, cfg.alg.horizon)
+    variant = "flow" if is_flow_config(cfg.alg) else "baseline"
+    run_info = {"task": cfg.env, "seed": cfg.seed, "variant": variant,
+                "config": OmegaConf.to_container(cfg, resolve=True)}
+    return train_online(agent, env, eval_env, buffer, cfg.general.run_dir, settings, cfg.alg.batch_size, cfg.seed,
+                        run_info=run_info, desc=f"{cfg.env} {variant}")
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -31,6 +55,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     the gradients (gloo on CPU, nccl on GPU); rank 0 logs and checkpoints.
     """
     check_optional_extras(cfg)
+    settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
     set_threads(cfg.threads)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(cfg.device)
@@ -54,7 +79,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
             agent.wm_loss, device_ids=[device.index] if device.type == "cuda" else None)
     meta = world_model_meta(agent, cfg.alg, cfg.task_set)
     try:
-        summary = pretrain_world_model(agent, buffer, cfg.general.run_dir, cfg.pretrain, cfg.alg.batch_size,
+        summary = pretrain_world_model(agent, buffer, cfg.general.run_dir, settings, cfg.alg.batch_size,
                                        cfg.seed, meta, rank=rank,
                                        desc=f"pretrain {cfg.task_set} {'flow' if is_flow_config(cfg.alg) else 'baseline'}")
         if world_size > 1:
@@ -114,6 +139,7 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     """Extract a policy for ``cfg.task`` from a pretrained world model on the task's offline data,
     optionally finetuning the world model, and evaluate it in the real environment."""
     check_optional_extras(cfg)
+    settings = OfflineSettings.from_cfg(cfg.train, "train")
     set_threads(cfg.threads)
     tasks = task_set(cfg.task_set)
     if cfg.task not in tasks:
@@ -145,7 +171,7 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     # what scripts/evaluate.py needs to rebuild the agent from the checkpoint alone
     agent_spec = {"alg": OmegaConf.to_container(cfg.alg, resolve=True), "obs_dim": meta["obs_dim"],
                   "act_dim": meta["act_dim"], "action_dims": list(meta["action_dims"])}
-    summary = train_offline(agent, buffer, eval_env, cfg.general.run_dir, cfg.train, cfg.alg.batch_size,
+    summary = train_offline(agent, buffer, eval_env, cfg.general.run_dir, settings, cfg.alg.batch_size,
                             cfg.seed, task_id=task_id, run_info={**run_info, **agent_spec},
                             desc=f"{cfg.task} {variant}")
     append_result(cfg.general.results_csv, {

@@ -113,9 +113,8 @@ class VideoRecorder:
         return paths
 
 
-def make_recorder(train_cfg, out_dir: str | Path, logger: RunLogger | None = None) -> VideoRecorder | None:
-    """A recorder from a config section's ``video`` keys; None when absent or ``episodes`` is 0."""
-    video = train_cfg.get("video") if train_cfg is not None else None
-    if not video or not video.get("episodes", 0):
+def make_recorder(video: VideoConfig | None, out_dir: str | Path, logger: RunLogger | None = None) -> VideoRecorder | None:
+    """A recorder for ``video``; None when it is absent or records 0 episodes."""
+    if video is None or not video.episodes:
         return None
-    return VideoRecorder(VideoConfig(**video), out_dir, logger)
+    return VideoRecorder(video, out_dir, logger)

@@ -1,0 +1,125 @@
+"""Typed settings of the three training loops, read once from a config section and checked there.
+
+Entry points pass a Hydra section (``cfg.train``, ``cfg.pretrain``) to :meth:`LoopSettings.from_cfg`,
+which returns a frozen dataclass or raises a ``ValueError`` naming the bad key (``train.eval_every
+must be >= 1, got 0``). The loops only ever see these dataclasses, so what a loop reads is visible
+in one place, with its type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from pwm.training.video import VideoConfig
+
+SettingsT = TypeVar("SettingsT", bound="LoopSettings")
+
+#: Fields that count iterations, episodes or windows between events: they must be >= 1.
+_POSITIVE = {"iterations", "eval_every", "checkpoint_every", "log_every", "episodes_per_iteration",
+             "updates_per_iteration", "eval_episodes", "patience", "window"}
+#: Fields that may be 0 (off) but not negative.
+_NON_NEGATIVE = {"diagnostics_windows", "seed_episodes", "heldout_windows", "min_iterations", "min_improvement"}
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` converted to the field's type (ints stay ints, a float field takes an int), or a named error."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(option for option in options if option is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is VideoConfig:
+        if value is None or isinstance(value, VideoConfig):
+            return value
+        if isinstance(value, Mapping):
+            return VideoConfig(**value)
+    else:
+        return value
+    raise ValueError(f"{key} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What every loop reads: length, evaluation and checkpoint periods, resuming and loggers."""
+
+    iterations: int
+    eval_every: int
+    checkpoint_every: int
+    resume: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+
+    @classmethod
+    def from_cfg(cls: type[SettingsT], section: DictConfig | Mapping[str, Any] | SettingsT,
+                 name: str = "train") -> SettingsT:
+        """The settings in ``section`` (a config section named ``name`` in error messages); keys the
+        loop does not read are ignored, a missing key without a default is an error."""
+        if isinstance(section, cls):
+            return section
+        values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            key = f"{name}.{field.name}"
+            if field.name not in values:
+                if field.default is dataclasses.MISSING:
+                    raise ValueError(f"{key} is missing")
+                continue
+            value = _check_type(values[field.name], hints[field.name], key)
+            if field.name in _POSITIVE and value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+            if field.name in _NON_NEGATIVE and value < 0:
+                raise ValueError(f"{key} must be >= 0, got {value}")
+            kwargs[field.name] = value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class OfflineSettings(LoopSettings):
+    """Policy extraction on a fixed dataset (``train`` of ``ab.yaml``, ``config_mt30.yaml``)."""
+
+    eval_episodes: int = 5
+    diagnostics_windows: int = 512
+    train_world_model: bool = False
+    time_budget_s: float | None = None  # stop once pretraining + policy seconds reach it (equal wall-clock)
+    video: VideoConfig | None = None
+
+
+@dataclass(frozen=True)
+class OnlineSettings(LoopSettings):
+    """Single-task online training (``train`` of ``config.yaml``)."""
+
+    seed_episodes: int = 5
+    episodes_per_iteration: int = 1
+    updates_per_iteration: int = 50
+    eval_episodes: int = 5
+    diagnostics_windows: int = 512
+    video: VideoConfig | None = None
+
+
+@dataclass(frozen=True)
+class PretrainSettings(LoopSettings):
+    """World-model pretraining until the held-out error plateaus (``pretrain`` of ``ab.yaml``, ``pretrain.yaml``)."""
+
+    heldout_windows: int = 512
+    patience: int = 5
+    min_improvement: float = 0.05
+    min_iterations: int = 0
+    window: int = 1
+    log_every: int = 10
