@@ -97,11 +97,17 @@ def test_report_accepts_when_all_criteria_hold(tmp_path):
     iqm = comparison["iqm"]
     assert iqm["baseline"]["ci_low"] <= iqm["baseline"]["iqm"] <= iqm["baseline"]["ci_high"]
     assert 0.0 <= comparison["probability_of_improvement"]["p"] <= 1.0
+    wall = comparison["iqm_wall"]
+    assert wall["flow"]["ci_low"] <= wall["flow"]["iqm"] <= wall["flow"]["ci_high"]
+    assert 0.0 <= comparison["probability_of_improvement_wall"]["p"] <= 1.0
+    assert report["published"]["task-a"] == {"tdmpc2_step": None, "tdmpc2_reward": None, "pwm_mt30_reward": None,
+                                             "pwm_mt80_reward": None}
     out = tmp_path / "report"
     for name in report["figures"] + ["report.md", "report.json", "runs.csv"]:
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
     assert "**ACCEPT**" in text and "| default | flow-K4-uniform | 6 | 1,005 |" in text
+    assert "| equal wall-clock |" in text and "| task-a | default | flow-K4-uniform | 3 | 80.5 ± 0.4 | n/a | n/a | n/a |" in text
     assert len(pd.read_csv(out / "runs.csv")) == 12
 
 

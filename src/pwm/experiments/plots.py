@@ -90,18 +90,26 @@ def plot_diagnostics(groups: dict[str, list[Run]], title: str, path: Path) -> Pa
 
 
 def plot_aggregate(aggregates: dict[str, dict[str, Any]], path: Path) -> Path:
+    """IQM of the normalised final reward per comparison, at equal wall-clock (left) and equal iterations."""
     names = list(aggregates)
-    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.8 * len(names)))
-    for row, name in enumerate(names):
-        for offset, (variant, color) in enumerate((("baseline", "tab:blue"), ("flow", "tab:orange"))):
-            est = aggregates[name]["iqm"][variant]
-            y = row + 0.18 * (offset * 2 - 1)
-            ax.errorbar(est["iqm"], y, xerr=[[est["iqm"] - est["ci_low"]], [est["ci_high"] - est["iqm"]]],
-                        fmt="o", color=color, capsize=4, label=variant if row == 0 else None)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("IQM of normalised final reward (95% stratified-bootstrap CI)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    panels = [(key, title) for key, title in (("iqm_wall", "equal wall-clock"), ("iqm", "equal iterations"))
+              if any(key in aggregates[name] for name in names)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.9 + 0.8 * len(names)), squeeze=False,
+                             sharey=True)
+    for ax, (key, title) in zip(axes[0], panels):
+        for row, name in enumerate(names):
+            for offset, (variant, color) in enumerate((("baseline", "tab:blue"), ("flow", "tab:orange"))):
+                if key not in aggregates[name]:
+                    continue
+                est = aggregates[name][key][variant]
+                y = row + 0.18 * (offset * 2 - 1)
+                ax.errorbar(est["iqm"], y, xerr=[[est["iqm"] - est["ci_low"]], [est["ci_high"] - est["iqm"]]],
+                            fmt="o", color=color, capsize=4, label=variant if row == 0 else None)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("IQM of normalised final reward (95% CI)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

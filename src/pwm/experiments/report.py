@@ -41,7 +41,7 @@ from typing import Any
 
 from pwm.experiments.markdown import render_markdown
 from pwm.experiments.plots import plot_aggregate, plot_curves, plot_diagnostics
-from pwm.experiments.published import tdmpc2_final
+from pwm.experiments.published import pwm_published, tdmpc2_final
 from pwm.experiments.runs import Run, load_runs, run_table, select_runs
 from pwm.experiments.statistics import Criteria
 from pwm.experiments.verdict import compare, decide, parity, task_thresholds
@@ -71,7 +71,14 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
         raise FileNotFoundError(f"no A/B runs (summary.json + metrics.csv) under {root}")
     table = run_table(runs, criteria.final_evals)
     atomic_write_text(table.to_csv(index=False), out_dir / "runs.csv")
-    reference = tdmpc2_final(reference_dir) if reference_dir is not None else tdmpc2_final()
+    reference_kwargs = {"reference_dir": reference_dir} if reference_dir is not None else {}
+    reference = tdmpc2_final(**reference_kwargs)
+    pwm_reference = {name: pwm_published(name, **reference_kwargs) for name in ("mt30", "mt80")}
+    published = {task: {"tdmpc2_step": reference[task][0] if task in reference else None,
+                        "tdmpc2_reward": reference[task][1] if task in reference else None,
+                        "pwm_mt30_reward": pwm_reference["mt30"].get(task),
+                        "pwm_mt80_reward": pwm_reference["mt80"].get(task)}
+                 for task in sorted(table.task.unique())}
     task_targets = {task: task_thresholds(runs, task, list(thresholds), reference) for task in sorted(table.task.unique())}
     comparisons = []
     for (setting, model), group in table.groupby(["setting", "model"]):
@@ -93,7 +100,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
         figures.append(plot_aggregate(aggregates, out_dir / "aggregate_iqm.png"))
     report = {"root": str(root), "runs": len(runs), "comparisons": comparisons,
               "parity": parity_table.to_dict(orient="records"), "thresholds": list(thresholds),
-              "criteria": vars(criteria), "figures": [f.name for f in figures]}
+              "criteria": vars(criteria), "figures": [f.name for f in figures], "published": published}
     atomic_write_text(json.dumps(report, indent=2, default=float), out_dir / "report.json")
     atomic_write_text(render_markdown(report, parity_table, table), out_dir / "report.md")
     return report

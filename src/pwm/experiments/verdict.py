@@ -166,7 +166,9 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow
     size); ``thresholds`` maps each task to :func:`task_thresholds`."""
     sub = table[(table.setting == setting) & (table.model == model) & table.variant.isin(["baseline", flow_variant])]
     tasks = sorted(set(sub[sub.variant == "baseline"].task) & set(sub[sub.variant == flow_variant].task))
-    per_task, scores, unpaired_runs = [], {"baseline": [], "flow": []}, []
+    per_task, unpaired_runs = [], []
+    scores: dict[str, dict[str, list[np.ndarray]]] = {"iterations": {"baseline": [], "flow": []},
+                                                      "wall": {"baseline": [], "flow": []}}
     for task in tasks:
         group = [r for r in select_runs(runs, task, setting, ("baseline", flow_variant)) if model_size(r.summary) == model]
         pairs, unpaired = _pairs(group, flow_variant)
@@ -203,8 +205,8 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow
             for name, target in targets.items():
                 times = [time_to_threshold(r.evals, target, criteria.hold_evals)[1] for r in chosen]
                 entry[f"{key}_time_to_{name}"] = float(np.mean(times)) if times else math.inf
-            scores[key].append((iters - (entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0))
-                               / (scale or 1.0))
+            for label, values in (("iterations", iters), ("wall", walls)):
+                scores[label][key].append((values - no_policy) / (scale or 1.0))
         entry["baseline_time_to_high"] = entry[f"baseline_time_to_{high_name}"]
         entry["flow_time_to_high"] = entry[f"flow_time_to_{high_name}"]
         for label, index in (("iterations", 0), ("wall", 1)):
@@ -228,11 +230,13 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow
     result: dict[str, Any] = {"setting": setting, "model": model, "flow_variant": flow_variant, "tasks": tasks,
                               "per_task": per_task, "stability": stability, "runs_below_random_bar": runs_below,
                               "unpaired_runs": unpaired_runs, "criteria_config": vars(criteria)}
-    seeds = min((len(s) for s in scores["baseline"]), default=0)
+    seeds = min((len(s) for s in scores["iterations"]["baseline"]), default=0)
     if tasks and seeds:
-        matrices = {k: np.stack([s[:seeds] for s in v], axis=1) for k, v in scores.items()}  # [runs, tasks]
-        result["iqm"] = iqm_with_ci(matrices, reps)
-        result["probability_of_improvement"] = probability_of_improvement(matrices["flow"], matrices["baseline"], reps)
+        for label, suffix in (("iterations", ""), ("wall", "_wall")):
+            matrices = {k: np.stack([s[:seeds] for s in v], axis=1) for k, v in scores[label].items()}  # [runs, tasks]
+            result[f"iqm{suffix}"] = iqm_with_ci(matrices, reps)
+            result[f"probability_of_improvement{suffix}"] = probability_of_improvement(
+                matrices["flow"], matrices["baseline"], reps)
         result["seeds_used"] = seeds
         result.update(decide(per_task_df, stability, complete, invalid_reasons(per_task_df, sub, flow_variant)))
     else:
