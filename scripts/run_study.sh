@@ -31,8 +31,8 @@ for name in $stages; do
     main) stage main "$@" ;;
     integrate_steps) stage "$name" task="$sweep_tasks" alg=pwm_small_flow flow.integrate_steps=2,8 "$@" ;;
     tau_sampling) stage "$name" task="$sweep_tasks" alg=pwm_small_flow flow.fm_tau_sampling=midpoint "$@" ;;
-    horizon) stage "$name" task="$sweep_tasks" alg.horizon=10,20 "$@" ;;
-    finetune) stage "$name" task="$sweep_tasks" train.train_world_model=true "$@" ;;
+    horizon) stage "$name" task="$sweep_tasks" +sweep=horizon "$@" ;;
+    finetune) stage "$name" task="$sweep_tasks" +sweep=finetune "$@" ;;
     *) echo "unknown stage '$name' (main, integrate_steps, tau_sampling, horizon, finetune)" >&2; exit 2 ;;
   esac
 done

@@ -30,11 +30,18 @@ def test_flow_knobs_apply_only_to_flow_variants():
 
 @pytest.mark.parametrize("preset, axis, values", [
     ("integrate_steps", "flow.integrate_steps", "2,4,8"), ("tau_sampling", "flow.fm_tau_sampling", "uniform,midpoint"),
-    ("horizon", "alg.horizon", "10,16,20"), ("finetune", "train.train_world_model", "false,true")])
+    ("horizon", "alg.horizon", "10,20"), ("finetune", "train.train_world_model", "True")])
 def test_sweep_presets_add_their_axis_to_the_ab_grid(preset, axis, values):
     params = compose_ab(f"+sweep={preset}").hydra.sweeper.params
-    assert params[axis] == values
+    assert str(params[axis]) == values
     assert params["alg"] == "pwm_small,pwm_small_flow" and str(params["seed"]) == "0"
+    assert list(params)[:3] == ["seed", "task", "alg"]  # job order: seed slowest, then task, then variant
+
+
+def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
+    params = compose_ab("+study=cpu").hydra.sweeper.params
+    assert list(params)[:3] == ["seed", "task", "alg"] and params["seed"] == "0,1,2"
+    assert len(params["task"].split(",")) == 6 and params["alg"] == "pwm_small,pwm_small_flow"
 
 
 def test_launcher_configs_compose():

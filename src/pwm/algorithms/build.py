@@ -57,3 +57,9 @@ def build_pwm(
 def is_flow_config(alg_cfg: DictConfig | Mapping[str, Any]) -> bool:
     """True when the config's world model is the flow-matching one."""
     return str(alg_cfg["world_model_config"]["_target_"]).endswith("FlowWorldModel")
+
+
+def variant_name(alg_cfg: DictConfig | Mapping[str, Any]) -> str:
+    """``flow`` or ``baseline``: which dynamics the config's world model has (the A/B names a flow
+    variant further by its knobs, :func:`pwm.experiments.ab.variant_label`)."""
+    return "flow" if is_flow_config(alg_cfg) else "baseline"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.algorithms.build import build_pwm, is_flow_config, variant_name
 from pwm.data.collect import CollectConfig, collect_dataset
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
@@ -48,7 +48,7 @@ def variant_alg(alg_cfg: DictConfig, flow_knobs: DictConfig | dict) -> DictConfi
 
 def variant_label(alg_cfg: DictConfig) -> str:
     """``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>``."""
-    if not is_flow_config(alg_cfg):
+    if variant_name(alg_cfg) == "baseline":
         return "baseline"
     wm = alg_cfg.world_model_config
     return f"flow-K{wm.get('integrate_steps', 4)}-{wm.get('fm_tau_sampling', 'uniform')}"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.algorithms.build import build_pwm, variant_name
 from pwm.algorithms.diagnostics import world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
@@ -121,7 +121,7 @@ def load_agent(checkpoint_path: str | Path, device: str = "auto") -> TrainedAgen
         agent.load_state_dict(state["agent"])
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the recorded alg config: {exc}") from exc
-    variant = info.get("variant") or ("flow" if is_flow_config(alg) else "baseline")
+    variant = info.get("variant") or variant_name(alg)
     return TrainedAgent(agent, task, str(variant), path, task_id, info.get("task_set"))
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from pwm.algorithms.build import build_pwm, is_flow_config
+from pwm.algorithms.build import build_pwm, variant_name
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import DatasetError, check_dataset_widths, load_dataset
 from pwm.envs.tasks import UnknownTaskError, action_dim, make_env, task_set
@@ -41,7 +41,7 @@ def run_singletask(cfg: DictConfig) -> dict[str, Any]:
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET)
     agent = build_pwm(cfg.alg, env.obs_dim, env.act_dim, device=cfg.device)
     buffer = EpisodeBuffer(env.obs_dim, env.act_dim, cfg.alg.horizon)
-    variant = "flow" if is_flow_config(cfg.alg) else "baseline"
+    variant = variant_name(cfg.alg)
     run_info = {"task": cfg.env, "seed": cfg.seed, "variant": variant,
                 "config": OmegaConf.to_container(cfg, resolve=True)}
     return train_online(agent, env, eval_env, buffer, cfg.general.run_dir, settings, cfg.alg.batch_size, cfg.seed,
@@ -81,7 +81,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     try:
         summary = pretrain_world_model(agent, buffer, cfg.general.run_dir, settings, cfg.alg.batch_size,
                                        cfg.seed, meta, rank=rank,
-                                       desc=f"pretrain {cfg.task_set} {'flow' if is_flow_config(cfg.alg) else 'baseline'}")
+                                       desc=f"pretrain {cfg.task_set} {variant_name(cfg.alg)}")
         if world_size > 1:
             _check_ranks_agree(agent.wm)
             # no rank tears the group down while another still receives the last broadcast: on a busy
@@ -165,7 +165,7 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
         raise DatasetError(f"{cfg.general.data_dir}: obs have {buffer.obs_dim} dims, the world model expects "
                            f"{meta['obs_dim']}")
     eval_env = PaddedEnv(env, meta["obs_dim"], meta["act_dim"])
-    variant = "flow" if is_flow_config(cfg.alg) else "baseline"
+    variant = variant_name(cfg.alg)
     run_info = {"task": cfg.task, "task_id": task_id, "task_set": cfg.task_set, "seed": cfg.seed,
                 "variant": variant, "finetune_wm": bool(cfg.train.train_world_model)}
     # what scripts/evaluate.py needs to rebuild the agent from the checkpoint alone
