@@ -2,7 +2,8 @@
 # The CPU-scale study of H1 and H2 (scripts/cfg/study/cpu.yaml): the A/B on 6 MT30 DMC tasks x 3 seeds,
 # then the spec section 9 sweeps on two of those tasks. Resumable: re-run it and finished jobs are skipped,
 # interrupted ones resume from their checkpoints. Each stage rebuilds results/study/report.md over every
-# run so far.
+# run so far and archives the finished runs in results/study/runs (summaries and gzipped metrics, no
+# checkpoints or data; commit them): on a fresh checkout they are restored first, so only the rest runs.
 #   bash scripts/run_study.sh                      # everything (about 5 hours on 2 CPU cores)
 #   STAGES=main bash scripts/run_study.sh          # the main A/B only (about 2 hours)
 #   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage
@@ -16,10 +17,14 @@ mkdir -p results/study
 log=results/study/commands.md
 [ -f "$log" ] || printf '# Commands that made this study\n\nEach line: when a stage ended, the commit it ran on, its command.\n\n' >"$log"
 
+python=.venv/bin/python
+"$python" -m pwm.experiments.archive restore results/study/runs runs/study
+
 stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, uniform tau, H=16, frozen WM) are shared
   local name=$1; shift
-  local command=(.venv/bin/python scripts/ab_compare.py -m +study=cpu "$@")
+  local command=("$python" scripts/ab_compare.py -m +study=cpu "$@")
   "${command[@]}"
+  "$python" -m pwm.experiments.archive save runs/study results/study/runs
   local commit
   commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   git diff --quiet HEAD -- src scripts 2>/dev/null || commit="$commit+dirty"

@@ -240,3 +240,25 @@ def test_sizes_are_never_mixed_and_unpaired_seeds_are_listed_not_compared(tmp_pa
     assert large["unpaired_runs"] == ["task-a: flow-K4-uniform seed 1"]
     assert small["per_task"][0]["outcome_iterations"] == "tie"  # identical rewards
     assert large["per_task"][0]["baseline_reward"] == 0.0  # the small baseline's rewards did not leak in
+
+
+def test_archived_runs_round_trip_and_restore_skips_what_exists(tmp_path):
+    from pwm.experiments.archive import restore, save
+
+    root = tmp_path / "ab"
+    populate(root)
+    (root / "runs" / "task-a" / "default" / "baseline" / "seed9").mkdir(parents=True)  # unfinished: no summary
+    archive = tmp_path / "archive"
+    assert save(root, archive) == 12 and save(root, archive) == 0  # only what the archive lacks
+    assert not list(archive.rglob("checkpoint.pt")) and len(list(archive.rglob("metrics.csv.gz"))) == 24  # policy + pretraining
+    original, archived = build_report(root, bootstrap_reps=50), build_report(archive, tmp_path / "r2", bootstrap_reps=50)
+    for a, b in zip(original["comparisons"][0]["per_task"], archived["comparisons"][0]["per_task"]):
+        assert b["flow_reward"] == pytest.approx(a["flow_reward"], rel=1e-5)
+        assert b["baseline_time_to_80%"] == pytest.approx(a["baseline_time_to_80%"], rel=1e-5)
+    fresh = tmp_path / "fresh"
+    partial = fresh / "runs" / "task-a" / "default" / "baseline" / "seed0"
+    partial.mkdir(parents=True)
+    (partial / "metrics.csv").write_text("iteration\n0\n")  # an interrupted attempt: replaced by the archive
+    assert restore(archive, fresh) == 12 and restore(archive, fresh) == 0
+    assert not (partial / "metrics.csv").exists() and (partial / "metrics.csv.gz").exists()
+    assert build_report(fresh, bootstrap_reps=50)["comparisons"][0]["verdict"] == original["comparisons"][0]["verdict"]

@@ -1,0 +1,86 @@
+"""A committable archive of finished A/B runs, so a long study survives the machine it ran on.
+
+``save`` copies every finished run under ``<root>/runs`` (one with a ``summary.json``) into the
+archive as ``summary.json`` plus gzipped ``metrics.csv.gz`` and ``pretrain/metrics.csv.gz`` with floats
+kept to 6 significant digits (about 60 KB a run; no checkpoints, no data). ``restore`` puts archived
+runs back under a root where they are missing: an A/B job that finds its ``summary.json`` is done and
+is skipped, so a study resumed on a fresh checkout runs only what the archive does not hold. The
+report reads archived runs directly (:func:`pwm.experiments.runs.load_runs` takes ``.csv.gz``).
+
+    python -m pwm.experiments.archive save runs/study results/study/runs
+    python -m pwm.experiments.archive restore results/study/runs runs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from pwm.utils.common import atomic_write_text
+
+METRICS = ("metrics.csv", "pretrain/metrics.csv")
+
+
+def _runs_dir(root: Path) -> Path:
+    return root / "runs" if (root / "runs").is_dir() else root
+
+
+def _write_gzip_csv(source: Path, target: Path) -> None:
+    text = pd.read_csv(source).to_csv(index=False, float_format="%.6g")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    with gzip.open(temporary, "wt", compresslevel=9) as handle:
+        handle.write(text)
+    temporary.replace(target)
+
+
+def save(root: str | Path, archive: str | Path) -> int:
+    """Archive the finished runs of ``root`` that the archive does not hold yet; returns how many."""
+    runs, archive, count = _runs_dir(Path(root)), Path(archive), 0
+    for summary in sorted(runs.rglob("summary.json")):
+        run, target = summary.parent, Path(archive) / summary.parent.relative_to(runs)
+        if (target / "summary.json").exists() or not (run / "metrics.csv").exists():
+            continue
+        for name in METRICS:
+            if (run / name).exists():
+                _write_gzip_csv(run / name, target / f"{name}.gz")
+        atomic_write_text(summary.read_text(), target / "summary.json")  # last: it marks the run complete
+        count += 1
+    return count
+
+
+def restore(archive: str | Path, root: str | Path) -> int:
+    """Put archived runs back under ``<root>/runs`` where that run has no ``summary.json``; returns how many."""
+    archive, runs, count = Path(archive), Path(root) / "runs", 0
+    for summary in sorted(archive.rglob("summary.json")):
+        target = runs / summary.parent.relative_to(archive)
+        if (target / "summary.json").exists():
+            continue
+        if target.exists():  # an interrupted attempt at a run the archive holds finished: the archive wins
+            shutil.rmtree(target)
+        for name in METRICS:
+            source = summary.parent / f"{name}.gz"
+            if source.exists():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target / f"{name}.gz")
+        atomic_write_text(summary.read_text(), target / "summary.json")
+        count += 1
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["save", "restore"])
+    parser.add_argument("source", type=Path, help="save: the A/B root; restore: the archive")
+    parser.add_argument("target", type=Path, help="save: the archive; restore: the A/B root")
+    args = parser.parse_args()
+    count = (save if args.action == "save" else restore)(args.source, args.target)
+    print(f"{args.action}: {count} run(s) from {args.source} to {args.target}")
+
+
+if __name__ == "__main__":
+    main()
