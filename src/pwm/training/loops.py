@@ -55,7 +55,7 @@ def train_offline(
     buffer: EpisodeBuffer,
     eval_env: TaskEnv,
     run_dir: str | Path,
-    train_cfg: OfflineSettings | DictConfig,
+    settings: OfflineSettings | DictConfig,
     batch_size: int,
     seed: int,
     task_id: int | None = None,
@@ -68,33 +68,33 @@ def train_offline(
     Batches come from a generator seeded with ``seed``, so two agents given the same buffer and seed
     train on exactly the same windows in the same order (the A/B data-parity control).
 
-    ``train_cfg``: :class:`~pwm.training.settings.OfflineSettings` (or the ``train`` section it is
+    ``settings``: :class:`~pwm.training.settings.OfflineSettings` (or the ``train`` section it is
     read from). With ``time_budget_s`` set, training stops (with a final evaluation and checkpoint)
     once ``time_offset_s`` (e.g. the world-model pretraining seconds) plus the training seconds reach
     it, so variants of different cost can get equal wall-clock instead of equal iterations.
     """
-    train_cfg = OfflineSettings.from_cfg(train_cfg, "train")
+    settings = OfflineSettings.from_cfg(settings, "train")
     run_dir = Path(run_dir)
-    loop = TrainingLoop(run_dir, Schedule(train_cfg.iterations, train_cfg.eval_every, train_cfg.checkpoint_every),
-                        seed=seed, parts={"agent": agent}, static={"run_info": run_info}, resume=train_cfg.resume,
-                        tensorboard=train_cfg.tensorboard, wandb=train_cfg.wandb, logger_config=run_info, desc=desc)
-    video = make_recorder(train_cfg.video, run_dir / "videos", loop.logger)
-    budget = train_cfg.time_budget_s
+    loop = TrainingLoop(run_dir, Schedule(settings.iterations, settings.eval_every, settings.checkpoint_every),
+                        seed=seed, parts={"agent": agent}, static={"run_info": run_info}, resume=settings.resume,
+                        tensorboard=settings.tensorboard, wandb=settings.wandb, logger_config=run_info, desc=desc)
+    video = make_recorder(settings.video, run_dir / "videos", loop.logger)
+    budget = settings.time_budget_s
     sample_task = task_id if agent.wm.multitask else None
 
     def step(iteration: int) -> dict[str, float]:
         with loop.clock():
-            agent.set_training_progress(iteration / train_cfg.iterations)
+            agent.set_training_progress(iteration / settings.iterations)
             batch = buffer.sample(batch_size, loop.generator, task=sample_task).to(agent.device)
             metrics = agent.update(batch.obs, batch.action, batch.reward, batch.task if agent.wm.multitask else None,
-                                   train_world_model=train_cfg.train_world_model)
+                                   train_world_model=settings.train_world_model)
         if budget is not None and time_offset_s + loop.progress.train_elapsed_s >= budget:
             loop.request_stop()
         return metrics
 
     def evaluate_now(iteration: int) -> dict[str, float]:
-        metrics = evaluate(agent, eval_env, train_cfg.eval_episodes, seed=EVAL_SEED_OFFSET + seed, task_id=task_id,
-                           diagnostics_windows=train_cfg.diagnostics_windows, video=video, step=iteration)
+        metrics = evaluate(agent, eval_env, settings.eval_episodes, seed=EVAL_SEED_OFFSET + seed, task_id=task_id,
+                           diagnostics_windows=settings.diagnostics_windows, video=video, step=iteration)
         loop.show(reward=f"{metrics['eval/episode_reward']:.1f}")
         return metrics
 
@@ -129,7 +129,7 @@ def train_online(
     eval_env: TaskEnv,
     buffer: EpisodeBuffer,
     run_dir: str | Path,
-    train: OnlineSettings | DictConfig,
+    settings: OnlineSettings | DictConfig,
     batch_size: int,
     seed: int,
     run_info: dict[str, Any] | None = None,
@@ -138,39 +138,39 @@ def train_online(
     """Single-task online PWM in ``env``: ``seed_episodes`` random episodes into ``buffer``, then per
     iteration collect ``episodes_per_iteration`` episodes with the stochastic policy and run
     ``updates_per_iteration`` PWM updates; evaluate in ``eval_env`` every ``eval_every`` iterations.
-    Checkpoints include the replay buffer. ``train``: :class:`~pwm.training.settings.OnlineSettings`."""
-    train = OnlineSettings.from_cfg(train, "train")
+    Checkpoints include the replay buffer. ``settings``: :class:`~pwm.training.settings.OnlineSettings`."""
+    settings = OnlineSettings.from_cfg(settings, "train")
     run_dir = Path(run_dir)
-    loop = TrainingLoop(run_dir, Schedule(train.iterations, train.eval_every, train.checkpoint_every),
+    loop = TrainingLoop(run_dir, Schedule(settings.iterations, settings.eval_every, settings.checkpoint_every),
                         seed=seed, parts={"agent": agent, "buffer": buffer}, static={"run_info": run_info},
-                        resume=train.resume, tensorboard=train.tensorboard, wandb=train.wandb,
+                        resume=settings.resume, tensorboard=settings.tensorboard, wandb=settings.wandb,
                         logger_config=(run_info or {}).get("config", run_info), desc=desc)
-    video = make_recorder(train.video, run_dir / "videos", loop.logger)
-    while buffer.num_episodes < train.seed_episodes:
+    video = make_recorder(settings.video, run_dir / "videos", loop.logger)
+    while buffer.num_episodes < settings.seed_episodes:
         episode = run_episode(env, random_policy(env.act_dim, loop.np_rng), seed=_episode_seed(loop.np_rng))
         buffer.add_episode(episode.obs, episode.action, episode.reward)
         loop.progress.env_steps += episode.length
 
     def step(iteration: int) -> dict[str, float]:
         start = time.perf_counter()
-        agent.set_training_progress(iteration / train.iterations)
+        agent.set_training_progress(iteration / settings.iterations)
         episodes = [run_episode(env, agent_policy(agent), seed=_episode_seed(loop.np_rng))
-                    for _ in range(train.episodes_per_iteration)]
+                    for _ in range(settings.episodes_per_iteration)]
         for episode in episodes:
             buffer.add_episode(episode.obs, episode.action, episode.reward)
             loop.progress.env_steps += episode.length
         collect_s = time.perf_counter() - start
         updates = []
         with loop.clock():
-            for _ in range(train.updates_per_iteration):
+            for _ in range(settings.updates_per_iteration):
                 batch = buffer.sample(batch_size, loop.generator).to(agent.device)
                 updates.append(agent.update(batch.obs, batch.action, batch.reward))
         return {**mean_metrics(updates), "train/episode_reward": float(np.mean([e.total_reward for e in episodes])),
                 "train/env_steps": float(loop.progress.env_steps), "time/collect_s": collect_s}
 
     def evaluate_now(iteration: int) -> dict[str, float]:
-        metrics = evaluate(agent, eval_env, train.eval_episodes, seed=EVAL_SEED_OFFSET + seed,
-                           diagnostics_windows=train.diagnostics_windows, video=video, step=iteration)
+        metrics = evaluate(agent, eval_env, settings.eval_episodes, seed=EVAL_SEED_OFFSET + seed,
+                           diagnostics_windows=settings.diagnostics_windows, video=video, step=iteration)
         loop.show(reward=f"{metrics['eval/episode_reward']:.1f}", steps=loop.progress.env_steps)
         return metrics
 
@@ -184,7 +184,7 @@ def pretrain_world_model(
     agent: PWM,
     buffer: EpisodeBuffer,
     run_dir: str | Path,
-    pretrain_cfg: PretrainSettings | DictConfig,
+    settings: PretrainSettings | DictConfig,
     batch_size: int,
     seed: int,
     meta: dict[str, Any],
@@ -208,21 +208,21 @@ def pretrain_world_model(
     ``agent.wm_loss`` is DDP-wrapped); each rank samples with its own seed and every rank takes the
     same stop decision.
     """
-    pretrain_cfg = PretrainSettings.from_cfg(pretrain_cfg, "pretrain")
-    cap = pretrain_cfg.iterations
-    plateau = PlateauRule(pretrain_cfg.patience, pretrain_cfg.min_improvement, pretrain_cfg.min_iterations,
-                          pretrain_cfg.window)
+    settings = PretrainSettings.from_cfg(settings, "pretrain")
+    cap = settings.iterations
+    plateau = PlateauRule(settings.patience, settings.min_improvement, settings.min_iterations,
+                          settings.window)
     best = BestWeights()
     heldout = None
-    if buffer.num_heldout_windows and pretrain_cfg.heldout_windows:
-        heldout = buffer.sample(pretrain_cfg.heldout_windows, torch.Generator().manual_seed(seed),
+    if buffer.num_heldout_windows and settings.heldout_windows:
+        heldout = buffer.sample(settings.heldout_windows, torch.Generator().manual_seed(seed),
                                 split="heldout").to(agent.device)
-    loop = TrainingLoop(run_dir, Schedule(cap, pretrain_cfg.eval_every, pretrain_cfg.checkpoint_every,
-                                          pretrain_cfg.log_every),
-                        seed=seed, rank=rank, resume=pretrain_cfg.resume,
+    loop = TrainingLoop(run_dir, Schedule(cap, settings.eval_every, settings.checkpoint_every,
+                                          settings.log_every),
+                        seed=seed, rank=rank, resume=settings.resume,
                         parts={"world_model": agent.wm, "wm_optim": agent.wm_optim, "plateau": plateau,
                                "best_world_model": best},
-                        static={"meta": meta}, tensorboard=pretrain_cfg.tensorboard, wandb=pretrain_cfg.wandb,
+                        static={"meta": meta}, tensorboard=settings.tensorboard, wandb=settings.wandb,
                         logger_config=meta, desc=desc)
 
     def step(iteration: int) -> dict[str, float]:
