@@ -151,3 +151,20 @@ def test_every_entry_point_config_gives_valid_settings():
     assert PretrainSettings.from_cfg(pretrain, "pretrain").min_iterations == pretrain.min_iterations
     assert OfflineSettings.from_cfg(ab.train).time_budget_s is None
     assert PretrainSettings.from_cfg(ab.pretrain, "pretrain").window == ab.pretrain.window
+
+
+def test_git_commit_names_the_checkout_and_marks_uncommitted_changes(tmp_path):
+    import subprocess
+
+    from pwm.utils.common import git_commit
+
+    assert git_commit(tmp_path) is None  # not a checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "a.txt").write_text("2")
+    assert git_commit(tmp_path) == f"{head}+dirty"
