@@ -91,26 +91,29 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
-class OfflineSettings(LoopSettings):
-    """Policy extraction on a fixed dataset (``train`` of ``ab.yaml``, ``config_mt30.yaml``)."""
+class PolicyLoopSettings(LoopSettings):
+    """What both policy loops read for their evaluations in the real environment."""
 
     eval_episodes: int = 5
     diagnostics_windows: int = 512
-    train_world_model: bool = False
-    time_budget_s: float | None = None  # stop once pretraining + policy seconds reach it (equal wall-clock)
     video: VideoConfig | None = None
 
 
 @dataclass(frozen=True)
-class OnlineSettings(LoopSettings):
+class OfflineSettings(PolicyLoopSettings):
+    """Policy extraction on a fixed dataset (``train`` of ``ab.yaml``, ``config_mt30.yaml``)."""
+
+    train_world_model: bool = False
+    time_budget_s: float | None = None  # stop once pretraining + policy seconds reach it (equal wall-clock)
+
+
+@dataclass(frozen=True)
+class OnlineSettings(PolicyLoopSettings):
     """Single-task online training (``train`` of ``config.yaml``)."""
 
     seed_episodes: int = 5
     episodes_per_iteration: int = 1
     updates_per_iteration: int = 50
-    eval_episodes: int = 5
-    diagnostics_windows: int = 512
-    video: VideoConfig | None = None
 
 
 @dataclass(frozen=True)
