@@ -42,7 +42,7 @@ def save(root: str | Path, archive: str | Path) -> int:
     """Archive the finished runs of ``root`` that the archive does not hold yet; returns how many."""
     runs, archive, count = _runs_dir(Path(root)), Path(archive), 0
     for summary in sorted(runs.rglob("summary.json")):
-        run, target = summary.parent, Path(archive) / summary.parent.relative_to(runs)
+        run, target = summary.parent, archive / summary.parent.relative_to(runs)
         if (target / "summary.json").exists() or not (run / "metrics.csv").exists():
             continue
         for name in METRICS:
