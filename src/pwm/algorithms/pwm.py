@@ -192,9 +192,10 @@ class PWM:
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
-        compile_wm_loss: run the world-model loss (forward and backward) through ``torch.compile``:
-            about 0.8x the eager update time on CPU at 5M, paid for with a one-off compile of one to two
-            minutes (needs a C++ compiler on CPU). Off by default: small or short runs do not earn it back.
+        compile_wm_loss: run the world-model loss (forward and backward) through ``torch.compile``
+            (needs a C++ compiler on CPU). Off by default: on a 2-thread CPU at 5M it made the baseline's
+            update 1.38x slower and flow K=4's 0.95x, after 57 s / 150 s of compiling
+            (``benchmarks/bench_updates.py``); measure before turning it on, e.g. on a GPU.
         device: torch device for all modules.
     """
 
