@@ -4,8 +4,8 @@
 # interrupted ones resume from their checkpoints. Each stage rebuilds results/study/report.md over every
 # run so far and archives the finished runs in results/study/runs (summaries and gzipped metrics, no
 # checkpoints or data; commit them): on a fresh checkout they are restored first, so only the rest runs.
-#   bash scripts/run_study.sh                      # everything (about 5 hours on 2 CPU cores)
-#   STAGES=main bash scripts/run_study.sh          # the main A/B only (about 2 hours)
+#   bash scripts/run_study.sh                      # everything (main grid + sweeps: about 5-6 hours on 2 CPU cores)
+#   STAGES=main bash scripts/run_study.sh          # the main A/B only (36 runs: about 2.5 hours, measured)
 #   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,7 @@ stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, 
   "${command[@]}"
   "$python" -m pwm.experiments.archive save runs/study results/study/runs
   local commit
-  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git diff --quiet HEAD -- src scripts 2>/dev/null || commit="$commit+dirty"
+  commit=$("$python" -c "from pwm.utils.common import git_commit; print(git_commit('.') or 'unknown')")
   echo "- $(date -u +%Y-%m-%dT%H:%MZ) \`$commit\` $name: \`${command[*]:1}\`" >>"$log"
 }
 
