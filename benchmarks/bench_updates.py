@@ -4,9 +4,12 @@
     python benchmarks/bench_updates.py --alg pwm_tiny --repeats 5       # quick look
     python benchmarks/bench_updates.py --alg pwm_48M --device cuda --out bench.json
 
-Every configuration runs in a fresh process (so its peak memory is its own): peak RSS on CPU,
-``torch.cuda.max_memory_allocated`` on CUDA. "WM upd MB": the peak of the world-model updates above
-the memory held before them (activations, gradients, optimizer state). Ratios are flow / baseline
+Every configuration runs in a fresh process (so its peak memory is its own). Two memory figures:
+"tensor MB", the peak of live tensor memory during one world-model update (parameters, activations,
+gradients, optimizer state, temporaries; torch's MemTracker, the CPU counterpart of
+``torch.cuda.max_memory_allocated``), and "WM upd MB", the process's peak above the memory held
+before the updates (peak RSS on CPU, which also counts what the C allocator keeps cached; CUDA:
+``torch.cuda.max_memory_allocated``). Ratios are flow / baseline
 (time ratios > 1 = slower). Also printed: FLOPs of one world-model update (torch's FLOP counter) and
 the achieved rate against this machine's own matmul rate on the update's shapes.
 """
@@ -70,6 +73,7 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
     wm_s = timed(lambda: agent.update_world_model(obs, action, reward))
     wm_peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                   else status_mb("VmHWM") - before_mb)
+    wm_tensor_mb = _tensor_peak_mb(agent, lambda: agent.update_world_model(obs, action, reward))
     from torch.utils.flop_counter import FlopCounterMode
 
     wm_gflop = float("nan")
@@ -87,9 +91,23 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put({"wm_gflop": wm_gflop, "wm_gflops": wm_gflop / wm_s, "matmul_gflops": matmul_gflops,
                "wm_update_s": wm_s, "policy_update_s": policy_s, "peak_mb": peak_mb, "wm_update_mb": wm_peak_mb,
+               "wm_tensor_mb": wm_tensor_mb,
                "esnr_every": esnr_every, "esnr_overhead": (esnr_policy_s - policy_s) / esnr_every / policy_s,
                "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device),
                "wm_first_update_s": warmup_s[0]})
+
+
+def _tensor_peak_mb(agent, update) -> float:
+    """Peak live tensor memory (MB) of one ``update()`` of ``agent``'s world model, all categories."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:  # builds without torch.distributed
+        return float("nan")
+    tracker = MemTracker()
+    tracker.track_external(agent.wm, agent.wm_optim)
+    with tracker:
+        update()
+    return sum(stats["Total"] for stats in tracker.get_tracker_snapshot("peak").values()) / 2**20
 
 
 def _matmul_rate(rows: int, width: int, device, seconds: float = 1.0) -> float:
@@ -151,18 +169,22 @@ def main() -> None:
     base = rows[0]
     print(f"{cli.alg}: batch {cli.batch}, H {cli.horizon}, device {base['device']}, {cli.repeats} repeats\n")
     header = (f"{'variant':<9}{'K':>3}{'WM params':>12}{'WM upd/s':>10}{'x base':>8}"
-              f"{'policy upd/s':>14}{'x base':>8}{'WM upd MB':>11}{'x base':>8}{'peak MB':>10}{'x base':>8}")
+              f"{'policy upd/s':>14}{'x base':>8}{'tensor MB':>11}{'x base':>8}{'WM upd MB':>11}{'x base':>8}"
+              f"{'peak MB':>10}{'x base':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['variant']:<9}{row['K']:>3}{row['wm_params']:>12,}{1 / row['wm_update_s']:>10.2f}"
               f"{row['wm_update_s'] / base['wm_update_s']:>8.2f}{1 / row['policy_update_s']:>14.2f}"
-              f"{row['policy_update_s'] / base['policy_update_s']:>8.2f}{row['wm_update_mb']:>11.0f}"
+              f"{row['policy_update_s'] / base['policy_update_s']:>8.2f}{row['wm_tensor_mb']:>11.0f}"
+              f"{row['wm_tensor_mb'] / base['wm_tensor_mb']:>8.2f}{row['wm_update_mb']:>11.0f}"
               f"{row['wm_update_mb'] / base['wm_update_mb']:>8.2f}{row['peak_mb']:>10.0f}"
               f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
     print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more. "
           "flow-rc: recompute_substeps=true (sub-steps recomputed in backward). "
-          "*-c: compile_wm_loss=true (torch.compile of the world-model loss).")
+          "*-c: compile_wm_loss=true (torch.compile of the world-model loss). tensor MB: peak live tensors of "
+          "one WM update; WM upd MB: the process's peak growth over the updates (RSS on CPU: allocator caching "
+          "included).")
     for row in rows:
         if row["variant"].endswith("-c"):
             eager = next(r for r in rows if r["variant"] == row["variant"].replace("-c", "").replace("base", "baseline")

@@ -26,6 +26,8 @@ def test_flow_knobs_apply_only_to_flow_variants():
     assert flow.world_model_config.integrate_steps == 8 and variant_label(flow) == "flow-K8-uniform"
     base = variant_alg(compose_ab("alg=pwm_tiny").alg, {"integrate_steps": 8, "fm_tau_sampling": "midpoint"})
     assert "integrate_steps" not in base.world_model_config and variant_label(base) == "baseline"
+    projected = variant_alg(cfg.alg, {"latent_projection": "simplex"})
+    assert variant_label(projected) == "flow-K4-uniform-simplex"
 
 
 @pytest.mark.parametrize("preset, axis, values", [

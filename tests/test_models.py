@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, TwoHot, WorldModel
-from pwm.models.layers import SimNorm
+from pwm.models.layers import SimNorm, project_onto_simplices
 from pwm.models.two_hot import symexp, symlog
 
 TINY = dict(obs_dim=10, act_dim=4, latent_dim=16, encoder_units=[32], units=[24, 24], num_bins=11)
@@ -43,6 +43,40 @@ def test_simnorm_groups_sum_to_one():
     assert torch.allclose(y.reshape(3, 3, 8).sum(-1), torch.ones(3, 3), atol=1e-6)
     with pytest.raises(ValueError, match="divisible"):
         SimNorm(8)(torch.randn(3, 20))
+
+
+def test_simplex_projection_by_hand_and_optimality():
+    # hand cases (groups of 3): uniform shift, a vertex, one entry cut to 0
+    x = torch.tensor([[0.5, 0.5, 0.5, 2.0, 0.0, 0.0, 0.6, 0.6, -1.0]])
+    expected = torch.tensor([[1 / 3, 1 / 3, 1 / 3, 1.0, 0.0, 0.0, 0.5, 0.5, 0.0]])
+    assert torch.allclose(project_onto_simplices(x, 3), expected, atol=1e-6)
+    # SimNorm outputs are already in the set: unchanged
+    z = SimNorm(8)(3 * torch.randn(50, 24))
+    assert torch.allclose(project_onto_simplices(z, 8), z, atol=1e-6)
+    # nearest point: no random point of the simplex is closer than the projection
+    torch.manual_seed(0)
+    y = 2 * torch.randn(20, 8)
+    p = project_onto_simplices(y, 8)
+    assert p.min() >= 0 and torch.allclose(p.sum(-1), torch.ones(20), atol=1e-5)
+    candidates = torch.distributions.Dirichlet(torch.full((8,), 0.3)).sample((4000,))
+    nearest = (y[:, None] - candidates[None]).norm(dim=-1).min(dim=1).values
+    assert ((y - p).norm(dim=-1) <= nearest + 1e-6).all()
+    with pytest.raises(ValueError, match="group_size"):
+        project_onto_simplices(torch.randn(2, 10), 8)
+
+
+def test_flow_latent_projection_keeps_rollouts_on_the_simplices():
+    torch.manual_seed(0)
+    wm = FlowWorldModel(**TINY, integrate_steps=2, latent_projection="simplex")
+    wm.velocity = lambda z, a, t, task=None: torch.full_like(z, 0.4) - z  # leaves the simplices
+    z = wm.encode(torch.randn(6, 10))
+    out = wm.next(z, torch.zeros(6, 4))
+    assert out.min() >= 0 and torch.allclose(out.reshape(6, 2, 8).sum(-1), torch.ones(6, 2), atol=1e-5)
+    # the same model without projection leaves the set
+    wm.latent_projection = "none"
+    assert not torch.allclose(wm.next(z, torch.zeros(6, 4)).reshape(6, 2, 8).sum(-1), torch.ones(6, 2), atol=1e-2)
+    with pytest.raises(ValueError, match="latent_projection"):
+        FlowWorldModel(**TINY, latent_projection="sphere")
 
 
 def test_bad_config_values_name_the_field():

@@ -166,7 +166,8 @@ def test_configs_differ_only_in_dynamics_keys():
         base, flow = flat(load_alg(f"pwm_{size}")), flat(load_alg(f"pwm_{size}_flow"))
         changed = {k for k in base.keys() | flow.keys() if base.get(k) != flow.get(k)}
         assert changed == {"world_model_config._target_", "world_model_config.integrate_steps",
-                           "world_model_config.fm_tau_sampling", "world_model_config.recompute_substeps"}
+                           "world_model_config.fm_tau_sampling", "world_model_config.recompute_substeps",
+                           "world_model_config.latent_projection"}
     cfg48 = load_alg("pwm_48M")
     assert list(cfg48.world_model_config.encoder_units) == [1792] * 3
     assert list(cfg48.world_model_config.units) == [1792] * 2 and cfg48.world_model_config.latent_dim == 768

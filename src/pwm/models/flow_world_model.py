@@ -18,10 +18,11 @@ from typing import Literal
 import torch
 import torch.utils.checkpoint
 
-from pwm.models.layers import init_weights, mlp
+from pwm.models.layers import init_weights, mlp, project_onto_simplices
 from pwm.models.world_model import LatentWorldModel, TaskLike
 
 TAU_SAMPLING_MODES = ("uniform", "midpoint")
+LATENT_PROJECTIONS = ("none", "simplex")
 
 
 class FlowWorldModel(LatentWorldModel):
@@ -31,6 +32,11 @@ class FlowWorldModel(LatentWorldModel):
         integrate_steps: Euler sub-steps ``K`` per environment step (spec default 4).
         fm_tau_sampling: ``"uniform"`` draws ``tau ~ U[0, 1]`` per sample; ``"midpoint"`` uses 0.5
             (the deterministic variant).
+        latent_projection: ``"none"`` leaves the integrated latent as it is (the design spec);
+            ``"simplex"`` projects it onto the product of simplices the encoder's SimNorm maps into
+            (:func:`~pwm.models.layers.project_onto_simplices`), the set the baseline's next latents
+            lie in by construction. A latent already there is unchanged, so the flow-matching targets
+            are unaffected; off the data, Euler steps of an unconstrained velocity can leave that set.
         latent_clip_norm: if set, latents leaving :meth:`next` with an L2 norm above this are scaled
             back onto that norm (spec section 10 mitigation); every clipped sample is counted in
             :attr:`latent_clip_count` so the training loop can log it. ``None`` disables clipping.
@@ -50,6 +56,7 @@ class FlowWorldModel(LatentWorldModel):
         act_dim: int,
         integrate_steps: int = 4,
         fm_tau_sampling: Literal["uniform", "midpoint"] = "uniform",
+        latent_projection: Literal["none", "simplex"] = "none",
         latent_clip_norm: float | None = None,
         recompute_substeps: bool = False,
         **kwargs,
@@ -61,10 +68,15 @@ class FlowWorldModel(LatentWorldModel):
             raise ValueError(
                 f"world_model_config.fm_tau_sampling must be one of {TAU_SAMPLING_MODES}, got {fm_tau_sampling!r}"
             )
+        if latent_projection not in LATENT_PROJECTIONS:
+            raise ValueError(
+                f"world_model_config.latent_projection must be one of {LATENT_PROJECTIONS}, got {latent_projection!r}"
+            )
         if latent_clip_norm is not None and latent_clip_norm <= 0:
             raise ValueError(f"world_model_config.latent_clip_norm must be > 0 or null, got {latent_clip_norm}")
         self.integrate_steps = int(integrate_steps)
         self.fm_tau_sampling = fm_tau_sampling
+        self.latent_projection = latent_projection
         self.latent_clip_norm = latent_clip_norm
         self.recompute_substeps = bool(recompute_substeps)
         self._velocity = mlp(self.latent_dim + self.act_dim + self.task_dim + 1, self.units, self.latent_dim)
@@ -85,13 +97,16 @@ class FlowWorldModel(LatentWorldModel):
         return torch.where(too_large, z * (self.latent_clip_norm / norm.clamp_min(1e-12)), z)
 
     def next(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike = None) -> torch.Tensor:
-        """Integrate ``v`` from t=0 to 1: ``z <- z + dt * v(z, a, (k + 0.5) dt)`` for ``k = 0..K-1``."""
+        """Integrate ``v`` from t=0 to 1: ``z <- z + dt * v(z, a, (k + 0.5) dt)`` for ``k = 0..K-1``,
+        then apply the optional projection and norm clip."""
         # Only while the model itself trains: under a freeze (the actor's rollouts) the parameters'
         # requires_grad flags change before the backward pass, and a recomputation must match the forward.
         if self.recompute_substeps and torch.is_grad_enabled() and self._velocity[0].weight.requires_grad:
             z = torch.utils.checkpoint.checkpoint(self._integrate, z, action, task, use_reentrant=False)
         else:
             z = self._integrate(z, action, task)
+        if self.latent_projection == "simplex":
+            z = project_onto_simplices(z, self.simnorm_dim)
         return self._clip(z)
 
     def _integrate(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike) -> torch.Tensor:

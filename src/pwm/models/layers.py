@@ -1,6 +1,7 @@
 """Building blocks shared by the world models, actor and critic (TD-MPC2 style).
 
-* :class:`SimNorm` projects a latent onto a product of simplices.
+* :class:`SimNorm` maps a latent onto a product of simplices (softmax per group).
+* :func:`project_onto_simplices` is the Euclidean projection onto that same set (identity on it).
 * :class:`NormedLinear` is Linear -> LayerNorm -> activation.
 * :func:`mlp` stacks them, with a plain (or SimNorm-ed) linear head.
 """
@@ -68,6 +69,27 @@ class SimNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"simnorm_dim={self.simnorm_dim}"
+
+
+def project_onto_simplices(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Euclidean projection of each group of ``group_size`` entries of ``x`` ``[..., D]`` onto the
+    probability simplex (Duchi et al., 2008, "Efficient projections onto the l1-ball").
+
+    The result lies in the set SimNorm maps into (entries >= 0, every group sums to 1), and a latent
+    already in it is returned unchanged, so it can bound a latent that was not produced by SimNorm
+    (a flow model's integrated latent) without moving those that are in place.
+    """
+    if group_size < 1 or x.shape[-1] % group_size:
+        raise ValueError(f"project_onto_simplices: last dim {x.shape[-1]} is not divisible by group_size={group_size}")
+    shape = x.shape
+    groups = x.reshape(*shape[:-1], -1, group_size)
+    ordered = groups.sort(dim=-1, descending=True).values
+    excess = ordered.cumsum(dim=-1) - 1.0
+    rank = torch.arange(1, group_size + 1, device=x.device, dtype=x.dtype)
+    # The entries that stay positive are a prefix of the sorted group; its length fixes the shift.
+    support = (ordered - excess / rank > 0).sum(dim=-1, keepdim=True)
+    shift = excess.gather(-1, support - 1) / support.to(x.dtype)
+    return (groups - shift).clamp_min(0.0).reshape(shape)
 
 
 class NormedLinear(nn.Linear):

@@ -68,6 +68,7 @@ class LatentWorldModel(nn.Module):
                 f"world_model_config.latent_dim={latent_dim} must be divisible by simnorm_dim={simnorm_dim}"
             )
         self.obs_dim, self.act_dim, self.latent_dim = int(obs_dim), int(act_dim), int(latent_dim)
+        self.simnorm_dim = int(simnorm_dim)
         self.encoder_units, self.units = list(encoder_units), list(units)
         self.tasks = list(tasks) if tasks is not None else []
         self.num_tasks = max(len(self.tasks), 1)
