@@ -82,8 +82,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
         if cfg.policy == "sac":
             from pwm.data.sac import train_sac  # stable-baselines3 takes seconds to import: only when used
 
-            print(f"collect {task}: replay of SAC learning for {cfg.sac_steps} steps", flush=True)
-            collected = train_sac(task, cfg.seed, cfg.sac_steps, eval_every=0, eval_episodes=0, record_episodes=True)[1]
+            collected = train_sac(task, cfg.seed, cfg.sac_steps, eval_every=0, eval_episodes=0, record_episodes=True,
+                                  progress=f"collect {task} (SAC replay)")[1]
         else:
             if cfg.policy == "checkpoint":
                 if task not in (policies or {}):

@@ -35,6 +35,8 @@ class RecordingGymEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (env.act_dim,), np.float32)
         self.episodes: list[Episode] = []
+        self.episode_returns: list[float] = []
+        self._return = 0.0
         self._obs: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._rewards: list[float] = []
@@ -43,11 +45,15 @@ class RecordingGymEnv(gym.Env):
         super().reset(seed=seed)
         obs = self.env.reset(seed)
         self._obs, self._actions, self._rewards = [obs], [np.full(self.env.act_dim, np.nan)], [np.nan]
+        self._return = 0.0
         return obs, {}
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float32)
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._return += float(reward)
+        if terminated or truncated:
+            self.episode_returns.append(self._return)
         if self.record:
             self._obs.append(obs)
             self._actions.append(np.clip(action, -1.0, 1.0))
@@ -64,6 +70,25 @@ class RecordingGymEnv(gym.Env):
         self.env.close()
 
 
+def _progress_bar(env: RecordingGymEnv, total_steps: int, desc: str):
+    """A stable-baselines3 callback that advances a tqdm bar per environment step and shows the
+    return of the last finished training episode (SAC collection runs for tens of minutes)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+
+    class ProgressBar(BaseCallback):
+        def _on_step(self) -> bool:
+            bar.update(1)
+            if env.episode_returns:
+                bar.set_postfix(episodes=len(env.episode_returns), last_return=f"{env.episode_returns[-1]:.0f}",
+                                refresh=False)
+            return True
+
+    return ProgressBar(), bar
+
+
 def train_sac(
     task: str,
     seed: int,
@@ -72,12 +97,14 @@ def train_sac(
     eval_episodes: int,
     record_episodes: bool = False,
     on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
+    progress: str | None = None,
 ) -> tuple[list[dict[str, float]], list[Episode]]:
     """Train SAC (stable-baselines3 defaults) on ``task`` for ``total_steps`` environment steps.
 
     Evaluates the deterministic policy every ``eval_every`` steps (and at step 0) for ``eval_episodes``
     episodes on the reset seeds PWM's evaluations use (``EVAL_SEED_OFFSET + seed + i``), calling
     ``on_evaluation(env_steps, metrics)`` after each; ``eval_every=0`` trains without evaluating.
+    ``progress``: if given, the description of a progress bar over the environment steps.
 
     Returns:
         The evaluation rows (``train/env_steps`` plus ``eval/*``) and, with ``record_episodes``, every
@@ -92,16 +119,19 @@ def train_sac(
     def policy(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
+    callback, bar = _progress_bar(env, total_steps, progress) if progress else (None, None)
     rows = []
     if eval_every <= 0:
-        model.learn(total_timesteps=total_steps, progress_bar=False)
+        model.learn(total_timesteps=total_steps, callback=callback, progress_bar=False)
     for steps in range(0, total_steps + 1, eval_every) if eval_every > 0 else ():
         if steps:
-            model.learn(total_timesteps=eval_every, reset_num_timesteps=False, progress_bar=False)
+            model.learn(total_timesteps=eval_every, reset_num_timesteps=False, callback=callback, progress_bar=False)
         metrics, _ = evaluate_policy(eval_env, policy, eval_episodes, seed=EVAL_SEED_OFFSET + seed)
         rows.append({"train/env_steps": float(steps), **metrics})
         if on_evaluation is not None:
             on_evaluation(steps, metrics)
+    if bar is not None:
+        bar.close()
     env.close()
     eval_env.close()
     return rows, env.episodes
