@@ -8,7 +8,10 @@ encoder's own latents of the observed next states, and the rewards predicted alo
 Every latent error is also reported *normalised* by the spread of the target latents across the
 batch, so a model cannot look good by collapsing its latent space (a constant encoder predicts
 itself perfectly; its normalised error is then undefined and reported as NaN, and its
-``latent_spread`` is 0).
+``latent_spread`` is 0). The normaliser is the batch's own spread, so on windows of a policy that
+barely moves (a near-stationary evaluation episode: tiny spread, near-constant reward) the
+normalised errors grow by orders of magnitude although the model is no worse; compare the raw
+``*_mse`` there, together with ``latent_spread``.
 """
 
 from __future__ import annotations
