@@ -5,9 +5,10 @@ import os
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import REPO, run_script
-from pwm.experiments.ab import variant_alg, variant_label
+from pwm.experiments.ab import check_run_model, variant_alg, variant_label
 
 CFG = str(REPO / "scripts" / "cfg")
 TINY_AB = ("pretrain.iterations=4", "pretrain.eval_every=2", "pretrain.min_iterations=0", "train.iterations=4",
@@ -28,6 +29,20 @@ def test_flow_knobs_apply_only_to_flow_variants():
     assert "integrate_steps" not in base.world_model_config and variant_label(base) == "baseline"
     projected = variant_alg(cfg.alg, {"latent_projection": "simplex"})
     assert variant_label(projected) == "flow-K4-uniform-simplex"
+
+
+def test_a_run_folder_of_another_model_size_is_refused(tmp_path):
+    small, tiny = compose_ab("alg=pwm_small").alg, compose_ab("alg=pwm_tiny").alg
+    check_run_model(tmp_path / "run", small)  # a new folder records the size
+    check_run_model(tmp_path / "run", small)  # the same size resumes
+    with pytest.raises(ValueError, match="holds a run of model latent64-wm128x128.*this job's alg is latent"):
+        check_run_model(tmp_path / "run", tiny)
+    # a finished run from before job.json existed: the size comes from its summary
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "summary.json").write_text(json.dumps({"alg": OmegaConf.to_container(small, resolve=True)}))
+    with pytest.raises(ValueError, match="general.root"):
+        check_run_model(legacy, tiny)
 
 
 @pytest.mark.parametrize("preset, axis, values", [

@@ -25,6 +25,7 @@ from pwm.algorithms.build import build_pwm, is_flow_config, variant_name
 from pwm.data.collect import CollectConfig, collect_dataset
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
+from pwm.experiments.runs import model_size
 from pwm.envs.tasks import make_env
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
@@ -102,6 +103,28 @@ def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
     return Path(cfg.general.root) / "runs" / cfg.task / (cfg.setting or "default") / variant_label(alg) / f"seed{cfg.seed}"
 
 
+def check_run_model(run_dir: Path, alg: DictConfig) -> None:
+    """Refuse a run folder that holds (or held) a run of other network sizes.
+
+    The folder name says task, setting, variant and seed but not the model size, so without this a
+    job of ``alg=pwm_5M`` under a root where ``pwm_small`` already ran would return the small run's
+    summary as its own (or fail to load its checkpoint). The size is recorded in ``job.json`` when a
+    job starts; runs from before that record it in their summary.
+    """
+    current = model_size({"alg": OmegaConf.to_container(alg, resolve=True)})
+    job_path, summary_path = run_dir / "job.json", run_dir / "summary.json"
+    recorded = None
+    if job_path.exists():
+        recorded = json.loads(job_path.read_text()).get("model")
+    elif summary_path.exists():
+        recorded = model_size(json.loads(summary_path.read_text()))
+    if recorded not in (None, "unknown") and recorded != current:
+        raise ValueError(f"{run_dir} holds a run of model {recorded}, but this job's alg is {current}; "
+                         "use another general.root, or delete the folder")
+    if not job_path.exists():
+        atomic_write_text(json.dumps({"model": current}, indent=2), job_path)
+
+
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
     check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
@@ -111,6 +134,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
     with file_lock(run_dir / ".lock"):
+        check_run_model(run_dir, alg)
         summary_path = run_dir / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
