@@ -25,8 +25,8 @@ from pwm.algorithms.build import build_pwm, is_flow_config, variant_name
 from pwm.data.collect import CollectConfig, collect_dataset
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
-from pwm.experiments.runs import model_size
 from pwm.envs.tasks import make_env
+from pwm.experiments.runs import model_size
 from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
