@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pwm.algorithms.diagnostics import world_model_quality
+from pwm.algorithms.diagnostics import imagination_gap, world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import heldout_mask
@@ -162,3 +162,28 @@ def test_heldout_split_is_evenly_spaced_and_never_sampled_for_training():
     restored = EpisodeBuffer(obs_dim=1, act_dim=1, horizon=2)
     restored.load_state_dict(buffer.state_dict())
     assert restored.num_heldout_windows == 8 and restored.num_heldout_episodes == 2
+
+
+def test_imagination_gap_follows_the_real_states_the_model_and_the_policy():
+    torch.manual_seed(0)
+    wm = WorldModel(obs_dim=2, act_dim=2, latent_dim=16, encoder_units=[16], units=[16], num_bins=11)
+    for param in wm.parameters():  # the reward head starts at zero: random weights make every input count
+        nn.init.normal_(param, std=0.5)
+    obs, action, _ = linear_system(horizon=5, size=1)
+    obs, action = obs[:, 0], action[:, 0]  # one episode: [T + 1, 2], [T, 2]
+    fixed = torch.tensor([[0.3, -0.7]])
+    gap = imagination_gap(wm, lambda latent: fixed, obs, action, steps=4)
+    assert all(v.shape == (4,) for v in gap.values())
+    assert gap["one_step"].std() > 1e-3 and not torch.allclose(gap["open_loop"], gap["imagined_policy"])
+    with torch.no_grad():
+        assert torch.allclose(gap["one_step"], wm.predict_reward(wm.encode(obs[:4]), action[:4]))
+        z1 = wm.next(wm.encode(obs[:1]), action[:1])
+        assert torch.allclose(gap["open_loop"][1], wm.predict_reward(z1, action[1:2])[0])
+        z1_policy = wm.next(wm.encode(obs[:1]), fixed)
+        assert torch.allclose(gap["imagined_policy"][1], wm.predict_reward(z1_policy, fixed)[0])
+    # a policy that repeats the episode's actions imagines exactly the open-loop rollout
+    repeated = action[:1].expand(5, 2)
+    same = imagination_gap(wm, lambda latent: action[:1], obs, repeated, steps=4)
+    assert torch.allclose(same["imagined_policy"], same["open_loop"])
+    with pytest.raises(ValueError, match="fewer than steps=9"):
+        imagination_gap(wm, lambda latent: fixed, obs, action, steps=9)

@@ -137,3 +137,40 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
     }
     metrics["heldout_error"] = sum(v for v in (metrics["latent_nmse_mean"], metrics["reward_nmse_rollout"]) if v == v)
     return {PREFIX + k: v for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def imagination_gap(wm: LatentWorldModel, actor_action, obs: torch.Tensor, action: torch.Tensor,
+                    steps: int, task: TaskLike = None) -> dict[str, torch.Tensor]:
+    """Rewards along one real episode next to what the model predicts for it, the probe of model
+    exploitation: an actor that found actions the model overrates shows a closed-loop imagined
+    reward far above the real one.
+
+    Args:
+        wm: the world model.
+        actor_action: ``latent [1, L] -> action [1, A]``, the policy acting on a latent (deterministic).
+        obs: the episode's observations ``[T + 1, obs_dim]``; action: its actions ``[T, A]`` (row ``t``
+            taken at ``obs[t]``).
+        steps: how many steps to compare (at most ``T``).
+        task: task id ``[1]`` (multi-task) or None.
+
+    Returns ``[steps]`` tensors:
+        one_step: ``r_hat(E(obs[t]), a_t)``, the reward head at the real states.
+        open_loop: the reward predicted along the model's rollout from ``E(obs[0])`` under the real actions.
+        imagined_policy: the reward predicted when the policy acts on the model's own latents from
+            ``E(obs[0])`` (what the actor is trained on, without critic or noise).
+    """
+    if action.shape[0] < steps or obs.shape[0] < steps + 1:
+        raise ValueError(f"imagination_gap: the episode has {action.shape[0]} steps, fewer than steps={steps}")
+    task_t = None if task is None else task.reshape(1)
+    one_step = wm.predict_reward(wm.encode(obs[:steps], None if task is None else task_t.expand(steps)),
+                                 action[:steps], None if task is None else task_t.expand(steps))
+    open_loop, imagined = [], []
+    z_data = z_policy = wm.encode(obs[:1], task_t)
+    for t in range(steps):
+        open_loop.append(wm.predict_reward(z_data, action[t:t + 1], task_t))
+        z_data = wm.next(z_data, action[t:t + 1], task_t)
+        policy_action = actor_action(z_policy)
+        imagined.append(wm.predict_reward(z_policy, policy_action, task_t))
+        z_policy = wm.next(z_policy, policy_action, task_t)
+    return {"one_step": one_step, "open_loop": torch.cat(open_loop), "imagined_policy": torch.cat(imagined)}
