@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import run_script
 from pwm.data.tdmpc2_format import load_dataset, read_chunk
+from pwm.experiments.probe import main as probe
 
 pytestmark = pytest.mark.slow
 TINY_PRETRAIN = ("pretrain.iterations=6", "pretrain.log_every=3", "pretrain.checkpoint_every=3",
@@ -94,7 +95,7 @@ def test_pretrain_with_torchrun_gloo(mt30_data, tmp_path):
     assert state["progress"]["iteration"] == 6
 
 
-def test_train_singletask_runs_and_resumes(tmp_path):
+def test_train_singletask_runs_and_resumes(tmp_path, capsys):
     args = ("env=pendulum-swingup", "alg=pwm_tiny_flow", f"general.run_dir={tmp_path}", "train.seed_episodes=1",
             "train.updates_per_iteration=2", "train.eval_every=2", "train.eval_episodes=1",
             "train.checkpoint_every=2", "train.tensorboard=true")
@@ -117,6 +118,11 @@ def test_train_singletask_runs_and_resumes(tmp_path):
     (row,) = list(csv.DictReader(open(tmp_path / "eval" / "evaluation.csv")))
     assert row["task"] == "pendulum-swingup" and row["variant"] == "flow"
     assert float(row["reward"]) == pytest.approx(summary["final_reward"], rel=1e-6)
+    # the model-exploitation probe replays that evaluation episode (same reset seed, same return)
+    probe([str(tmp_path / "checkpoint.pt"), "--episodes", "1", "--steps", "10", "--every", "5"])
+    out = capsys.readouterr().out
+    assert "pendulum-swingup flow" in out and f"return {float(row['reward']):.1f}" in out
+    assert "imagined policy" in out and len([line for line in out.splitlines() if line.strip().startswith("5 ")]) == 1
     # the trained policy collects a dataset (policy=checkpoint)
     run_script("collect_data.py", "tasks=[pendulum-swingup]", "task_set=null", "policy=checkpoint", "episodes=2",
                f"checkpoints={{pendulum-swingup:'{tmp_path / 'checkpoint.pt'}'}}", f"out_dir={tmp_path / 'data'}")

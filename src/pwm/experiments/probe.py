@@ -19,6 +19,7 @@ import torch
 from pwm.algorithms.diagnostics import imagination_gap
 from pwm.envs.rollout import EVAL_SEED_OFFSET, run_episode
 from pwm.training.evaluation import agent_policy, load_agent
+from pwm.utils.common import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,8 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cli.threads)
     trained = load_agent(cli.checkpoint, device="cpu")
     agent = trained.agent
-    seed = cli.seed if cli.seed is not None else int(torch.load(cli.checkpoint, map_location="cpu",
-                                                                weights_only=False)["run_info"].get("seed", 0))
+    seed = cli.seed if cli.seed is not None else int(load_checkpoint(cli.checkpoint)["run_info"].get("seed", 0))
     env = trained.make_env(seed + EVAL_SEED_OFFSET)
     task = None if trained.task_id is None else torch.tensor([trained.task_id])
 
