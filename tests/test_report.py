@@ -22,10 +22,11 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
         row = {"iteration": it, "actor/grad_norm": grad_norms[it % len(grad_norms)], "actor/esnr": esnr,
                "critic/grad_norm": 1.0, "rollout/latent_norm_max": 1.0, "rollout/latent_norm_mean": 0.9,
                "rollout/nonfinite_latents": 0.0, "time/actor_update_s": 0.01,
-               "time/train_elapsed_s": wall_per_iter * (it + 1)}
+               "time/train_elapsed_s": wall_per_iter * (it + 1), "actor/predicted_reward": it / 10}
         if (it + 1) % 10 == 0:
             row["eval/episode_reward"] = rewards[(it + 1) // 10 - 1]
             row["eval/success"] = 0.0
+            row["eval/episode_length"] = 500
         rows.append(row)
     pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
     pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
@@ -210,6 +211,18 @@ def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(
     # two evaluations: heldout_error 0.5 (kept: the lower) then 0.7
     assert table.heldout_latent_nmse_1.item() == pytest.approx(0.1)
     assert table.heldout_reward_corr.item() == pytest.approx(0.9)
+
+
+def test_imagined_and_real_reward_per_step_by_hand(tmp_path):
+    write_run(tmp_path, "task-a", "baseline", 0, [100, 200, 300], 1.0, [1.0])  # 30 iterations
+    report_dir = _report_dir(tmp_path)
+    table = pd.read_csv(report_dir / "runs.csv")
+    # imagined: the last 10% of 30 logged values (iterations 27, 28, 29) / 10; real: final reward / 500 steps
+    assert table.imagined_reward_per_step.item() == pytest.approx((2.7 + 2.8 + 2.9) / 3)
+    assert table.real_reward_per_step.item() == pytest.approx(table.final_reward.item() / 500)
+    text = (report_dir / "report.md").read_text()
+    ratio = table.imagined_reward_per_step.item() / table.real_reward_per_step.item()
+    assert f"| task-a | default | baseline | 1 | 2.800 | {table.real_reward_per_step.item():.3f} | {ratio:.1f} |" in text
 
 
 def _report_dir(root):

@@ -137,6 +137,19 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
         lines.append(f"| {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
                      f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} | {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "
                      f"| {_fmt(group.heldout_reward_corr.mean(), 3)} | {_fmt(group.heldout_reward_nmse.mean(), 4)} |")
+    lines += ["", "## Imagined vs real reward per step (model exploitation)", "",
+              "The reward per step the actor was trained on (the model's prediction along its imagined rollouts "
+              "from dataset states, last 10% of policy iterations) beside what the policy earns per step in the "
+              "real task (final evaluations). Imagination starts from the data's states and evaluation from the "
+              "task's initial states, so the two can differ for a good policy too; an imagined reward several "
+              "times the real one is a policy that found actions its model overrates (check with "
+              "`python -m pwm.experiments.probe <run>/checkpoint.pt`). Mean over runs.", "",
+              "| task | setting | variant | runs | imagined | real | imagined / real |", "|---|---|---|---|---|---|---|"]
+    for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
+        imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
+        ratio = imagined / real if real > 0 else float("nan")
+        lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {_fmt(imagined, 3)} | {_fmt(real, 3)} "
+                     f"| {_fmt(ratio, 1)} |")
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in report["figures"]]
     return "\n".join(lines) + "\n"

@@ -66,6 +66,14 @@ def _column_stat(frame: pd.DataFrame | None, column: str, how: str) -> float:
     return float(getattr(values, how)())
 
 
+def _tail_mean(frame: pd.DataFrame | None, column: str, share: float = 0.1) -> float:
+    """Mean of the last ``share`` of ``column``'s logged values (the end of training)."""
+    if frame is None or column not in frame:
+        return float("nan")
+    values = frame[column].dropna()
+    return float(values.tail(max(1, int(len(values) * share))).mean()) if len(values) else float("nan")
+
+
 HELDOUT_COLUMNS = {"heldout_latent_nmse_1": "wm_eval/latent_nmse_1", "heldout_latent_nmse_H": "wm_eval/latent_nmse_H",
                    "heldout_reward_corr": "wm_eval/reward_corr_rollout",
                    "heldout_reward_nmse": "wm_eval/reward_nmse_rollout"}
@@ -119,6 +127,8 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "actor_grad_norm_cv": coefficient_of_variation(m["actor/grad_norm"]) if "actor/grad_norm" in m else math.nan,
             "critic_grad_norm_var": _column_stat(m, "critic/grad_norm", "var"),
             "esnr_mean": _column_stat(m, "actor/esnr", "mean"),
+            "imagined_reward_per_step": _tail_mean(m, "actor/predicted_reward"),
+            "real_reward_per_step": final_reward(run.evals, final_evals) / _column_stat(m, "eval/episode_length", "mean"),
             "latent_norm_max": _column_stat(m, "rollout/latent_norm_max", "max"),
             "latent_norm_mean": _column_stat(m, "rollout/latent_norm_mean", "mean"),
             "nonfinite_latents": _column_stat(m, "rollout/nonfinite_latents", "sum"),
