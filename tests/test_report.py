@@ -203,6 +203,8 @@ def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_fin
     assert comparison["criteria"]["reward_on_half_of_tasks"]["passed"]  # the criteria are still reported
     text = (tmp_path / "report" / "report.md").read_text()
     assert "**INVALID**" in text and f"- INVALID: {reason}" in text
+    if "did not learn" in reason:  # imagined: iterations 27-29 / 10 = 2.8 per step; real: 19.3 / 500 steps
+        assert f"{reason}; imagined reward 2.8/step vs real {19.3333 / 500:.3g}/step" in comparison["invalid_reasons"]
 
 
 def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(tmp_path):

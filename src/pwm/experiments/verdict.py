@@ -62,13 +62,27 @@ def learned_margin(random_reward: float, random_std: float, std_margin: float, m
     return max(std_margin * random_std, min_gain * abs(random_reward))
 
 
+def _imagined_vs_real(runs: pd.DataFrame, task: str, variant: str) -> str:
+    """``; imagined reward X/step vs real Y/step`` for a variant on a task, or empty when not logged: the
+    numbers that tell a policy exploiting its model from one that never found the reward."""
+    if "imagined_reward_per_step" not in runs:
+        return ""
+    group = runs[(runs.task == task) & (runs.variant == variant)]
+    imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
+    if not (np.isfinite(imagined) and np.isfinite(real)):
+        return ""
+    return f"; imagined reward {imagined:.3g}/step vs real {real:.3g}/step"
+
+
 def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: str) -> list[str]:
     """Why a comparison cannot be judged: variants that did not learn, world models that did not converge.
 
     Args:
         per_task: one row per task with ``random_reward``, ``learned_margin`` and, per variant key
             (``baseline``/``flow``), ``<key>_reward``.
-        runs: the comparison's rows of :func:`run_table` (``variant``, ``pretrain_converged``).
+        runs: the comparison's rows of :func:`run_table` (``task``, ``variant``, ``pretrain_converged`` and,
+            when logged, ``imagined_reward_per_step`` / ``real_reward_per_step``, quoted beside a variant
+            that did not learn).
     """
     reasons = []
     for _, row in per_task.iterrows():
@@ -79,7 +93,8 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
         for key, variant in (("baseline", "baseline"), ("flow", flow_variant)):
             if not row[f"{key}_reward"] >= bar:
                 reasons.append(f"{row['task']}: {variant} did not learn (final reward {row[f'{key}_reward']:.1f} "
-                               f"< random {row['random_reward']:.1f} + margin {row['learned_margin']:.1f})")
+                               f"< random {row['random_reward']:.1f} + margin {row['learned_margin']:.1f})"
+                               + _imagined_vs_real(runs, row["task"], variant))
     for variant in ("baseline", flow_variant):
         flags = runs[runs.variant == variant].pretrain_converged.tolist()
         unchecked = sum(f is None or (isinstance(f, float) and math.isnan(f)) for f in flags)
