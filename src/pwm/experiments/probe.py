@@ -19,7 +19,6 @@ import torch
 from pwm.algorithms.diagnostics import imagination_gap
 from pwm.envs.rollout import EVAL_SEED_OFFSET, run_episode
 from pwm.training.evaluation import agent_policy, load_agent
-from pwm.utils.common import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cli.threads)
     trained = load_agent(cli.checkpoint, device="cpu")
     agent = trained.agent
-    seed = cli.seed if cli.seed is not None else int(load_checkpoint(cli.checkpoint)["run_info"].get("seed", 0))
+    seed = cli.seed if cli.seed is not None else (trained.seed or 0)
     env = trained.make_env(seed + EVAL_SEED_OFFSET)
     task = None if trained.task_id is None else torch.tensor([trained.task_id])
 

@@ -85,6 +85,7 @@ class TrainedAgent:
     checkpoint: Path
     task_id: int | None = None  # index in ``task_set`` (multi-task world models)
     task_set: str | None = None
+    seed: int | None = None  # the training seed, when the checkpoint records it
 
     def make_env(self, seed: int) -> TaskEnv:
         """The task's environment, padded to the world model's widths when the agent is multi-task."""
@@ -122,7 +123,9 @@ def load_agent(checkpoint_path: str | Path, device: str = "auto") -> TrainedAgen
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the recorded alg config: {exc}") from exc
     variant = info.get("variant") or variant_name(alg)
-    return TrainedAgent(agent, task, str(variant), path, task_id, info.get("task_set"))
+    seed = info.get("seed")
+    return TrainedAgent(agent, task, str(variant), path, task_id, info.get("task_set"),
+                        int(seed) if seed is not None else None)
 
 
 def checkpoint_policy(checkpoint_path: str | Path, deterministic: bool = False, device: str = "cpu") -> Policy:
