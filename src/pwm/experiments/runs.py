@@ -57,20 +57,21 @@ def load_runs(root: str | Path) -> list[Run]:
     return runs
 
 
-def _column_stat(frame: pd.DataFrame | None, column: str, how: str) -> float:
+def _logged(frame: pd.DataFrame | None, column: str) -> pd.Series:
+    """The logged (non-NaN) values of ``column``; empty when the run did not log it."""
     if frame is None or column not in frame:
-        return float("nan")
-    values = frame[column].dropna()
-    if values.empty:
-        return float("nan")
-    return float(getattr(values, how)())
+        return pd.Series(dtype=float)
+    return frame[column].dropna()
+
+
+def _column_stat(frame: pd.DataFrame | None, column: str, how: str) -> float:
+    values = _logged(frame, column)
+    return float(getattr(values, how)()) if len(values) else float("nan")
 
 
 def _tail_mean(frame: pd.DataFrame | None, column: str, share: float = 0.1) -> float:
     """Mean of the last ``share`` of ``column``'s logged values (the end of training)."""
-    if frame is None or column not in frame:
-        return float("nan")
-    values = frame[column].dropna()
+    values = _logged(frame, column)
     return float(values.tail(max(1, int(len(values) * share))).mean()) if len(values) else float("nan")
 
 
