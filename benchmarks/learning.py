@@ -9,12 +9,17 @@ Runs live in ``--runs-dir`` and resume when the command is re-run (PWM from its 
 unfinished SAC run starts over). Results go to ``--out``:
 
 * ``learning.csv``: task, variant, seed, env_steps, eval_reward, tdmpc2_reward_at_same_steps
+* ``learning_runs.csv``: per run its minutes and the commit it ran on
 * ``learning.md``: reward at fixed budgets next to TD-MPC2's published curve and the targets
 * ``learning.png``: the curves
 
 TD-MPC2's numbers are its released learning curves (``../shared/reference``, copied to
 ``benchmarks/reference``), published every 100k steps and linearly interpolated in between.
 SAC is stable-baselines3's (a pinned dependency) with its default hyperparameters.
+
+Results already in ``--out`` are merged, not replaced: a (task, variant, seed) with a run under
+``--runs-dir`` takes that run's numbers, every other one keeps its committed rows. So a benchmark can
+be completed run by run, over several sittings or machines (``--fresh`` drops the committed rows).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "w
 #: The issue's bar for the baseline within 100k environment steps.
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
 PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow"}
+RUN_KEY = ["task", "variant", "seed"]
+CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
+RUN_COLUMNS = [*RUN_KEY, "minutes", "commit"]
 EPISODE_STEPS = 500  # DMC episodes: 1000 simulator steps at action repeat 2
 
 
@@ -88,8 +96,14 @@ def run_sac(args: argparse.Namespace, task: str, seed: int) -> str:
 
 
 def _job(args: argparse.Namespace, task: str, variant: str, seed: int) -> str:
-    if (_run_dir(args, task, variant, seed) / "summary.json").exists():
+    from pwm.utils.common import git_commit
+
+    run_dir = _run_dir(args, task, variant, seed)
+    if (run_dir / "summary.json").exists():
         return f"{task} {variant} seed {seed}: already finished"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "commits.txt", "a") as handle:  # a resumed run may continue on another commit
+        handle.write(f"{git_commit(REPO) or 'unknown'}\n")
     return run_sac(args, task, seed) if variant == "sac" else run_pwm(args, task, variant, seed)
 
 
@@ -119,8 +133,48 @@ def collect_results(args: argparse.Namespace):
             rows.append({"task": task, "variant": variant, "seed": seed, "env_steps": int(steps),
                          "eval_reward": round(float(row["eval/episode_reward"]), 2),
                          "tdmpc2_reward_at_same_steps": round(ref, 2)})
-    return pd.DataFrame(rows, columns=["task", "variant", "seed", "env_steps", "eval_reward",
-                                       "tdmpc2_reward_at_same_steps"])
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def collect_runs(args: argparse.Namespace):
+    """One row per run under ``--runs-dir``: minutes (NaN while unfinished) and the commit it ran on."""
+    import pandas as pd
+
+    rows = []
+    for run_dir in sorted(Path(args.runs_dir).glob("*/*/seed*")):
+        if not (run_dir / "metrics.csv").exists():
+            continue
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        commit = _run_commits(run_dir)
+        rows.append({"task": run_dir.parts[-3], "variant": run_dir.parts[-2], "seed": int(run_dir.name[4:]),
+                     "minutes": round(float(summary.get("elapsed_s", math.nan)) / 60, 1), "commit": commit})
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _run_commits(run_dir: Path) -> str:
+    """The commits a run ran on (several if it was resumed on another), from ``commits.txt``."""
+    path = run_dir / "commits.txt"
+    commits = list(dict.fromkeys(path.read_text().split())) if path.exists() else []
+    return "+".join(commits) or "unknown"
+
+
+def merge_with_committed(fresh, committed_path: Path):
+    """``fresh`` plus the rows of ``committed_path`` (a CSV) whose run is not in ``fresh``."""
+    import pandas as pd
+
+    if not committed_path.exists():
+        return fresh
+    committed = pd.read_csv(committed_path)
+    missing = sorted(set(fresh.columns) - set(committed.columns))
+    if missing:
+        raise ValueError(f"{committed_path} lacks the columns {missing}; rebuild it with --fresh")
+    fresh_runs = set(map(tuple, fresh[RUN_KEY].itertuples(index=False)))
+    keep = [tuple(key) not in fresh_runs for key in committed[RUN_KEY].itertuples(index=False)]
+    parts = [frame for frame in (committed[keep][list(fresh.columns)], fresh) if not frame.empty]
+    merged = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else fresh)
+    return merged.sort_values([*RUN_KEY, *(["env_steps"] if "env_steps" in merged else [])], kind="stable",
+                              ignore_index=True)
 
 
 def reward_at(frame, steps: int, window: int):
@@ -129,14 +183,7 @@ def reward_at(frame, steps: int, window: int):
     return sub.groupby("seed").eval_reward.mean()
 
 
-def run_seconds(args: argparse.Namespace, task: str, variant: str) -> list[float]:
-    seconds = []
-    for summary in Path(args.runs_dir).glob(f"{task}/{variant}/seed*/summary.json"):
-        seconds.append(float(json.loads(summary.read_text()).get("elapsed_s", math.nan)))
-    return seconds
-
-
-def render_markdown(args: argparse.Namespace, results, command: str, commit: str) -> str:
+def render_markdown(args: argparse.Namespace, results, runs, command: str, commit: str) -> str:
     reference = tdmpc2_reference()
     budgets = [b for b in (25_000, 50_000, 100_000) if b <= args.steps]
     lines = ["# Learning benchmark", "",
@@ -171,8 +218,8 @@ def render_markdown(args: argparse.Namespace, results, command: str, commit: str
             if variant == "baseline" and target is not None and len(budgets) and budgets[-1] == 100_000:
                 final = reward_at(frame, 100_000, 2 * args.eval_every).mean()
                 status = f"{target:.0f}: " + ("met" if final >= target else f"short by {target - final:.0f}")
-            minutes = run_seconds(args, task, variant)
-            time_cell = f"{sum(minutes) / len(minutes) / 60:.0f}" if minutes else "n/a"
+            minutes = runs[(runs.task == task) & (runs.variant == variant)].minutes.dropna()
+            time_cell = f"{minutes.mean():.0f}" if len(minutes) else "n/a"
             steps = int(frame.groupby("seed").env_steps.max().min())
             steps_cell = f"{steps // 1000}k" + ("" if steps >= args.steps else " (unfinished)")
             lines.append(f"| {task} | {variant} | {frame.seed.nunique()} | {steps_cell} | " + " | ".join(cells)
@@ -226,14 +273,18 @@ def write_results(args: argparse.Namespace, command: str) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = collect_results(args)
+    results, runs = collect_results(args), collect_runs(args)
+    if not args.fresh:
+        results = merge_with_committed(results, out / "learning.csv")
+        runs = merge_with_committed(runs, out / "learning_runs.csv")
     if results.empty:
-        raise SystemExit(f"no runs under {args.runs_dir}")
+        raise SystemExit(f"no runs under {args.runs_dir} and no results in {out}")
     commit = git_commit(REPO) or "unknown"
     atomic_write_text(results.to_csv(index=False), out / "learning.csv")
+    atomic_write_text(runs.to_csv(index=False), out / "learning_runs.csv")
     plot(results, out / "learning.png")
-    atomic_write_text(render_markdown(args, results, command, commit), out / "learning.md")
-    print(f"wrote {out / 'learning.csv'}, {out / 'learning.md'}, {out / 'learning.png'}")
+    atomic_write_text(render_markdown(args, results, runs, command, commit), out / "learning.md")
+    print(f"wrote {out / 'learning.csv'}, {out / 'learning_runs.csv'}, {out / 'learning.md'}, {out / 'learning.png'}")
 
 
 def main() -> None:
@@ -250,6 +301,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(REPO / "benchmarks" / "runs" / "learning"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="drop the results already in --out")
     parser.add_argument("override", nargs="*", help="extra Hydra overrides for the PWM runs, e.g. alg.horizon=10")
     args = parser.parse_args()
     command = "python benchmarks/learning.py " + " ".join(sys.argv[1:])

@@ -277,3 +277,23 @@ def test_archived_runs_round_trip_and_restore_skips_what_exists(tmp_path):
     assert restore(archive, fresh) == 12 and restore(archive, fresh) == 0
     assert not (partial / "metrics.csv").exists() and (partial / "metrics.csv.gz").exists()
     assert build_report(fresh, bootstrap_reps=50)["comparisons"][0]["verdict"] == original["comparisons"][0]["verdict"]
+
+
+def test_settings_side_by_side_lists_every_variant_with_its_learned_count(tmp_path):
+    """A task with a K sweep gets one row per variant; a task with only the A/B pair is not listed."""
+    for seed, (k2_final, k4_final) in enumerate([(28.0, 40.0), (35.0, 41.0)]):
+        for variant, final in (("baseline", 31.0), ("flow-K4-uniform", k4_final), ("flow-K2-uniform", k2_final)):
+            write_run(tmp_path, "task-a", variant, seed, [final] * 3, 1.0, [1.0, 3.0], random_reward=25.0,
+                      random_std=2.0)
+        for variant in ("baseline", "flow-K4-uniform"):
+            write_run(tmp_path, "task-b", variant, seed, [50.0] * 3, 1.0, [1.0, 3.0], random_reward=25.0,
+                      random_std=2.0)
+    report = build_report(tmp_path, out_dir=tmp_path / "out", bootstrap_reps=50)
+    assert report["learned_bars"]["task-a"] == pytest.approx(29.0)  # 25 + max(2 * 2, 0.1 * 25)
+    text = (tmp_path / "out" / "report.md").read_text()
+    section = text.split("## Settings side by side (sweeps)")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| task-")]
+    assert [row.split(" | ")[2] for row in rows] == ["baseline", "flow-K2-uniform", "flow-K4-uniform"]
+    # flow-K2: finals 28 and 35 against the bar 29 -> one seed of two learned, mean 31.5 ± 3.5
+    assert rows[1].startswith("| task-a | default | flow-K2-uniform | 2 | 31.5 ± 3.5 | 1/2 |")
+    assert rows[0].split(" | ")[5] == "2/2" and rows[2].split(" | ")[5] == "2/2"

@@ -318,7 +318,10 @@ class PWM:
     @torch.no_grad()
     def act(self, obs: torch.Tensor, task: TaskLike = None, deterministic: bool = False) -> torch.Tensor:
         """Actions ``[B, act_dim]`` for observations ``[B, obs_dim]``; padded action dims are zero."""
-        z = self.wm.encode(obs.to(self.device), task)
+        return self.act_latent(self.wm.encode(obs.to(self.device), task), task, deterministic)
+
+    def act_latent(self, z: torch.Tensor, task: TaskLike = None, deterministic: bool = False) -> torch.Tensor:
+        """Actions ``[B, act_dim]`` for latents ``[B, latent_dim]`` (encoded or imagined)."""
         return self.wm.mask_action(self.actor(self.policy_input(z, task), deterministic=deterministic), task)
 
     # ------------------------------------------------------------------ updates

@@ -39,9 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     env = trained.make_env(seed + EVAL_SEED_OFFSET)
     task = None if trained.task_id is None else torch.tensor([trained.task_id])
 
-    def actor_action(latent: torch.Tensor) -> torch.Tensor:
-        return agent.wm.mask_action(agent.actor(agent.policy_input(latent, task), deterministic=True), task)
-
     policy = agent_policy(agent, trained.task_id, deterministic=True)
     print(f"{trained.task} {trained.variant} ({cli.checkpoint})")
     means = {"real": [], "one_step": [], "open_loop": [], "imagined_policy": []}
@@ -49,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         episode = run_episode(env, policy, seed=EVAL_SEED_OFFSET + seed + i)
         steps = min(cli.steps, episode.action.shape[0] - 1)
         real = episode.reward[1:steps + 1]
-        gap = imagination_gap(agent.wm, actor_action, episode.obs, episode.action[1:], steps, task)
+        gap = imagination_gap(agent.wm, lambda z: agent.act_latent(z, task, deterministic=True),
+                              episode.obs, episode.action[1:], steps, task)
         print(f"\nepisode {i} (reset seed {EVAL_SEED_OFFSET + seed + i}): return {float(episode.reward[1:].sum()):.1f}")
         print(f"{'step':>6}{'real':>9}{'one-step':>10}{'open-loop':>11}{'imagined policy':>17}")
         for t in range(0, steps, cli.every):
