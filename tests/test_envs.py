@@ -45,6 +45,10 @@ def test_wrappers_step_and_report(name, obs_dim, act_dim, max_steps):
         env.step(np.zeros(act_dim + 1))
     with pytest.raises(ValueError, match="non-finite"):
         env.step(np.full(act_dim, np.nan))
+    frame = env.render(width=64, height=48)  # what evaluation videos are made of
+    assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    assert np.array_equal(env.render(width=64, height=48), frame)  # same state, same frame
+    assert env.render(width=32, height=32).shape == (32, 32, 3)
     env.close()
 
 

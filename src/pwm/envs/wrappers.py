@@ -60,18 +60,31 @@ class TaskEnv:
         pass
 
 
-def _render_mujoco(env, width: int, height: int, cache: dict) -> np.ndarray:
-    """Render a gymnasium / Meta-World MuJoCo env's ``model``/``data`` offscreen (any render_mode)."""
-    import mujoco
+class _GymMujocoEnv(TaskEnv):
+    """A gymnasium-API MuJoCo env in ``self._env`` (Meta-World, gymnasium): offscreen rendering of its
+    ``model``/``data`` with one cached renderer per frame size, whatever the env's render_mode."""
 
-    base = env.unwrapped
-    renderer = cache.get((width, height))
-    if renderer is None:
-        base.model.vis.global_.offwidth = max(base.model.vis.global_.offwidth, width)
-        base.model.vis.global_.offheight = max(base.model.vis.global_.offheight, height)
-        renderer = cache[(width, height)] = mujoco.Renderer(base.model, height=height, width=width)
-    renderer.update_scene(base.data)
-    return renderer.render().copy()
+    def __init__(self):
+        super().__init__()
+        self._renderers: dict[tuple[int, int], Any] = {}
+
+    def render(self, width: int, height: int) -> np.ndarray:
+        import mujoco
+
+        base = self._env.unwrapped
+        renderer = self._renderers.get((width, height))
+        if renderer is None:
+            base.model.vis.global_.offwidth = max(base.model.vis.global_.offwidth, width)
+            base.model.vis.global_.offheight = max(base.model.vis.global_.offheight, height)
+            renderer = self._renderers[(width, height)] = mujoco.Renderer(base.model, height=height, width=width)
+        renderer.update_scene(base.data)
+        return renderer.render().copy()
+
+    def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
+        self._env.close()
 
 
 class DMControlEnv(TaskEnv):
@@ -110,7 +123,7 @@ class DMControlEnv(TaskEnv):
         return self._env.physics.render(height=height, width=width, camera_id=0)
 
 
-class MetaWorldEnv(TaskEnv):
+class MetaWorldEnv(_GymMujocoEnv):
     """Meta-World v3 single task (MT1) with goal-observable state; ``info["success"]`` from the env."""
 
     action_repeat = 2
@@ -127,7 +140,6 @@ class MetaWorldEnv(TaskEnv):
         self.obs_dim = int(np.prod(self._env.observation_space.shape))
         self.act_dim = int(np.prod(self._env.action_space.shape))
         self._seed = seed
-        self._renderers: dict[tuple[int, int], Any] = {}
 
     def _reset(self, seed):
         obs, _ = self._env.reset(seed=self._seed if seed is None else seed)
@@ -137,17 +149,8 @@ class MetaWorldEnv(TaskEnv):
         obs, reward, terminated, truncated, info = self._env.step(action.astype(np.float32))
         return obs, float(reward), bool(terminated), bool(truncated), {"success": float(info.get("success", 0.0))}
 
-    def render(self, width: int, height: int) -> np.ndarray:
-        return _render_mujoco(self._env, width, height, self._renderers)
 
-    def close(self):
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
-        self._env.close()
-
-
-class GymnasiumEnv(TaskEnv):
+class GymnasiumEnv(_GymMujocoEnv):
     """gymnasium MuJoCo locomotion (single-task stand-in for dflex); keeps the env's terminations."""
 
     action_repeat = 1
@@ -163,7 +166,6 @@ class GymnasiumEnv(TaskEnv):
         self.act_dim = int(np.prod(self._env.action_space.shape))
         self.max_episode_steps = int(self._env.spec.max_episode_steps or 1000)
         self._seed = seed
-        self._renderers: dict[tuple[int, int], Any] = {}
 
     def _reset(self, seed):
         obs, _ = self._env.reset(seed=self._seed if seed is None else seed)
@@ -174,15 +176,6 @@ class GymnasiumEnv(TaskEnv):
         scaled = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
         obs, reward, terminated, truncated, _ = self._env.step(scaled.astype(np.float32))
         return obs, float(reward), bool(terminated), bool(truncated), {"success": 0.0}
-
-    def render(self, width: int, height: int) -> np.ndarray:
-        return _render_mujoco(self._env, width, height, self._renderers)
-
-    def close(self):
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
-        self._env.close()
 
 
 class PaddedEnv(TaskEnv):
