@@ -29,6 +29,9 @@ def test_flow_knobs_apply_only_to_flow_variants():
     assert "integrate_steps" not in base.world_model_config and variant_label(base) == "baseline"
     projected = variant_alg(cfg.alg, {"latent_projection": "simplex"})
     assert variant_label(projected) == "flow-K4-uniform-simplex"
+    detached = variant_alg(cfg.alg, {"detach_velocity_target": True})
+    assert detached.world_model_config.detach_velocity_target is True
+    assert variant_label(detached) == "flow-K4-uniform-detached"
 
 
 def test_a_run_folder_of_another_model_size_is_refused(tmp_path):

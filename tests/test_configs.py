@@ -52,7 +52,8 @@ def test_every_size_fills_the_shared_defaults(alg):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             base = compose("config", overrides=[f"alg={alg.removesuffix('_flow')}"]).alg
         twin = OmegaConf.to_container(cfg.alg)
-        for key in ("_target_", "integrate_steps", "fm_tau_sampling", "recompute_substeps", "latent_projection"):
+        for key in ("_target_", "integrate_steps", "fm_tau_sampling", "recompute_substeps", "latent_projection",
+                    "detach_velocity_target"):
             twin["world_model_config"].pop(key)
         base = OmegaConf.to_container(base)
         base["world_model_config"].pop("_target_")

@@ -215,6 +215,25 @@ def test_flow_loss_gamma_weighting():
     assert loss.item() == pytest.approx((1 * 1 + 0.5 * 4 + 0.25 * 9) / 3)
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_velocity_target_gives_z_source_gradient_only_through_the_field(detach):
+    """A velocity field that ignores its input: dL/dz0 is then the target term's alone.
+
+    L = mean((v - (z_tgt - z0))^2) with v constant, so dL/dz0 = 2 (v - z_tgt + z0) / N (N = B * L)
+    when the target velocity carries gradient, and exactly 0 when it is detached.
+    """
+    wm = FlowWorldModel(**TINY, fm_tau_sampling="midpoint", detach_velocity_target=detach)
+    bias = torch.linspace(-1.0, 1.0, 16)
+    wm.velocity = lambda z, a, t, task=None: bias + 0.0 * z  # constant, but in the graph
+    z0 = torch.randn(4, 16, requires_grad=True)
+    targets = torch.randn(1, 4, 16)
+    _, loss = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(1, 4, 4), targets, 1, 0.9)
+    (grad,) = torch.autograd.grad(loss, z0)
+    expected = torch.zeros(4, 16) if detach else 2.0 * (bias - targets[0] + z0.detach()) / z0.numel()
+    assert torch.allclose(grad, expected, atol=1e-7)
+    assert loss.item() == pytest.approx(((bias - targets[0] + z0.detach()) ** 2).mean().item(), rel=1e-6)
+
+
 def test_flow_loss_rejects_short_sequences():
     wm = FlowWorldModel(**TINY)
     with pytest.raises(ValueError, match="horizon=4"):

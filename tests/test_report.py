@@ -31,10 +31,12 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
     pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
     pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
                    "wm_eval/heldout_error": 0.5, "wm_eval/latent_nmse_1": 0.1, "wm_eval/latent_nmse_H": 0.4,
-                   "wm_eval/reward_corr_rollout": 0.9, "wm_eval/reward_nmse_rollout": 0.2},
+                   "wm_eval/reward_corr_rollout": 0.9, "wm_eval/reward_nmse_rollout": 0.2,
+                   "wm_eval/latent_spread": 0.08},
                   {"iteration": 19, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
                    "wm_eval/heldout_error": 0.7, "wm_eval/latent_nmse_1": 0.3, "wm_eval/latent_nmse_H": 0.6,
-                   "wm_eval/reward_corr_rollout": 0.8, "wm_eval/reward_nmse_rollout": 0.3}]).to_csv(
+                   "wm_eval/reward_corr_rollout": 0.8, "wm_eval/reward_nmse_rollout": 0.3,
+                   "wm_eval/latent_spread": 0.02}]).to_csv(
         run_dir / "pretrain" / "metrics.csv", index=False)
     summary = {"task": task, "variant": variant, "is_flow": variant != "baseline", "seed": seed, "setting": "default",
                "iterations": iterations, "expected_iterations": 10 * len(rewards), "final_reward": rewards[-1],
@@ -213,6 +215,20 @@ def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(
     # two evaluations: heldout_error 0.5 (kept: the lower) then 0.7
     assert table.heldout_latent_nmse_1.item() == pytest.approx(0.1)
     assert table.heldout_reward_corr.item() == pytest.approx(0.9)
+    assert table.heldout_latent_spread.item() == pytest.approx(0.08) and table.first_latent_spread.item() == 0.08
+
+
+def test_a_shrinking_latent_spread_shows_first_and_kept_values(tmp_path):
+    run_dir = write_run(tmp_path, "task-a", "flow-K4-uniform", 0, [10, 20, 30], 1.0, [1.0])
+    pretrain = pd.read_csv(run_dir / "pretrain" / "metrics.csv")
+    pretrain.loc[0, "wm_eval/heldout_error"] = 0.9  # now the second evaluation is the kept one
+    pretrain.to_csv(run_dir / "pretrain" / "metrics.csv", index=False)
+    report_dir = _report_dir(tmp_path)
+    table = pd.read_csv(report_dir / "runs.csv")
+    assert table.first_latent_spread.item() == pytest.approx(0.08)
+    assert table.heldout_latent_spread.item() == pytest.approx(0.02) and table.heldout_latent_nmse_1.item() == 0.3
+    assert "| task-a | default | flow-K4-uniform | 1 | 1/1 | 0.3000 |" in (report_dir / "report.md").read_text()
+    assert "| 0.0800 -> 0.0200 |" in (report_dir / "report.md").read_text()
 
 
 def test_imagined_and_real_reward_per_step_by_hand(tmp_path):

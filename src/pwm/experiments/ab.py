@@ -7,8 +7,8 @@ with identical batches and evaluates it on identical initial states. Only the dy
 
 Run directory: ``<root>/runs/<task>/<setting>/<variant>/seed<seed>`` where ``setting`` names the
 shared overrides of a sweep (e.g. ``alg.horizon=10``; ``default`` when none) and ``variant`` is
-``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>[-<latent_projection>]``. Flow-only knobs are not part of the
-setting, so the baseline of a flow sweep is run once per seed and shared by every flow setting.
+``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>[-<latent_projection>][-detached]``. Flow-only
+knobs are not part of the setting, so the baseline of a flow sweep is run once per seed and shared by every flow setting.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
 
-FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection")
+FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target")
 #: Reset seeds of the random-policy reference episodes: those of the evaluations (EVAL_SEED_OFFSET + seed + i).
 RANDOM_REFERENCE_SEED = EVAL_SEED_OFFSET
 
@@ -49,13 +49,14 @@ def variant_alg(alg_cfg: DictConfig, flow_knobs: DictConfig | dict) -> DictConfi
 
 def variant_label(alg_cfg: DictConfig) -> str:
     """``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>``, plus ``-<latent_projection>``
-    when one is set (run folders of the spec's flow keep their names)."""
+    and ``-detached`` (``detach_velocity_target``) when set (run folders of the spec's flow keep their names)."""
     if variant_name(alg_cfg) == "baseline":
         return "baseline"
     wm = alg_cfg.world_model_config
     label = f"flow-K{wm.get('integrate_steps', 4)}-{wm.get('fm_tau_sampling', 'uniform')}"
     projection = wm.get("latent_projection", "none")
-    return label if projection == "none" else f"{label}-{projection}"
+    label = label if projection == "none" else f"{label}-{projection}"
+    return f"{label}-detached" if wm.get("detach_velocity_target", False) else label
 
 
 def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:

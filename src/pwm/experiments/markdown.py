@@ -163,14 +163,19 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
     lines += ["", "## World-model quality (held-out windows, the pretraining evaluation that was kept)", "",
               "Both dynamics are scored on one yardstick: open-loop latent rollouts under the data's actions "
               "against the encoder's latents of the observed states (errors normalised by the targets' spread: "
-              "1 = no better than the batch mean), and rewards predicted along them. Mean over runs.", "",
-              "| setting | variant | runs | converged | 1-step latent error | H-step latent error "
-              "| reward correlation | reward error (normalised) |", "|---|---|---|---|---|---|---|---|"]
-    for (setting, variant), group in table.groupby(["setting", "variant"]):
+              "1 = no better than the batch mean), and rewards predicted along them. Latent spread: the mean "
+              "per-dimension standard deviation of the encoder's latents across the held-out batch, at the first "
+              "evaluation and at the kept one; a spread that shrinks while the errors stay high is a "
+              "representation collapsing, not a model getting better. Mean over runs.", "",
+              "| task | setting | variant | runs | converged | 1-step latent error | H-step latent error "
+              "| reward correlation | reward error (normalised) | latent spread: first -> kept |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
         converged = sum(f is True for f in group.pretrain_converged)
-        lines.append(f"| {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
+        lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
                      f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} | {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "
-                     f"| {_fmt(group.heldout_reward_corr.mean(), 3)} | {_fmt(group.heldout_reward_nmse.mean(), 4)} |")
+                     f"| {_fmt(group.heldout_reward_corr.mean(), 3)} | {_fmt(group.heldout_reward_nmse.mean(), 4)} "
+                     f"| {_fmt(group.first_latent_spread.mean(), 4)} -> {_fmt(group.heldout_latent_spread.mean(), 4)} |")
     lines += ["", "## Imagined vs real reward per step (model exploitation)", "",
               "The reward per step the actor was trained on (the model's prediction along its imagined rollouts "
               "from dataset states, last 10% of policy iterations) beside what the policy earns per step in the "

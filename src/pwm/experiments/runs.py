@@ -77,16 +77,22 @@ def _tail_mean(frame: pd.DataFrame | None, column: str, share: float = 0.1) -> f
 
 HELDOUT_COLUMNS = {"heldout_latent_nmse_1": "wm_eval/latent_nmse_1", "heldout_latent_nmse_H": "wm_eval/latent_nmse_H",
                    "heldout_reward_corr": "wm_eval/reward_corr_rollout",
-                   "heldout_reward_nmse": "wm_eval/reward_nmse_rollout"}
+                   "heldout_reward_nmse": "wm_eval/reward_nmse_rollout",
+                   "heldout_latent_spread": "wm_eval/latent_spread"}
 
 
 def _best_heldout(pretrain: pd.DataFrame | None) -> dict[str, float]:
     """Held-out diagnostics of the pretraining evaluation with the lowest ``heldout_error`` (the
-    weights pretraining kept)."""
+    weights pretraining kept), and ``first_latent_spread``, the latent spread at the first evaluation
+    (against the kept one's: a representation that shrinks while it trains)."""
+    names = [*HELDOUT_COLUMNS, "first_latent_spread"]
     if pretrain is None or "wm_eval/heldout_error" not in pretrain or pretrain["wm_eval/heldout_error"].isna().all():
-        return {name: math.nan for name in HELDOUT_COLUMNS}
-    best = pretrain.loc[pretrain["wm_eval/heldout_error"].idxmin()]
-    return {name: float(best.get(column, math.nan)) for name, column in HELDOUT_COLUMNS.items()}
+        return {name: math.nan for name in names}
+    evaluations = pretrain[pretrain["wm_eval/heldout_error"].notna()]
+    best = evaluations.loc[evaluations["wm_eval/heldout_error"].idxmin()]
+    scores = {name: float(best.get(column, math.nan)) for name, column in HELDOUT_COLUMNS.items()}
+    scores["first_latent_spread"] = float(evaluations.iloc[0].get("wm_eval/latent_spread", math.nan))
+    return scores
 
 
 def model_size(summary: dict[str, Any]) -> str:

@@ -40,6 +40,13 @@ class FlowWorldModel(LatentWorldModel):
         latent_clip_norm: if set, latents leaving :meth:`next` with an L2 norm above this are scaled
             back onto that norm (spec section 10 mitigation); every clipped sample is counted in
             :attr:`latent_clip_count` so the training loop can log it. ``None`` disables clipping.
+        detach_velocity_target: if true, the flow-matching target velocity ``z_tgt - z_s`` is a constant
+            of the loss: ``z_s`` (the encoder's latent at step 0, the rollout's prediction later) then
+            gets gradient only through the field's input ``z_tau``, as the baseline's predicted latent
+            gets it only through its dynamics MLP. If false (the spec read literally), the term
+            ``- z_s`` also pulls ``z_s`` straight towards ``z_tgt``: the encoder is rewarded for mapping
+            consecutive observations close together, and with nothing else holding the latents apart
+            their spread across states shrinks during pretraining (see ``results/study/NOTES.md``).
         recompute_substeps: in world-model updates, keep only each environment step's input latent for
             the backward pass and recompute the K Euler sub-steps there (activation checkpointing):
             the same gradients, less activation memory, one more forward pass of the dynamics.
@@ -59,6 +66,7 @@ class FlowWorldModel(LatentWorldModel):
         latent_projection: Literal["none", "simplex"] = "none",
         latent_clip_norm: float | None = None,
         recompute_substeps: bool = False,
+        detach_velocity_target: bool = False,
         **kwargs,
     ):
         super().__init__(obs_dim, act_dim, **kwargs)
@@ -79,6 +87,7 @@ class FlowWorldModel(LatentWorldModel):
         self.latent_projection = latent_projection
         self.latent_clip_norm = latent_clip_norm
         self.recompute_substeps = bool(recompute_substeps)
+        self.detach_velocity_target = bool(detach_velocity_target)
         self._velocity = mlp(self.latent_dim + self.act_dim + self.task_dim + 1, self.units, self.latent_dim)
         self._velocity.apply(init_weights)
         self.register_buffer("latent_clip_count", torch.zeros((), dtype=torch.long), persistent=False)
@@ -146,7 +155,7 @@ class FlowWorldModel(LatentWorldModel):
             zs: predicted latents ``[H + 1, B, latent_dim]``, ``zs[0] = z0``, ``zs[t+1] = next(zs[t], a_t)``.
             dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2)``
                 with ``z_s = zs[t]`` (the prediction, so the loss also shapes the earlier steps of the
-                rollout) and ``z_tgt = next_z_seq[t]``. The squared norm is averaged over latent
+                rollout; through ``z_tau`` only when ``detach_velocity_target``) and ``z_tgt = next_z_seq[t]``. The squared norm is averaged over latent
                 dimensions and batch, the reduction of the baseline's MSE, so both branches' dynamics
                 terms have one scale next to the reward loss.
 
@@ -162,7 +171,8 @@ class FlowWorldModel(LatentWorldModel):
             tau = self.sample_tau(z_source)
             z_tau = (1.0 - tau) * z_source + tau * z_target
             predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
-            step_loss = (predicted_velocity - (z_target - z_source)).pow(2).mean()
+            source = z_source.detach() if self.detach_velocity_target else z_source
+            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean()
             dynamics_loss = dynamics_loss + gamma**t * step_loss
             zs.append(self.next(z_source, act_seq[t], task))
         return torch.stack(zs), dynamics_loss / horizon
