@@ -44,7 +44,7 @@ from pwm.experiments.plots import plot_aggregate, plot_curves, plot_diagnostics
 from pwm.experiments.published import pwm_published, tdmpc2_final
 from pwm.experiments.runs import Run, load_runs, run_table, select_runs
 from pwm.experiments.statistics import Criteria
-from pwm.experiments.verdict import compare, decide, learned_margin, parity, task_thresholds
+from pwm.experiments.verdict import compare, decide, parity, random_bar, task_thresholds
 from pwm.utils.common import atomic_write_text
 
 __all__ = ["Run", "build_report", "decide", "load_runs"]
@@ -86,9 +86,8 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
             comparisons.append(compare(runs, table, setting, model, flow_variant, task_targets, criteria,
                                        bootstrap_reps, learned_std_margin, learned_min_gain))
     parity_table = parity(table)
-    learned_bars = {task: float(rows.random_reward.mean()) + learned_margin(
-        float(rows.random_reward.mean()), float(rows.random_reward_std.mean()), learned_std_margin, learned_min_gain)
-        for task, rows in table.groupby("task")}
+    learned_bars = {task: sum(random_bar(rows, learned_std_margin, learned_min_gain))
+                    for task, rows in table.groupby("task")}
     figures = []
     for (task, setting), _ in table.groupby(["task", "setting"]):
         groups: dict[str, list[Run]] = {}

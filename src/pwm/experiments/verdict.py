@@ -62,6 +62,13 @@ def learned_margin(random_reward: float, random_std: float, std_margin: float, m
     return max(std_margin * random_std, min_gain * abs(random_reward))
 
 
+def random_bar(task_rows: pd.DataFrame, std_margin: float, min_gain: float) -> tuple[float, float]:
+    """A task's random-policy reward and :func:`learned_margin` from its runs' rows (``random_reward``,
+    ``random_reward_std``): a policy learned when it scores at least their sum."""
+    random_reward = float(task_rows.random_reward.mean())
+    return random_reward, learned_margin(random_reward, float(task_rows.random_reward_std.mean()), std_margin, min_gain)
+
+
 def _imagined_vs_real(runs: pd.DataFrame, task: str, variant: str) -> str:
     """``; imagined reward X/step vs real Y/step`` for a variant on a task, or empty when not logged: the
     numbers that tell a policy exploiting its model from one that never found the reward."""
@@ -193,9 +200,7 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow
         task_rows = sub[sub.task == task]
         entry: dict[str, Any] = {"task": task, "seeds": [int(b.summary["seed"]) for b, _ in pairs],
                                  "targets": targets, "threshold_source": source, "scale": scale}
-        entry["random_reward"] = float(task_rows.random_reward.mean())
-        entry["learned_margin"] = learned_margin(entry["random_reward"], float(task_rows.random_reward_std.mean()),
-                                                 learned_std_margin, learned_min_gain)
+        entry["random_reward"], entry["learned_margin"] = random_bar(task_rows, learned_std_margin, learned_min_gain)
         budgets = [min(_duration(b), _duration(f)) for b, f in pairs]
         entry["wall_budget_s"] = float(np.mean(budgets)) if budgets else math.nan
         no_policy = entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0
