@@ -39,7 +39,12 @@ REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
 TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "walker-walk"]
 #: The issue's bar for the baseline within 100k environment steps.
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
-PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow"}
+PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow", "flow-simplex-detached": "{alg}_flow"}
+#: A variant's own overrides on top of its alg. flow-simplex-detached is the flow model with both knobs
+#: of results/study/followups (simplex projection, no gradient through the flow-matching target).
+VARIANT_OVERRIDES = {"flow-simplex-detached": ["alg.world_model_config.latent_projection=simplex",
+                                               "alg.world_model_config.detach_velocity_target=true"]}
+VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
 RUN_COLUMNS = [*RUN_KEY, "minutes", "commit"]
@@ -59,7 +64,7 @@ def run_pwm(args: argparse.Namespace, task: str, variant: str, seed: int) -> str
                f"alg={PWM_ALGS[variant].format(alg=args.alg)}", f"seed={seed}", f"general.run_dir={run_dir}",
                f"train.iterations={iterations}", f"train.seed_episodes={seed_episodes}",
                f"train.eval_every={args.eval_every // EPISODE_STEPS}", f"train.eval_episodes={args.eval_episodes}",
-               "train.tensorboard=false", "threads=1", *args.override]
+               "train.tensorboard=false", "threads=1", *VARIANT_OVERRIDES.get(variant, []), *args.override]
     log = run_dir / "stdout.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
@@ -194,6 +199,12 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
              f"deterministic episodes every {args.eval_every:,} steps on fixed reset seeds. "
              "A reward at N steps is the mean of the evaluations in the last "
              f"{args.eval_every * 2:,} steps up to N (two evaluations), then mean ± std over seeds.", "",
+             *([f"Every PWM run also had the overrides {' '.join(f'`{o}`' for o in args.override)}.", ""]
+               if args.override else []),
+             *([f"`flow-simplex-detached`: `alg={args.alg}_flow` with "
+                + " ".join(f"`{o}`" for o in VARIANT_OVERRIDES["flow-simplex-detached"])
+                + " (see `results/study/followups/README.md`).", ""]
+               if "flow-simplex-detached" in set(results.variant) else []),
              "TD-MPC2 (reference): its released learning curves (TD-MPC2 repository, `results/tdmpc2/`, "
              "3 seeds, state observations), mean over seeds.", "",
              "| task | agent | seeds | steps run | " + " | ".join(f"reward @ {b // 1000}k" for b in budgets)
@@ -203,7 +214,7 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
         curve = reference.get(task)
         ref100 = (f"{curve[curve.env_step == 100_000]['mean'].iloc[0]:.0f}" if curve is not None
                   and (curve.env_step == 100_000).any() else "n/a")
-        for variant in ("baseline", "flow", "sac"):
+        for variant in VARIANTS:
             frame = results[(results.task == task) & (results.variant == variant)]
             if frame.empty:
                 continue
@@ -240,7 +251,7 @@ def plot(results, path: Path) -> None:
     reference = tdmpc2_reference()
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    colors = {"baseline": "tab:blue", "flow": "tab:orange", "sac": "tab:green"}
+    colors = {"baseline": "tab:blue", "flow": "tab:orange", "flow-simplex-detached": "tab:red", "sac": "tab:green"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]
@@ -291,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=TASKS[:4])
     parser.add_argument("--variants", nargs="+", default=["baseline", "flow", "sac"],
-                        choices=["baseline", "flow", "sac"])
+                        choices=VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=100_000, help="environment steps per run")
     parser.add_argument("--eval-every", type=int, default=5_000, help="environment steps between evaluations")

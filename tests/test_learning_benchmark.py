@@ -68,3 +68,44 @@ def test_a_committed_file_of_another_format_is_an_error_naming_the_columns(learn
     fresh = pd.DataFrame(columns=learning.CURVE_COLUMNS)
     with pytest.raises(ValueError, match=r"learning.csv lacks the columns \['eval_reward', 'tdmpc2_reward"):
         learning.merge_with_committed(fresh, tmp_path / "learning.csv")
+
+
+def test_a_variant_runs_its_alg_with_its_own_overrides_and_they_compose(learning, tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return argparse.Namespace(returncode=0)
+
+    monkeypatch.setattr(learning.subprocess, "run", fake_run)
+    args = argparse.Namespace(runs_dir=str(tmp_path), steps=10_000, eval_every=5_000, eval_episodes=2,
+                              alg="pwm_small", override=["alg.horizon=10"])
+    learning.run_pwm(args, "cup-catch", "flow", 0)
+    learning.run_pwm(args, "cup-catch", "flow-simplex-detached", 0)
+    spec_overrides = [a for a in commands[0] if "=" in a and not a.startswith("/")]
+    knob_overrides = [a for a in commands[1] if "=" in a and not a.startswith("/")]
+    assert "alg=pwm_small_flow" in spec_overrides and "alg=pwm_small_flow" in knob_overrides
+    assert "seed=0" in knob_overrides and knob_overrides[-1] == "alg.horizon=10"  # the user's overrides win
+    hydra_overrides = [a for a in knob_overrides if not a.startswith(("general.", "train.", "threads"))]
+    with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
+        spec = compose("config", overrides=[a for a in spec_overrides if a.startswith(("alg", "env"))]).alg
+        knobs = compose("config", overrides=[a for a in hydra_overrides if a.startswith(("alg", "env"))]).alg
+    assert spec.world_model_config.latent_projection == "none" and not spec.world_model_config.detach_velocity_target
+    assert knobs.world_model_config.latent_projection == "simplex" and knobs.world_model_config.detach_velocity_target
+    assert knobs.horizon == 10
+
+
+def test_the_table_names_the_overrides_and_the_variant_knobs_and_judges_the_target(learning, tmp_path):
+    _write_run(tmp_path, "reacher-easy", "baseline", 0, [100.0] * 18 + [650.0, 750.0], elapsed_s=600.0)
+    _write_run(tmp_path, "reacher-easy", "flow-simplex-detached", 0, [50.0] * 20, elapsed_s=1200.0)
+    args = argparse.Namespace(runs_dir=str(tmp_path), steps=100_000, eval_every=5_000, eval_episodes=10,
+                              alg="pwm_small", out=str(tmp_path / "out"), override=["train.updates_per_iteration=150"])
+    text = learning.render_markdown(args, learning.collect_results(args), learning.collect_runs(args), "cmd", "abc")
+    assert "Every PWM run also had the overrides `train.updates_per_iteration=150`." in text
+    assert "`alg.world_model_config.latent_projection=simplex` `alg.world_model_config.detach_velocity_target=true`" in text
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| reacher-easy |")}
+    assert set(rows) == {"baseline", "flow-simplex-detached"}
+    assert "| 700 ± 0 |" in rows["baseline"] and "700: met" in rows["baseline"]  # mean of the last two: 650, 750
+    assert "| 50 ± 0 |" in rows["flow-simplex-detached"] and "met" not in rows["flow-simplex-detached"]
