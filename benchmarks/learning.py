@@ -268,12 +268,12 @@ def plot(results, path: Path) -> None:
                         fmt="s", color="black", capsize=3, label="TD-MPC2 (published)")
         if task in TARGETS:
             ax.axhline(TARGETS[task], color="grey", linestyle=":", linewidth=1)
+        ax.legend(fontsize=6, loc="upper left")  # per panel: the agents differ between tasks
         ax.set_title(task)
         ax.set_xlabel("environment steps")
         ax.set_ylim(-20, 1020)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("eval episode reward")
-    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
