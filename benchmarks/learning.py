@@ -39,11 +39,19 @@ REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
 TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "walker-walk"]
 #: The issue's bar for the baseline within 100k environment steps.
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
-PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow", "flow-simplex-detached": "{alg}_flow"}
+PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
+            "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. flow-simplex-detached is the flow model with both knobs
-#: of results/study/followups (simplex projection, no gradient through the flow-matching target).
+#: of results/study/followups (simplex projection, no gradient through the flow-matching target); the
+#: -entropy twins add an entropy bonus to the actor's objective, which keeps its tanh out of saturation
+#: (see PWM's actor_entropy_coef).
+ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
 VARIANT_OVERRIDES = {"flow-simplex-detached": ["alg.world_model_config.latent_projection=simplex",
-                                               "alg.world_model_config.detach_velocity_target=true"]}
+                                               "alg.world_model_config.detach_velocity_target=true"],
+                     "baseline-entropy": [ENTROPY_BONUS], "flow-entropy": [ENTROPY_BONUS]}
+VARIANT_NOTES = {"flow-simplex-detached": "see `results/study/followups/README.md`",
+                 "baseline-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`",
+                 "flow-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -201,10 +209,9 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
              f"{args.eval_every * 2:,} steps up to N (two evaluations), then mean ± std over seeds.", "",
              *([f"Every PWM run also had the overrides {' '.join(f'`{o}`' for o in args.override)}.", ""]
                if args.override else []),
-             *([f"`flow-simplex-detached`: `alg={args.alg}_flow` with "
-                + " ".join(f"`{o}`" for o in VARIANT_OVERRIDES["flow-simplex-detached"])
-                + " (see `results/study/followups/README.md`).", ""]
-               if "flow-simplex-detached" in set(results.variant) else []),
+             *[line for variant, overrides in VARIANT_OVERRIDES.items() if variant in set(results.variant)
+               for line in (f"`{variant}`: `alg={PWM_ALGS[variant].format(alg=args.alg)}` with "
+                            + " ".join(f"`{o}`" for o in overrides) + f" ({VARIANT_NOTES[variant]}).", "")],
              "TD-MPC2 (reference): its released learning curves (TD-MPC2 repository, `results/tdmpc2/`, "
              "3 seeds, state observations), mean over seeds.", "",
              "| task | agent | seeds | steps run | " + " | ".join(f"reward @ {b // 1000}k" for b in budgets)
@@ -251,7 +258,8 @@ def plot(results, path: Path) -> None:
     reference = tdmpc2_reference()
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    colors = {"baseline": "tab:blue", "flow": "tab:orange", "flow-simplex-detached": "tab:red", "sac": "tab:green"}
+    colors = {"baseline": "tab:blue", "flow": "tab:orange", "flow-simplex-detached": "tab:red", "sac": "tab:green",
+              "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

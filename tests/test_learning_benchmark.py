@@ -108,3 +108,28 @@ def test_the_table_names_the_overrides_and_the_variant_knobs_and_judges_the_targ
     assert set(rows) == {"baseline", "flow-simplex-detached"}
     assert "| 700 ± 0 |" in rows["baseline"] and "700: met" in rows["baseline"]  # mean of the last two: 650, 750
     assert "| 50 ± 0 |" in rows["flow-simplex-detached"] and "met" not in rows["flow-simplex-detached"]
+
+
+@pytest.mark.parametrize("variant, twin", [("baseline-entropy", "baseline"), ("flow-entropy", "flow")])
+def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_path, monkeypatch, variant, twin):
+    from hydra import compose, initialize_config_dir
+
+    commands = []
+    monkeypatch.setattr(learning.subprocess, "run",
+                        lambda command, **kwargs: commands.append(command) or argparse.Namespace(returncode=0))
+    args = argparse.Namespace(runs_dir=str(tmp_path), steps=10_000, eval_every=5_000, eval_episodes=2,
+                              alg="pwm_small", override=[])
+    learning.run_pwm(args, "cup-catch", twin, 0)
+    learning.run_pwm(args, "cup-catch", variant, 0)
+    with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
+        plain, bonus = (compose("config", overrides=[a for a in c if a.startswith(("alg", "env"))]).alg for c in commands)
+    assert plain.actor_entropy_coef == 0.0 and bonus.actor_entropy_coef == 0.01
+    bonus.actor_entropy_coef = 0.0
+    assert bonus == plain  # nothing else differs
+    runs = tmp_path / "finished"
+    _write_run(runs, "cup-catch", variant, 0, [50.0] * 20, elapsed_s=600.0)
+    args = argparse.Namespace(runs_dir=str(runs), steps=100_000, eval_every=5_000, eval_episodes=10,
+                              alg="pwm_small", out=str(tmp_path / "out"), override=[])
+    text = learning.render_markdown(args, learning.collect_results(args), learning.collect_runs(args), "cmd", "abc")
+    alg = "pwm_small_flow" if twin == "flow" else "pwm_small"
+    assert f"`{variant}`: `alg={alg}` with `alg.actor_entropy_coef=0.01` (an entropy bonus" in text

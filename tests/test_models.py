@@ -348,3 +348,25 @@ def test_recomputation_runs_inside_full_agent_updates():
         results.append((metrics["wm/total_loss"], [p.detach().clone() for p in agent.wm.parameters()]))
     assert results[0][0] == pytest.approx(results[1][0])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_actor_log_prob_is_the_tanh_gaussian_density():
+    torch.manual_seed(0)
+    actor = ActorStochasticMLP(5, 3, units=[16], init_log_std=-0.5)
+    with torch.no_grad():
+        actor.net[-1].bias.copy_(torch.tensor([0.0, 4.0, -12.0]))  # one dimension far into saturation
+    x = torch.randn(64, 5)
+    torch.manual_seed(1)
+    action, log_prob = actor.sample_with_log_prob(x)
+    torch.manual_seed(1)
+    assert torch.equal(action, actor(x))  # the same reparameterised sample as the plain forward pass
+    pre_tanh = torch.atanh(action[:, 0].double())  # invertible where tanh is not saturated
+    std = math.exp(-0.5)
+    mean = actor.net(x)[:, 0].double()
+    by_hand = (-0.5 * ((pre_tanh - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+               - torch.log(1 - torch.tanh(pre_tanh) ** 2))
+    assert torch.allclose(log_prob[:, 0].double(), by_hand, atol=1e-4)
+    assert torch.isfinite(log_prob).all()
+    # saturated dimension: -log(1 - tanh(u)^2) ~ 2|u| - 2 log 2, so log pi ~ +2|u| (the density piles up at the bound)
+    assert (log_prob[:, 2] > 15).all()
+    assert log_prob.shape == action.shape == (64, 3)

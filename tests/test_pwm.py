@@ -97,7 +97,7 @@ def test_actor_objective_bootstraps_with_gamma_to_the_h():
     agent = make_pwm(horizon=3, gamma=0.5)
     agent.wm.predict_reward = lambda z, a, task=None: torch.ones(z.shape[0])
     agent.target_critic.value = lambda x: torch.full((x.shape[0],), 8.0)
-    _, rewards, objective = agent.rollout(torch.zeros(4, 16))
+    _, rewards, objective, _ = agent.rollout(torch.zeros(4, 16))
     assert rewards.shape == (3, 4)
     assert torch.allclose(objective, torch.full((4,), 1 + 0.5 + 0.25 + 0.125 * 8))
 
@@ -273,7 +273,7 @@ def test_detached_actor_input_cuts_only_the_policy_feedback_path(detach, expecte
     agent.target_critic.value = lambda x: torch.zeros(x.shape[:-1])
     z0 = torch.zeros(1, 16)
     z0[0, 0] = 1.0
-    _, _, objective = agent.rollout(z0)
+    _, _, objective, _ = agent.rollout(z0)
     assert objective.item() == pytest.approx(1.5 * 2.5)
     (grad,) = torch.autograd.grad(objective.sum(), agent.actor.k)
     assert grad.item() == pytest.approx(expected)
@@ -324,3 +324,100 @@ def test_compiled_world_model_loss_gives_the_eager_update():
     assert type(compiled.wm_loss).__name__ == "OptimizedModule"
     for (name, a), b in zip(eager.wm.state_dict().items(), compiled.wm.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_entropy_bonus_adds_discounted_entropies_to_the_objective():
+    """Same weights, same noise: the objective with alpha differs by exactly alpha * sum_t gamma^t H_t."""
+    torch.manual_seed(0)
+    plain = make_pwm(horizon=3, gamma=0.5)
+    bonus = make_pwm(horizon=3, gamma=0.5, actor_entropy_coef=0.1)
+    bonus.wm.load_state_dict(plain.wm.state_dict())
+    bonus.actor.load_state_dict(plain.actor.state_dict())
+    bonus.target_critic.load_state_dict(plain.target_critic.state_dict())
+    z0 = plain.wm.encode(torch.randn(5, 6))
+    torch.manual_seed(1)
+    _, rewards, objective, none = plain.rollout(z0)
+    torch.manual_seed(1)
+    _, bonus_rewards, bonus_objective, entropies = bonus.rollout(z0)
+    assert none is None and entropies.shape == (3, 5)
+    assert torch.allclose(rewards, bonus_rewards)
+    by_hand = objective + 0.1 * (entropies[0] + 0.5 * entropies[1] + 0.25 * entropies[2])
+    assert torch.allclose(bonus_objective, by_hand, atol=1e-6)
+    torch.manual_seed(1)
+    _, log_prob = bonus.actor.sample_with_log_prob(z0)  # the first step's sample, same noise
+    assert torch.allclose(entropies[0], -log_prob.sum(-1), atol=1e-6)
+
+
+def test_entropy_bonus_pulls_a_saturated_actor_back():
+    """Flat model, actor saturated at u ~ 6: the return gives no gradient; the bonus gives the bias of each
+    action dimension d loss / d b = 2 alpha tanh(u) sum_t gamma^t / H (from -log(1 - tanh(u)^2)), ~ 2 alpha
+    sum_t gamma^t / H, positive: gradient descent lowers the bias, out of saturation."""
+    grads = {}
+    for alpha in (0.0, 0.05):
+        torch.manual_seed(0)
+        agent = make_pwm(horizon=4, gamma=0.5, actor_entropy_coef=alpha)
+        with torch.no_grad():
+            agent.actor.net[-1].weight.zero_()
+            agent.actor.net[-1].bias.fill_(6.0)
+        agent.wm.predict_reward = lambda z, a, task=None: torch.zeros(z.shape[0])
+        agent.target_critic.value = lambda x: torch.zeros(x.shape[:-1])
+        _, _, objective, _ = agent.rollout(torch.zeros(8, 16))
+        loss = -objective.mean() / agent.horizon
+        grads[alpha] = torch.autograd.grad(loss, agent.actor.net[-1].bias) if loss.requires_grad else None
+    assert grads[0.0] is None  # nothing in a flat model depends on the action
+    grads[0.05] = grads[0.05][0]
+    expected = 2 * 0.05 * (1 + 0.5 + 0.25 + 0.125) / 4
+    assert torch.allclose(grads[0.05], torch.full((2,), expected), rtol=1e-3)
+
+
+def test_entropy_bonus_skips_padded_action_dimensions():
+    torch.manual_seed(0)
+    wm = WorldModel(**{**TINY, "act_dim": 4}, tasks=["a", "b"], action_dims=[4, 2], task_dim=8)
+    agent = PWM(wm, ActorStochasticMLP(24, 4, units=[32]), CriticEnsemble(24, units=[32]), horizon=1,
+                esnr_splits=1, actor_entropy_coef=0.1)
+    z0, task = wm.encode(torch.randn(2, 6), torch.tensor([1, 0])), torch.tensor([1, 0])
+    torch.manual_seed(1)
+    _, _, _, entropies = agent.rollout(z0, task)
+    torch.manual_seed(1)
+    _, log_prob = agent.actor.sample_with_log_prob(agent.policy_input(z0, task))
+    assert torch.allclose(entropies[0], torch.stack([-log_prob[0, :2].sum(), -log_prob[1].sum()]), atol=1e-6)
+
+
+def test_entropy_coef_is_checked():
+    with pytest.raises(ValueError, match="actor_entropy_coef"):
+        make_pwm(actor_entropy_coef=-0.1)
+
+    class DeterministicActor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(16, 2)
+
+        def forward(self, x, deterministic=False):
+            return torch.tanh(self.net(x))
+
+    with pytest.raises(ValueError, match="actor_entropy_coef=0.1 needs an actor with sample_with_log_prob"):
+        PWM(WorldModel(**TINY), DeterministicActor(), CriticEnsemble(16, units=[32]), actor_entropy_coef=0.1)
+
+
+def test_entropy_is_logged_by_the_actor_update():
+    agent = make_pwm(actor_entropy_coef=0.01)
+    obs, _, _ = batch()
+    metrics = agent.update_actor_critic(obs[0])
+    assert math.isfinite(metrics["actor/entropy"])
+    assert math.isnan(make_pwm().update_actor_critic(obs[0])["actor/entropy"])
+
+
+def test_saturated_fraction_counts_real_action_dimensions_at_the_bound():
+    agent = make_pwm()
+    obs, _, _ = batch()
+    with torch.no_grad():
+        agent.actor.net[-1].weight.zero_()
+        agent.actor.net[-1].bias.copy_(torch.tensor([6.0, 0.0]))  # dim 0 saturated, dim 1 centred
+    assert agent.update_actor_critic(obs[0])["actor/saturated_fraction"] == pytest.approx(0.5)
+    wm = WorldModel(**{**TINY, "act_dim": 4}, tasks=["a", "b"], action_dims=[4, 2], task_dim=8)
+    agent = PWM(wm, ActorStochasticMLP(24, 4, units=[32]), CriticEnsemble(24, units=[32]), horizon=2, esnr_splits=1)
+    with torch.no_grad():
+        agent.actor.net[-1].weight.zero_()
+        agent.actor.net[-1].bias.copy_(torch.tensor([6.0, 6.0, 0.0, 0.0]))
+    # task 1 has 2 real dims, both saturated; its 2 padded (unsaturated) dims must not count
+    assert agent.update_actor_critic(torch.randn(4, 6), torch.tensor([1, 1, 1, 1]))["actor/saturated_fraction"] == 1.0

@@ -22,7 +22,8 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
         row = {"iteration": it, "actor/grad_norm": grad_norms[it % len(grad_norms)], "actor/esnr": esnr,
                "critic/grad_norm": 1.0, "rollout/latent_norm_max": 1.0, "rollout/latent_norm_mean": 0.9,
                "rollout/nonfinite_latents": 0.0, "time/actor_update_s": 0.01,
-               "time/train_elapsed_s": wall_per_iter * (it + 1), "actor/predicted_reward": it / 10}
+               "time/train_elapsed_s": wall_per_iter * (it + 1), "actor/predicted_reward": it / 10,
+               "actor/saturated_fraction": 1.0 if it >= iterations - 2 else 0.0}
         if (it + 1) % 10 == 0:
             row["eval/episode_reward"] = rewards[(it + 1) // 10 - 1]
             row["eval/success"] = 0.0
@@ -205,8 +206,10 @@ def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_fin
     assert comparison["criteria"]["reward_on_half_of_tasks"]["passed"]  # the criteria are still reported
     text = (tmp_path / "report" / "report.md").read_text()
     assert "**INVALID**" in text and f"- INVALID: {reason}" in text
-    if "did not learn" in reason:  # imagined: iterations 27-29 / 10 = 2.8 per step; real: 19.3 / 500 steps
-        assert f"{reason}; imagined reward 2.8/step vs real {19.3333 / 500:.3g}/step" in comparison["invalid_reasons"]
+    if "did not learn" in reason:  # imagined: iterations 27-29 / 10 = 2.8 per step; real: 19.3 / 500 steps;
+        # saturated: the last 3 iterations (the tail mean's 10%) log 0, 1, 1
+        assert (f"{reason}; imagined reward 2.8/step vs real {19.3333 / 500:.3g}/step; policy saturated (|a| > 0.99) "
+                "in 67% of action dimensions") in comparison["invalid_reasons"]
 
 
 def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(tmp_path):
@@ -313,3 +316,13 @@ def test_settings_side_by_side_lists_every_variant_with_its_learned_count(tmp_pa
     # flow-K2: finals 28 and 35 against the bar 29 -> one seed of two learned, mean 31.5 ± 3.5
     assert rows[1].startswith("| task-a | default | flow-K2-uniform | 2 | 31.5 ± 3.5 | 1/2 |")
     assert rows[0].split(" | ")[5] == "2/2" and rows[2].split(" | ")[5] == "2/2"
+
+
+def test_report_shows_the_share_of_saturated_actions(tmp_path):
+    write_run(tmp_path, "task-a", "baseline", 0, [10, 20, 30], 1.0, [1.0])  # the last 3 iterations log 0, 1, 1
+    write_run(tmp_path, "task-a", "flow-K4-uniform", 0, [10, 20, 30], 1.0, [1.0])
+    build_report(tmp_path, bootstrap_reps=20)
+    table = pd.read_csv(_report_dir(tmp_path) / "runs.csv")
+    assert table.saturated_fraction.tolist() == pytest.approx([2 / 3, 2 / 3])
+    text = (_report_dir(tmp_path) / "report.md").read_text()
+    assert "| imagined / real | saturated |" in text and "| 67% |" in text

@@ -121,7 +121,7 @@ def test_train_singletask_runs_and_resumes(tmp_path, capsys):
     # the model-exploitation probe replays that evaluation episode (same reset seed, same return)
     probe([str(tmp_path / "checkpoint.pt"), "--episodes", "1", "--steps", "10", "--every", "5"])
     out = capsys.readouterr().out
-    assert "pendulum-swingup flow" in out and f"return {float(row['reward']):.1f}" in out
+    assert "pendulum-swingup flow" in out and f"return {float(row['reward']):.1f}, saturated actions " in out
     assert "imagined policy" in out and len([line for line in out.splitlines() if line.strip().startswith("5 ")]) == 1
     # the trained policy collects a dataset (policy=checkpoint)
     run_script("collect_data.py", "tasks=[pendulum-swingup]", "task_set=null", "policy=checkpoint", "episodes=2",

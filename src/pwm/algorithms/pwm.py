@@ -31,6 +31,11 @@ LR_SCHEDULES = ("constant", "linear")
 WM_MODULE_NAMES = ("_task_emb", "_encoder", "_dynamics", "_velocity", "_reward")
 
 
+#: ``|tanh(mean)|`` above which ``actor/saturated_fraction`` counts an action dimension as saturated
+#: (``1 - tanh^2 < 0.02``: the tanh passes under 2% of the gradient).
+SATURATED_ACTION = 0.99
+
+
 def discount_weights(horizon: int, gamma: float, device: torch.device | None = None) -> torch.Tensor:
     """``[gamma^0, ..., gamma^(H-1)]``."""
     return gamma ** torch.arange(horizon, dtype=torch.float32, device=device)
@@ -189,6 +194,16 @@ class PWM:
             the gradient reaches earlier steps only through the dynamics and reward, not back through
             the policy's own dependence on the state (a feedback path whose Jacobian product grows
             with the horizon and with the sharpness of the policy).
+        actor_entropy_coef: weight ``alpha`` of an entropy bonus in the actor's objective,
+            ``sum_t gamma^t (r_t + alpha * H_t)`` with ``H_t = -log pi(a_t | z_t)`` of the tanh-squashed
+            Gaussian (SAC's and TD-MPC2's policy term; the critic's targets stay reward-only, as
+            TD-MPC2's). 0 is PWM's and the spec's objective. Without it the tanh can saturate for good:
+            online on cup-catch, flow's actor ended with pre-tanh means of 5-6 on every state, one
+            constant action, ``1 - tanh^2`` of 8e-5 and an actor gradient of 3e-4, and its exploration
+            noise no longer changed the action, so the data stopped covering anything else. The
+            ``-log(1 - tanh(u)^2)`` part of ``-log pi`` pulls such a policy back (gradient ``2 alpha``
+            per dimension at saturation, whatever the model says). With 0.01 flow's actor stayed out of
+            saturation there, but still did not learn the task (``benchmarks/results/learning_notes.md``).
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
@@ -222,6 +237,7 @@ class PWM:
         wm_reward_coef: float = 1.0,
         wm_rho: float | None = None,
         detach_actor_input: bool = False,
+        actor_entropy_coef: float = 0.0,
         lr_schedule: str = "constant",
         lr_final: float = 1e-5,
         compile_wm_loss: bool = False,
@@ -239,6 +255,7 @@ class PWM:
             "wm_dynamics_coef": wm_dynamics_coef > 0,
             "wm_reward_coef": wm_reward_coef > 0,
             "wm_rho": wm_rho is None or 0.0 < wm_rho <= 1.0,
+            "actor_entropy_coef": actor_entropy_coef >= 0.0,
             "lr_schedule": lr_schedule in LR_SCHEDULES,
             "lr_final": lr_final >= 0,
         }
@@ -265,6 +282,10 @@ class PWM:
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
         self.lr_schedule, self.lr_final = lr_schedule, float(lr_final)
         self.detach_actor_input = bool(detach_actor_input)
+        self.actor_entropy_coef = float(actor_entropy_coef)
+        if self.actor_entropy_coef > 0 and not hasattr(self.actor, "sample_with_log_prob"):
+            raise ValueError(f"alg.actor_entropy_coef={actor_entropy_coef} needs an actor with sample_with_log_prob "
+                             f"(a stochastic one); {type(self.actor).__name__} has none")
         for group in self._param_groups():
             group["initial_lr"] = group["lr"]
         self.nan_counts = {"wm": 0, "actor": 0, "critic": 0}
@@ -343,29 +364,40 @@ class PWM:
             metrics["wm/latent_clips"] = float(self.wm.latent_clip_count.item())
         return metrics
 
-    def rollout(self, z0: torch.Tensor, task: TaskLike = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rollout(self, z0: torch.Tensor, task: TaskLike = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Policy rollout in the frozen world model.
 
         Args:
             z0: start latents ``[B, latent_dim]`` (detached).
 
         Returns:
-            zs ``[H + 1, B, latent_dim]``, predicted rewards ``[H, B]`` and the actor objective
-            ``sum_t gamma^t r_t + gamma^H V'(z_H)`` per sample ``[B]``; all differentiable w.r.t. the actor.
+            zs ``[H + 1, B, latent_dim]``, predicted rewards ``[H, B]``, the actor objective
+            ``sum_t gamma^t (r_t + alpha * H_t) + gamma^H V'(z_H)`` per sample ``[B]`` (all differentiable
+            w.r.t. the actor), and the entropy estimates ``H_t = -log pi(a_t | z_t)`` ``[H, B]`` (None when
+            ``actor_entropy_coef`` is 0: then the objective has no entropy term and none is computed).
         """
-        zs, rewards = [z0], []
+        zs, rewards, entropies = [z0], [], []
         with frozen(self.wm):
             for _ in range(self.horizon):
                 z = zs[-1]
                 actor_input = self.policy_input(z.detach() if self.detach_actor_input else z, task)
-                action = self.wm.mask_action(self.actor(actor_input), task)
+                if self.actor_entropy_coef > 0:
+                    raw_action, log_prob = self.actor.sample_with_log_prob(actor_input)
+                    # padded action dimensions of a multi-task model carry no entropy
+                    entropies.append(-self.wm.mask_action(log_prob, task).sum(-1))
+                else:
+                    raw_action = self.actor(actor_input)
+                action = self.wm.mask_action(raw_action, task)
                 rewards.append(self.wm.predict_reward(z, action, task))
                 zs.append(self.wm.next(z, action, task))
             terminal_value = self.target_critic.value(self.policy_input(zs[-1], task))
         rewards_t = torch.stack(rewards)
-        objective = (discount_weights(self.horizon, self.gamma, z0.device)[:, None] * rewards_t).sum(0)
+        entropies_t = torch.stack(entropies) if entropies else None
+        per_step = rewards_t if entropies_t is None else rewards_t + self.actor_entropy_coef * entropies_t
+        objective = (discount_weights(self.horizon, self.gamma, z0.device)[:, None] * per_step).sum(0)
         objective = objective + self.gamma**self.horizon * terminal_value
-        return torch.stack(zs), rewards_t, objective
+        return torch.stack(zs), rewards_t, objective, entropies_t
 
     def update_actor_critic(self, obs0: torch.Tensor, task: TaskLike = None) -> dict[str, float]:
         """Actor step through ``H``-step latent rollouts from ``obs0`` ``[B, obs_dim]``, then critic steps."""
@@ -378,10 +410,10 @@ class PWM:
         splits = self.esnr_splits if measure_esnr else 1
         index_splits = torch.arange(z0.shape[0], device=z0.device).chunk(splits)
         params = [p for p in self.actor.parameters() if p.requires_grad]
-        split_grads, all_zs, all_rewards, losses = [], [], [], []
+        split_grads, all_zs, all_rewards, losses, entropies = [], [], [], [], []
         for index in index_splits:
             task_split = task[index] if torch.is_tensor(task) and task.dim() > 0 else task
-            zs, rewards, objective = self.rollout(z0[index], task_split)
+            zs, rewards, objective, entropy = self.rollout(z0[index], task_split)
             loss = -objective.mean() / self.horizon
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             split_grads.append(torch.cat([
@@ -390,6 +422,8 @@ class PWM:
             all_zs.append(zs.detach())
             all_rewards.append(rewards.detach())
             losses.append(loss.detach())
+            if entropy is not None:
+                entropies.append(entropy.detach())
         stacked = torch.stack(split_grads)
         sizes = torch.tensor([len(i) for i in index_splits], dtype=stacked.dtype, device=stacked.device)
         mean_grad = (stacked * sizes[:, None]).sum(0) / sizes.sum()
@@ -398,6 +432,10 @@ class PWM:
         actor_grad_norm = self._guarded_step("actor", params, self.actor_optim, self.actor_grad_norm, actor_loss)
         zs = torch.cat(all_zs, dim=1)
         rewards = torch.cat(all_rewards, dim=1)
+        with torch.no_grad():  # a saturated tanh passes no gradient and ignores the exploration noise
+            mean_action = self.actor(self.policy_input(z0, task), deterministic=True)
+            valid = self.wm.mask_action(torch.ones_like(mean_action), task)
+            saturated = ((mean_action.abs() > SATURATED_ACTION) * valid).sum() / valid.sum()
         latent_norms = zs.norm(dim=-1)  # [H + 1, B]
         metrics = {
             "actor/loss": actor_loss.item(),
@@ -405,6 +443,8 @@ class PWM:
             "actor/esnr": esnr_proxy(stacked) if splits >= 2 else float("nan"),
             "actor/predicted_reward": rewards.mean().item(),
             "actor/log_std": _mean_log_std(self.actor),
+            "actor/saturated_fraction": saturated.item(),
+            "actor/entropy": torch.cat(entropies, dim=1).mean().item() if entropies else float("nan"),
             "rollout/latent_norm_mean": latent_norms.mean().item(),
             "rollout/latent_norm_max": latent_norms.max().item(),
             "rollout/latent_norm_final": latent_norms[-1].mean().item(),

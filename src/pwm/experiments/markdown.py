@@ -182,13 +182,18 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "real task (final evaluations). Imagination starts from the data's states and evaluation from the "
               "task's initial states, so the two can differ for a good policy too; an imagined reward several "
               "times the real one is a policy that found actions its model overrates (check with "
-              "`python -m pwm.experiments.probe <run>/checkpoint.pt`). Mean over runs.", "",
-              "| task | setting | variant | runs | imagined | real | imagined / real |", "|---|---|---|---|---|---|---|"]
+              "`python -m pwm.experiments.probe <run>/checkpoint.pt`). Saturated: the share of action "
+              "dimensions whose policy mean sits at the tanh bound (|a| > 0.99), same iterations; near 100% the "
+              "actor gets almost no gradient and its exploration noise no longer moves the action "
+              "(`alg.actor_entropy_coef` counters it). Mean over runs.", "",
+              "| task | setting | variant | runs | imagined | real | imagined / real | saturated |",
+              "|---|---|---|---|---|---|---|---|"]
     for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
         imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
         ratio = imagined / real if real > 0 else float("nan")
+        saturated = group["saturated_fraction"].mean() if "saturated_fraction" in group else float("nan")
         lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {_fmt(imagined, 3)} | {_fmt(real, 3)} "
-                     f"| {_fmt(ratio, 1)} |")
+                     f"| {_fmt(ratio, 1)} | {f'{saturated:.0%}' if math.isfinite(saturated) else 'n/a'} |")
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in report["figures"]]
     return "\n".join(lines) + "\n"

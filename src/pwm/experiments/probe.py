@@ -7,7 +7,9 @@ The episodes are the checkpoint's evaluation episodes (deterministic policy, the
 seeds of its training seed). Per printed step: the real reward, the reward head at the real state,
 the reward along the model's open-loop rollout under the real actions, and the reward the model
 predicts when the policy acts on the model's own latents. A closed-loop imagined reward far above
-the real one is a policy that found actions the model overrates.
+the real one is a policy that found actions the model overrates. Per episode it also prints the
+share of saturated actions and the action's spread: a policy stuck at the bounds of its tanh (100%,
+spread ~0) gets no gradient and no exploration from its noise (see ``alg.actor_entropy_coef``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import torch
 
 from pwm.algorithms.diagnostics import imagination_gap
+from pwm.algorithms.pwm import SATURATED_ACTION
 from pwm.envs.rollout import EVAL_SEED_OFFSET, run_episode
 from pwm.training.evaluation import agent_policy, load_agent
 
@@ -48,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         real = episode.reward[1:steps + 1]
         gap = imagination_gap(agent.wm, lambda z: agent.act_latent(z, task, deterministic=True),
                               episode.obs, episode.action[1:], steps, task)
-        print(f"\nepisode {i} (reset seed {EVAL_SEED_OFFSET + seed + i}): return {float(episode.reward[1:].sum()):.1f}")
+        actions = episode.action[1:]
+        saturated = float((actions.abs() > SATURATED_ACTION).float().mean())
+        print(f"\nepisode {i} (reset seed {EVAL_SEED_OFFSET + seed + i}): return {float(episode.reward[1:].sum()):.1f}, "
+              f"saturated actions {saturated:.0%} (|a| > {SATURATED_ACTION}), action std over the episode "
+              + " ".join(f"{value:.3f}" for value in actions.std(dim=0).tolist()))
         print(f"{'step':>6}{'real':>9}{'one-step':>10}{'open-loop':>11}{'imagined policy':>17}")
         for t in range(0, steps, cli.every):
             print(f"{t:>6}{real[t]:>9.3f}{gap['one_step'][t]:>10.3f}{gap['open_loop'][t]:>11.3f}"

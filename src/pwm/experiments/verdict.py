@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pwm.algorithms.pwm import SATURATED_ACTION
 from pwm.experiments.runs import Run, model_size, select_runs
 from pwm.experiments.statistics import (
     REWARD, Criteria, final_reward, paired_outcome, reward_at_wall, reward_criterion, time_to_threshold)
@@ -69,16 +70,20 @@ def random_bar(task_rows: pd.DataFrame, std_margin: float, min_gain: float) -> t
     return random_reward, learned_margin(random_reward, float(task_rows.random_reward_std.mean()), std_margin, min_gain)
 
 
-def _imagined_vs_real(runs: pd.DataFrame, task: str, variant: str) -> str:
-    """``; imagined reward X/step vs real Y/step`` for a variant on a task, or empty when not logged: the
-    numbers that tell a policy exploiting its model from one that never found the reward."""
-    if "imagined_reward_per_step" not in runs:
-        return ""
+def _not_learned_detail(runs: pd.DataFrame, task: str, variant: str) -> str:
+    """What a variant's runs on a task logged that tells why it did not learn, each part as ``; ...``:
+    the imagined against the real reward per step (a policy exploiting its model, or one that never
+    found the reward) and the share of saturated actions (a policy stuck at its tanh bounds gets no
+    gradient and no exploration). Empty when nothing was logged."""
     group = runs[(runs.task == task) & (runs.variant == variant)]
-    imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
-    if not (np.isfinite(imagined) and np.isfinite(real)):
-        return ""
-    return f"; imagined reward {imagined:.3g}/step vs real {real:.3g}/step"
+    parts = []
+    if "imagined_reward_per_step" in group:
+        imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
+        if np.isfinite(imagined) and np.isfinite(real):
+            parts.append(f"imagined reward {imagined:.3g}/step vs real {real:.3g}/step")
+    if "saturated_fraction" in group and np.isfinite(saturated := group.saturated_fraction.mean()):
+        parts.append(f"policy saturated (|a| > {SATURATED_ACTION}) in {saturated:.0%} of action dimensions")
+    return "".join(f"; {part}" for part in parts)
 
 
 def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: str) -> list[str]:
@@ -88,8 +93,8 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
         per_task: one row per task with ``random_reward``, ``learned_margin`` and, per variant key
             (``baseline``/``flow``), ``<key>_reward``.
         runs: the comparison's rows of :func:`run_table` (``task``, ``variant``, ``pretrain_converged`` and,
-            when logged, ``imagined_reward_per_step`` / ``real_reward_per_step``, quoted beside a variant
-            that did not learn).
+            when logged, ``imagined_reward_per_step`` / ``real_reward_per_step`` and ``saturated_fraction``,
+            quoted beside a variant that did not learn).
     """
     reasons = []
     for _, row in per_task.iterrows():
@@ -101,7 +106,7 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
             if not row[f"{key}_reward"] >= bar:
                 reasons.append(f"{row['task']}: {variant} did not learn (final reward {row[f'{key}_reward']:.1f} "
                                f"< random {row['random_reward']:.1f} + margin {row['learned_margin']:.1f})"
-                               + _imagined_vs_real(runs, row["task"], variant))
+                               + _not_learned_detail(runs, row["task"], variant))
     for variant in ("baseline", flow_variant):
         flags = runs[runs.variant == variant].pretrain_converged.tolist()
         unchecked = sum(f is None or (isinstance(f, float) and math.isnan(f)) for f in flags)

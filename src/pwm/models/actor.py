@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pwm.models.layers import init_weights, mlp
 
@@ -48,3 +50,21 @@ class ActorStochasticMLP(nn.Module):
             return torch.tanh(mean)
         std = self.log_std.clamp(self.min_log_std, self.max_log_std).exp()
         return torch.tanh(mean + std * torch.randn_like(mean))
+
+    def sample_with_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised sample ``a [..., act_dim]`` and its log-density per action dimension.
+
+        ``log pi(a_i) = log N(u_i; mu_i, std_i) - log(1 - tanh(u_i)^2)`` for ``a = tanh(u)``: the second
+        term (the tanh change of variables) grows without bound as ``|u|`` grows, so an entropy bonus
+        built on it pushes a saturated policy back towards the range where ``tanh`` still passes a
+        gradient (and where its noise still changes the action). Per dimension, so that callers can
+        drop padded action dimensions before summing.
+        """
+        mean = self.net(x)
+        log_std = self.log_std.clamp(self.min_log_std, self.max_log_std)
+        noise = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * noise
+        gaussian_log_prob = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), exact and finite for any u
+        log_det_tanh = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+        return torch.tanh(pre_tanh), gaussian_log_prob - log_det_tanh
