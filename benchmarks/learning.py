@@ -40,7 +40,7 @@ TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "w
 #: The issue's bar for the baseline within 100k environment steps.
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
 PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
-            "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow"}
+            "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow", "flow-simplex-detached-entropy": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. flow-simplex-detached is the flow model with both knobs
 #: of results/study/followups (simplex projection, no gradient through the flow-matching target); the
 #: -entropy twins add an entropy bonus to the actor's objective, which keeps its tanh out of saturation
@@ -49,9 +49,11 @@ ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
 VARIANT_OVERRIDES = {"flow-simplex-detached": ["alg.world_model_config.latent_projection=simplex",
                                                "alg.world_model_config.detach_velocity_target=true"],
                      "baseline-entropy": [ENTROPY_BONUS], "flow-entropy": [ENTROPY_BONUS]}
+VARIANT_OVERRIDES["flow-simplex-detached-entropy"] = [*VARIANT_OVERRIDES["flow-simplex-detached"], ENTROPY_BONUS]
 VARIANT_NOTES = {"flow-simplex-detached": "see `results/study/followups/README.md`",
                  "baseline-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`",
-                 "flow-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`"}
+                 "flow-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`",
+                 "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -259,7 +261,7 @@ def plot(results, path: Path) -> None:
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     colors = {"baseline": "tab:blue", "flow": "tab:orange", "flow-simplex-detached": "tab:red", "sac": "tab:green",
-              "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown"}
+              "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown", "flow-simplex-detached-entropy": "tab:purple"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

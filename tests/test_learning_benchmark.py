@@ -110,7 +110,8 @@ def test_the_table_names_the_overrides_and_the_variant_knobs_and_judges_the_targ
     assert "| 50 ± 0 |" in rows["flow-simplex-detached"] and "met" not in rows["flow-simplex-detached"]
 
 
-@pytest.mark.parametrize("variant, twin", [("baseline-entropy", "baseline"), ("flow-entropy", "flow")])
+@pytest.mark.parametrize("variant, twin", [("baseline-entropy", "baseline"), ("flow-entropy", "flow"),
+                                           ("flow-simplex-detached-entropy", "flow-simplex-detached")])
 def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_path, monkeypatch, variant, twin):
     from hydra import compose, initialize_config_dir
 
@@ -131,5 +132,6 @@ def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_pat
     args = argparse.Namespace(runs_dir=str(runs), steps=100_000, eval_every=5_000, eval_episodes=10,
                               alg="pwm_small", out=str(tmp_path / "out"), override=[])
     text = learning.render_markdown(args, learning.collect_results(args), learning.collect_runs(args), "cmd", "abc")
-    alg = "pwm_small_flow" if twin == "flow" else "pwm_small"
-    assert f"`{variant}`: `alg={alg}` with `alg.actor_entropy_coef=0.01` (an entropy bonus" in text
+    alg = "pwm_small_flow" if twin.startswith("flow") else "pwm_small"
+    described = next(line for line in text.splitlines() if line.startswith(f"`{variant}`:"))
+    assert described.startswith(f"`{variant}`: `alg={alg}` with ") and "`alg.actor_entropy_coef=0.01` (" in described
