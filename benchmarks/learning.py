@@ -50,9 +50,9 @@ VARIANT_OVERRIDES = {"flow-simplex-detached": ["alg.world_model_config.latent_pr
                                                "alg.world_model_config.detach_velocity_target=true"],
                      "baseline-entropy": [ENTROPY_BONUS], "flow-entropy": [ENTROPY_BONUS]}
 VARIANT_OVERRIDES["flow-simplex-detached-entropy"] = [*VARIANT_OVERRIDES["flow-simplex-detached"], ENTROPY_BONUS]
+ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
 VARIANT_NOTES = {"flow-simplex-detached": "see `results/study/followups/README.md`",
-                 "baseline-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`",
-                 "flow-entropy": "an entropy bonus in the actor's objective; see `learning_notes.md`",
+                 "baseline-entropy": ENTROPY_NOTE, "flow-entropy": ENTROPY_NOTE,
                  "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
