@@ -48,8 +48,15 @@ class ActorStochasticMLP(nn.Module):
         mean = self.net(x)
         if deterministic:
             return torch.tanh(mean)
-        std = self.log_std.clamp(self.min_log_std, self.max_log_std).exp()
-        return torch.tanh(mean + std * torch.randn_like(mean))
+        return torch.tanh(self._perturb(mean)[0])
+
+    def _perturb(self, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reparameterised pre-tanh sample ``u = mean + exp(log_std) * noise``, its noise and the
+        clamped ``log_std``: one place, so that :meth:`forward` and :meth:`sample_with_log_prob` draw the
+        same sample from the same random state."""
+        log_std = self.log_std.clamp(self.min_log_std, self.max_log_std)
+        noise = torch.randn_like(mean)
+        return mean + log_std.exp() * noise, noise, log_std
 
     def sample_with_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised sample ``a [..., act_dim]`` and its log-density per action dimension.
@@ -60,10 +67,7 @@ class ActorStochasticMLP(nn.Module):
         gradient (and where its noise still changes the action). Per dimension, so that callers can
         drop padded action dimensions before summing.
         """
-        mean = self.net(x)
-        log_std = self.log_std.clamp(self.min_log_std, self.max_log_std)
-        noise = torch.randn_like(mean)
-        pre_tanh = mean + log_std.exp() * noise
+        pre_tanh, noise, log_std = self._perturb(self.net(x))
         gaussian_log_prob = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), exact and finite for any u
         log_det_tanh = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
