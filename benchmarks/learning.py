@@ -34,6 +34,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from pwm.utils.common import die_with_parent
+
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
 TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "walker-walk"]
@@ -78,8 +80,9 @@ def run_pwm(args: argparse.Namespace, task: str, variant: str, seed: int) -> str
     log = run_dir / "stdout.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
+        # The run stops with this worker (and the worker with the benchmark), not on in the background.
         result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=die_with_parent)
     if result.returncode != 0:
         raise RuntimeError(f"{task} {variant} seed {seed} failed; see {log}")
     return str(run_dir)
@@ -328,7 +331,7 @@ def main() -> None:
     command = "python benchmarks/learning.py " + " ".join(sys.argv[1:])
     if not args.report_only:
         jobs = [(task, variant, seed) for seed in args.seeds for task in args.tasks for variant in args.variants]
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=die_with_parent) as pool:
             futures = {pool.submit(_job, args, *job): job for job in jobs}
             for future in as_completed(futures):
                 print(future.result(), flush=True)

@@ -135,3 +135,65 @@ def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_pat
     alg = "pwm_small_flow" if twin.startswith("flow") else "pwm_small"
     described = next(line for line in text.splitlines() if line.startswith(f"`{variant}`:"))
     assert described.startswith(f"`{variant}`: `alg={alg}` with ") and "`alg.actor_entropy_coef=0.01` (" in described
+
+
+def test_pwm_runs_are_started_to_die_with_their_worker(learning, tmp_path, monkeypatch):
+    kwargs_seen = []
+    monkeypatch.setattr(learning.subprocess, "run",
+                        lambda command, **kwargs: kwargs_seen.append(kwargs) or argparse.Namespace(returncode=0))
+    args = argparse.Namespace(runs_dir=str(tmp_path), steps=10_000, eval_every=5_000, eval_episodes=2,
+                              alg="pwm_small", override=[])
+    learning.run_pwm(args, "cup-catch", "baseline", 0)
+    assert kwargs_seen[0]["preexec_fn"] is learning.die_with_parent
+
+
+def _is_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie has stopped running; reaping it is its new parent's business
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_killing_the_benchmark_stops_the_runs_its_workers_started(tmp_path):
+    """The benchmark's process tree (main -> pool worker -> training run), with a sleeping run: SIGKILL
+    on main, the one signal it cannot handle, must still take the run down."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "run.pid"
+    benchmark = f"""
+import subprocess, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from pwm.utils.common import die_with_parent
+
+def job():
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=die_with_parent)
+    open({str(pid_file)!r}, "w").write(str(run.pid))
+    run.wait()
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, initializer=die_with_parent) as pool:
+        pool.submit(job).result()
+"""
+    main = subprocess.Popen([sys.executable, "-c", benchmark])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        run_pid = int(pid_file.read_text())
+        assert not _is_gone(run_pid)
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 20
+        while not _is_gone(run_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _is_gone(run_pid), "the training run outlived the benchmark that started it"
+    finally:
+        main.kill()
+        if pid_file.exists() and pid_file.read_text() and not _is_gone(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -1,11 +1,14 @@
-"""Device selection, seeding and atomic file writes."""
+"""Device selection, seeding, atomic file writes and child-process hygiene."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import random
+import signal
+import sys
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -110,3 +113,24 @@ def git_commit(path: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+#: ``prctl`` option asking the kernel to signal this process when its parent exits (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to the calling process when its parent process exits (Linux).
+
+    For worker processes and the training runs they launch: without it, stopping a benchmark leaves
+    its runs going on in the background, holding the cores. Use it as a ``ProcessPoolExecutor``
+    ``initializer`` or a ``subprocess`` ``preexec_fn``. Elsewhere than Linux it does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    # The parent may have exited before the request took effect; then nothing would ever signal us.
+    if os.getppid() == 1:
+        os.kill(os.getpid(), sig)
