@@ -153,11 +153,13 @@ class FlowWorldModel(LatentWorldModel):
 
         Returns:
             zs: predicted latents ``[H + 1, B, latent_dim]``, ``zs[0] = z0``, ``zs[t+1] = next(zs[t], a_t)``.
-            dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2)``
+            dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2) / s_t``
                 with ``z_s = zs[t]`` (the prediction, so the loss also shapes the earlier steps of the
                 rollout; through ``z_tau`` only when ``detach_velocity_target``) and ``z_tgt = next_z_seq[t]``. The squared norm is averaged over latent
                 dimensions and batch, the reduction of the baseline's MSE, so both branches' dynamics
-                terms have one scale next to the reward loss.
+                terms have one scale next to the reward loss; ``s_t`` is the shared
+                :meth:`~pwm.models.world_model.LatentWorldModel.dynamics_loss_scale` of ``z_s`` (1 by
+                default).
 
         The design spec divides by H twice (here, section 4, and again in section 11's pseudocode).
         This helper returns the loss already normalised by ``1/H``; the algorithm must not divide it
@@ -172,7 +174,7 @@ class FlowWorldModel(LatentWorldModel):
             z_tau = (1.0 - tau) * z_source + tau * z_target
             predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
             source = z_source.detach() if self.detach_velocity_target else z_source
-            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean()
+            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean() / self.dynamics_loss_scale(z_source)
             dynamics_loss = dynamics_loss + gamma**t * step_loss
             zs.append(self.next(z_source, act_seq[t], task))
         return torch.stack(zs), dynamics_loss / horizon
