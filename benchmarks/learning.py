@@ -43,7 +43,8 @@ TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "w
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
 PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
             "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow", "flow-simplex-detached-entropy": "{alg}_flow",
-            "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow"}
+            "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow",
+            "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. flow-simplex-detached is the flow model with both knobs
 #: of results/study/followups (simplex projection, no gradient through the flow-matching target); the
 #: -entropy twins add an entropy bonus to the actor's objective, which keeps its tanh out of saturation
@@ -55,13 +56,17 @@ VARIANT_OVERRIDES = {"flow-simplex-detached": ["alg.world_model_config.latent_pr
 VARIANT_OVERRIDES["flow-simplex-detached-entropy"] = [*VARIANT_OVERRIDES["flow-simplex-detached"], ENTROPY_BONUS]
 #: The -normalized twins divide the dynamics loss by the latent variance (world_model_config.normalize_dynamics_loss).
 NORMALIZED_DYNAMICS = "alg.world_model_config.normalize_dynamics_loss=true"
-VARIANT_OVERRIDES.update({"baseline-normalized": [NORMALIZED_DYNAMICS], "flow-normalized": [NORMALIZED_DYNAMICS]})
+VARIANT_OVERRIDES.update({"baseline-normalized": [NORMALIZED_DYNAMICS], "flow-normalized": [NORMALIZED_DYNAMICS],
+                          "baseline-normalized-entropy": [NORMALIZED_DYNAMICS, ENTROPY_BONUS],
+                          "flow-normalized-entropy": [NORMALIZED_DYNAMICS, ENTROPY_BONUS]})
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
 VARIANT_NOTES = {"flow-simplex-detached": "see `results/study/followups/README.md`",
                  "baseline-entropy": ENTROPY_NOTE, "flow-entropy": ENTROPY_NOTE,
                  "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`",
                  "baseline-normalized": "the dynamics loss in units of the latent variance; see `learning_notes.md`",
-                 "flow-normalized": "the dynamics loss in units of the latent variance; see `learning_notes.md`"}
+                 "flow-normalized": "the dynamics loss in units of the latent variance; see `learning_notes.md`",
+                 "baseline-normalized-entropy": "the dynamics loss in units of the latent variance and the entropy bonus",
+                 "flow-normalized-entropy": "the dynamics loss in units of the latent variance and the entropy bonus"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -271,7 +276,8 @@ def plot(results, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     colors = {"baseline": "tab:blue", "flow": "tab:orange", "flow-simplex-detached": "tab:red", "sac": "tab:green",
               "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown", "flow-simplex-detached-entropy": "tab:purple",
-              "baseline-normalized": "tab:olive", "flow-normalized": "tab:pink"}
+              "baseline-normalized": "tab:olive", "flow-normalized": "tab:pink",
+              "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -234,6 +234,59 @@ def test_detached_velocity_target_gives_z_source_gradient_only_through_the_field
     assert loss.item() == pytest.approx(((bias - targets[0] + z0.detach()) ** 2).mean().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_normalized_dynamics_loss_divides_each_step_by_its_source_variance(cls):
+    """Known dynamics (baseline: z' = 0.5 z + 0.1; flow: zero velocity, z' = z), hand-computed per step:
+    ``loss = (1/H) sum_t gamma^t mean(err_t^2) / (var_B(zs[t]) + floor)`` with the biased batch variance."""
+    from pwm.models.world_model import VARIANCE_FLOOR
+
+    wm = cls(**TINY, normalize_dynamics_loss=True, **({"fm_tau_sampling": "midpoint"} if cls is FlowWorldModel else {}))
+    flow = cls is FlowWorldModel
+    if flow:
+        wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+    else:
+        wm.next = lambda z, a, task=None: 0.5 * z + 0.1
+    torch.manual_seed(0)
+    z0, targets, horizon, gamma = torch.randn(4, 16), torch.randn(3, 4, 16), 3, 0.5
+    zs, loss = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(3, 4, 4), targets, horizon, gamma)
+    hand, z = 0.0, z0
+    for t in range(horizon):
+        z_next = z if flow else 0.5 * z + 0.1
+        error = (targets[t] - z) if flow else (z_next - targets[t])  # zero velocity: v - (z_tgt - z_s)
+        variance = ((z - z.mean(0)) ** 2).mean(0).mean()
+        hand += gamma**t * (error**2).mean() / (variance + VARIANCE_FLOOR)
+        z = z_next
+    assert loss.item() == pytest.approx(hand.item() / horizon, rel=1e-5)
+    wm.normalize_dynamics_loss = False
+    _, plain = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(3, 4, 4), targets, horizon, gamma)
+    assert plain.item() != pytest.approx(loss.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_normalized_flow_loss_gives_no_gradient_towards_shrinking_the_latents(normalize):
+    """Scale every latent (sources and targets) by ``scale``, shrinking the latent space. With zero velocity the
+    spec's loss falls as ``scale^2`` (dL/dscale = 2L at 1: shrinking pays); the normalised loss is flat in
+    ``scale``, and its derivative is 0 only because the gradient also flows through the variance."""
+    wm = FlowWorldModel(**TINY, fm_tau_sampling="midpoint", normalize_dynamics_loss=normalize)
+    wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+    torch.manual_seed(1)
+    z0, targets = torch.randn(6, 16), torch.randn(2, 6, 16)
+    scale = torch.ones((), requires_grad=True)
+    _, loss = wm.latent_rollout_and_dynamics_loss(
+        scale * z0, torch.zeros(2, 6, 4), scale * targets, 2, 0.9)
+    (grad,) = torch.autograd.grad(loss, scale)
+    if normalize:
+        assert abs(grad.item()) < 1e-4 * loss.item()
+    else:
+        assert grad.item() == pytest.approx(2.0 * loss.item(), rel=1e-5)
+
+
+def test_normalized_dynamics_loss_needs_two_windows():
+    wm = WorldModel(**TINY, normalize_dynamics_loss=True)
+    with pytest.raises(ValueError, match="normalize_dynamics_loss"):
+        wm.latent_rollout_and_dynamics_loss(torch.zeros(1, 16), torch.zeros(2, 1, 4), torch.zeros(2, 1, 16), 2, 0.99)
+
+
 def test_flow_loss_rejects_short_sequences():
     wm = FlowWorldModel(**TINY)
     with pytest.raises(ValueError, match="horizon=4"):
