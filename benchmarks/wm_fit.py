@@ -1,0 +1,156 @@
+"""World models alone on one fixed replay: which dynamics objective keeps a latent space it can predict?
+
+    python benchmarks/wm_fit.py <checkpoint.pt>                    # every variant, 3,000 updates each
+    python benchmarks/wm_fit.py <checkpoint.pt> --variants baseline flow --iterations 500
+
+The replay is the episode buffer stored in a ``train_singletask.py`` checkpoint (an online run's own
+data). Every 10th episode is held out. Each variant trains only its world model (no actor, no critic)
+on the same replay, from the same seed, with one torch thread in its own process (``--jobs`` at
+once), and is scored every ``--eval-every`` updates on the same 1,024 held-out windows by
+:func:`pwm.algorithms.diagnostics.world_model_quality`, plus one figure of its own:
+
+* ``one_step_vs_copy``: mean ``|next(z_s, a) - z_t|`` over mean ``|z_t - z_s|`` on held-out transitions.
+  Below 1 the dynamics predicts the next latent better than "nothing moves" does; the normalised
+  errors alone can look good in a latent space where nothing moves.
+
+Writes ``wm_fit.csv`` (one row per variant and evaluation) and ``wm_fit.md`` (the last evaluation of
+each variant) to ``--out``. Policy learning is not measured here: ``learning.py`` does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from pwm.utils.common import die_with_parent
+
+REPO = Path(__file__).resolve().parent.parent
+CFG_DIR = REPO / "scripts" / "cfg" / "alg"
+NORMALIZED = "world_model_config.normalize_dynamics_loss=true"
+#: name -> (alg config, overrides of it). ``flow-detached``: no gradient into z_s through the FM target.
+VARIANTS = {
+    "baseline": ("{alg}", []),
+    "flow": ("{alg}_flow", []),
+    "flow-detached": ("{alg}_flow", ["world_model_config.detach_velocity_target=true"]),
+    "baseline-normalized": ("{alg}", [NORMALIZED]),
+    "flow-normalized": ("{alg}_flow", [NORMALIZED]),
+}
+COLUMNS = ["variant", "iteration", "seconds", "latent_spread", "latent_nmse_1", "latent_nmse_H", "one_step_vs_copy",
+           "reward_corr_1", "reward_corr_rollout", "reward_nmse_rollout"]
+HELDOUT_FRACTION = 0.1
+EVAL_WINDOWS = 1024
+
+
+def replay_buffer(checkpoint: str | Path, horizon: int):
+    """The checkpoint's episodes in a fresh :class:`~pwm.data.buffer.EpisodeBuffer` of ``horizon``, every
+    10th episode held out."""
+    from pwm.data.buffer import EpisodeBuffer
+    from pwm.data.tdmpc2_format import heldout_mask
+    from pwm.utils.common import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    if "buffer" not in state:
+        raise ValueError(f"{checkpoint} holds no replay buffer (keys: {sorted(state)}); pass a train_singletask checkpoint")
+    stored = state["buffer"]
+    steps, episodes = stored["obs"].shape[0], int(stored["num_episodes"])
+    if episodes < 2 or steps % episodes:
+        raise ValueError(f"{checkpoint}: {steps} stored steps do not split into {episodes} equal episodes")
+    length = steps // episodes
+    buffer = EpisodeBuffer(stored["obs"].shape[1], stored["action"].shape[1], horizon, capacity=steps)
+    buffer.add_episodes(stored["obs"].view(episodes, length, -1), stored["action"].view(episodes, length, -1),
+                        stored["reward"].view(episodes, length), stored["task"].view(episodes, length)[:, 0].long(),
+                        heldout=heldout_mask(0, episodes, HELDOUT_FRACTION))
+    return buffer
+
+
+def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: int, seed: int) -> list[dict]:
+    """Train one variant's world model on the replay; its evaluations as rows of :data:`COLUMNS`."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from pwm.algorithms.build import build_pwm
+    from pwm.algorithms.diagnostics import world_model_quality
+
+    torch.set_num_threads(1)
+    alg_name, overrides = VARIANTS[variant]
+    with initialize_config_dir(config_dir=str(CFG_DIR), version_base="1.3"):
+        cfg = compose(alg_name.format(alg=alg), overrides=overrides)
+    buffer = replay_buffer(checkpoint, int(cfg.horizon))
+    torch.manual_seed(seed)
+    agent = build_pwm(cfg, buffer.obs_dim, buffer.act_dim, device="cpu")
+    heldout = buffer.sample(EVAL_WINDOWS, torch.Generator().manual_seed(seed + 1), split="heldout")
+    sampler = torch.Generator().manual_seed(seed)
+    rows, start = [], time.perf_counter()
+    for iteration in range(iterations + 1):
+        if iteration % eval_every == 0 or iteration == iterations:
+            quality = world_model_quality(agent.wm, heldout.obs, heldout.action, heldout.reward)
+            with torch.no_grad():
+                z_source, z_target = agent.wm.encode(heldout.obs[0]), agent.wm.encode(heldout.obs[1])
+                predicted = agent.wm.next(z_source, heldout.action[0])
+                vs_copy = (predicted - z_target).norm(dim=-1).mean() / (z_target - z_source).norm(dim=-1).mean()
+            row = {key: quality[f"wm_eval/{key}"] for key in COLUMNS if f"wm_eval/{key}" in quality}
+            rows.append({"variant": variant, "iteration": iteration, "seconds": time.perf_counter() - start,
+                         **row, "one_step_vs_copy": float(vs_copy)})
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
+                  flush=True)
+        if iteration < iterations:
+            batch = buffer.sample(int(cfg.batch_size), sampler)
+            agent.update_world_model(batch.obs, batch.action, batch.reward)
+    return rows
+
+
+def render_markdown(frame, command: str, commit: str) -> str:
+    last = frame.sort_values("iteration").groupby("variant", sort=False).tail(1)
+    lines = [
+        "# World models alone on one replay", "",
+        f"Command: `{command}` at commit `{commit}`.", "",
+        "Only the world model trains (no actor, no critic), one torch thread, same replay, seed and batches "
+        "for every variant; scores on held-out windows (every 10th episode). `spread`: mean std of the "
+        "encoder's latents across states; `nmse`: latent error over the latents' variance after 1 and H "
+        "open-loop steps; `step/copy`: one-step error over the distance between consecutive latents (below "
+        "1: better than predicting no motion); reward columns: along H-step open-loop rollouts.", "",
+        "| variant | updates | minutes | spread | nmse 1 | nmse H | step/copy | reward corr | reward nmse |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in last.iterrows():
+        lines.append(f"| {row.variant} | {row.iteration:,} | {row.seconds / 60:.1f} | {row.latent_spread:.4f} | "
+                     f"{row.latent_nmse_1:.3f} | {row.latent_nmse_H:.3f} | {row.one_step_vs_copy:.3f} | "
+                     f"{row.reward_corr_rollout:.3f} | {row.reward_nmse_rollout:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import pandas as pd
+
+    from pwm.utils.common import atomic_write_text, git_commit
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a train_singletask.py checkpoint whose replay buffer is the data")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--alg", default="pwm_small", help="world-model size (the flow twin is <alg>_flow)")
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="variants at once (one torch thread each)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "wm_fit"))
+    args = parser.parse_args()
+    if args.iterations < 1 or args.eval_every < 1:
+        parser.error("--iterations and --eval-every must be >= 1")
+    replay_buffer(args.checkpoint, 1)  # a bad checkpoint fails here, before any process starts
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=die_with_parent) as pool:
+        futures = [pool.submit(fit, args.checkpoint, variant, args.alg, args.iterations, args.eval_every, args.seed)
+                   for variant in args.variants]
+        frame = pd.DataFrame([row for future in futures for row in future.result()], columns=COLUMNS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(frame.to_csv(index=False), out / "wm_fit.csv")
+    command = "python benchmarks/wm_fit.py " + " ".join(sys.argv[1:])
+    atomic_write_text(render_markdown(frame, command, git_commit(REPO) or "unknown"), out / "wm_fit.md")
+    print(render_markdown(frame, command, git_commit(REPO) or "unknown"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""benchmarks/wm_fit.py: the replay split, one short fit per variant, and errors on bad checkpoints."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pwm.data.buffer import EpisodeBuffer
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "wm_fit.py"
+EPISODES, LENGTH = 20, 21  # 20 episodes of T + 1 = 21 steps
+
+
+@pytest.fixture(scope="module")
+def wm_fit():
+    spec = importlib.util.spec_from_file_location("wm_fit_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A run checkpoint whose replay holds 20 episodes; episode k's observations all equal k."""
+    buffer = EpisodeBuffer(obs_dim=3, act_dim=2, horizon=4, capacity=EPISODES * LENGTH)
+    obs = torch.arange(EPISODES, dtype=torch.float32)[:, None, None].expand(EPISODES, LENGTH, 3).clone()
+    obs += 0.01 * torch.randn(EPISODES, LENGTH, 3)
+    buffer.add_episodes(obs, torch.rand(EPISODES, LENGTH, 2) * 2 - 1, torch.rand(EPISODES, LENGTH),
+                        torch.zeros(EPISODES, dtype=torch.long))
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"buffer": buffer.state_dict(), "agent": {}}, path)
+    return path
+
+
+def test_every_tenth_episode_of_the_replay_is_held_out(wm_fit, checkpoint):
+    buffer = wm_fit.replay_buffer(checkpoint, horizon=16)
+    assert buffer.num_episodes == EPISODES and buffer.num_heldout_episodes == 2
+    assert buffer.num_heldout_windows == 2 * (LENGTH - 16) and buffer.num_windows == 18 * (LENGTH - 16)
+    heldout_episodes = buffer.obs[buffer.window_starts("heldout").long(), 0].round().unique()
+    train_episodes = buffer.obs[buffer.window_starts("train").long(), 0].round().unique()
+    assert heldout_episodes.tolist() == [0.0, 10.0]
+    assert set(train_episodes.tolist()).isdisjoint(heldout_episodes.tolist())
+
+
+@pytest.mark.parametrize("variant", ["flow-normalized", "baseline"])
+def test_a_short_fit_reports_every_evaluation_and_trains_the_model(wm_fit, checkpoint, variant):
+    rows = wm_fit.fit(str(checkpoint), variant, "pwm_tiny", iterations=3, eval_every=2, seed=0)
+    assert [row["iteration"] for row in rows] == [0, 2, 3]
+    assert all(row["variant"] == variant for row in rows)
+    assert set(rows[0]) == set(wm_fit.COLUMNS)
+    assert all(math.isfinite(row[key]) for row in rows for key in ("latent_spread", "latent_nmse_1", "one_step_vs_copy"))
+    assert rows[-1]["latent_nmse_1"] != rows[0]["latent_nmse_1"]  # the updates changed the model
+    markdown = wm_fit.render_markdown(pd.DataFrame(rows), "python benchmarks/wm_fit.py x", "abc1234")
+    assert f"| {variant} | 3 |" in markdown and "`abc1234`" in markdown
+
+
+def test_variants_differ_only_in_their_named_knobs(wm_fit):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(wm_fit.CFG_DIR), version_base="1.3"):
+        configs = {name: compose(alg.format(alg="pwm_tiny"), overrides=overrides)
+                   for name, (alg, overrides) in wm_fit.VARIANTS.items()}
+    assert configs["flow-detached"].world_model_config.detach_velocity_target
+    assert not configs["flow"].world_model_config.detach_velocity_target
+    for name in ("baseline-normalized", "flow-normalized"):
+        assert configs[name].world_model_config.normalize_dynamics_loss
+    assert not configs["baseline"].world_model_config.normalize_dynamics_loss
+
+
+def test_a_checkpoint_without_a_replay_or_with_uneven_episodes_is_named(wm_fit, tmp_path, checkpoint):
+    bare = tmp_path / "bare.pt"
+    torch.save({"agent": {}}, bare)
+    with pytest.raises(ValueError, match="bare.pt holds no replay buffer"):
+        wm_fit.replay_buffer(bare, 4)
+    state = torch.load(checkpoint, weights_only=False)
+    state["buffer"]["num_episodes"] = 8  # 420 steps are not 8 equal episodes
+    uneven = tmp_path / "uneven.pt"
+    torch.save(state, uneven)
+    with pytest.raises(ValueError, match="do not split into 8 equal episodes"):
+        wm_fit.replay_buffer(uneven, 4)
