@@ -14,7 +14,7 @@ once), and is scored every ``--eval-every`` updates on the same 1,024 held-out w
   errors alone can look good in a latent space where nothing moves.
 
 Writes ``wm_fit.csv`` (one row per variant and evaluation) and ``wm_fit.md`` (the last evaluation of
-each variant) to ``--out``. Policy learning is not measured here: ``learning.py`` does that.
+each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) to ``--out``. Policy learning is not measured here: ``learning.py`` does that.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: in
     return rows
 
 
-def render_markdown(frame, command: str, commit: str) -> str:
-    last = frame.sort_values("iteration").groupby("variant", sort=False).tail(1)
+def render_markdown(frame, command: str, commit: str, notes: str = "") -> str:
+    last = frame.sort_values("iteration", kind="stable").groupby("variant", sort=False).tail(1)
     lines = [
         "# World models alone on one replay", "",
         f"Command: `{command}` at commit `{commit}`.", "",
@@ -119,6 +119,8 @@ def render_markdown(frame, command: str, commit: str) -> str:
         lines.append(f"| {row.variant} | {row.iteration:,} | {row.seconds / 60:.1f} | {row.latent_spread:.4f} | "
                      f"{row.latent_nmse_1:.3f} | {row.latent_nmse_H:.3f} | {row.one_step_vs_copy:.3f} | "
                      f"{row.reward_corr_rollout:.3f} | {row.reward_nmse_rollout:.3f} |")
+    if notes.strip():
+        lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +150,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(frame.to_csv(index=False), out / "wm_fit.csv")
     command = "python benchmarks/wm_fit.py " + " ".join(sys.argv[1:])
-    atomic_write_text(render_markdown(frame, command, git_commit(REPO) or "unknown"), out / "wm_fit.md")
-    print(render_markdown(frame, command, git_commit(REPO) or "unknown"))
+    notes = out / "wm_fit_notes.md"  # hand-written reading of the numbers, kept across reruns
+    markdown = render_markdown(frame, command, git_commit(REPO) or "unknown", notes.read_text() if notes.exists() else "")
+    atomic_write_text(markdown, out / "wm_fit.md")
+    print(markdown)
 
 
 if __name__ == "__main__":

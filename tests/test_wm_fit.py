@@ -53,8 +53,9 @@ def test_a_short_fit_reports_every_evaluation_and_trains_the_model(wm_fit, check
     assert set(rows[0]) == set(wm_fit.COLUMNS)
     assert all(math.isfinite(row[key]) for row in rows for key in ("latent_spread", "latent_nmse_1", "one_step_vs_copy"))
     assert rows[-1]["latent_nmse_1"] != rows[0]["latent_nmse_1"]  # the updates changed the model
-    markdown = wm_fit.render_markdown(pd.DataFrame(rows), "python benchmarks/wm_fit.py x", "abc1234")
+    markdown = wm_fit.render_markdown(pd.DataFrame(rows), "python benchmarks/wm_fit.py x", "abc1234", "## Notes\nread me")
     assert f"| {variant} | 3 |" in markdown and "`abc1234`" in markdown
+    assert markdown.index(f"| {variant} | 3 |") < markdown.index("## Notes\nread me")
 
 
 def test_variants_differ_only_in_their_named_knobs(wm_fit):
