@@ -14,7 +14,8 @@ once), and is scored every ``--eval-every`` updates on the same 1,024 held-out w
   errors alone can look good in a latent space where nothing moves.
 
 Writes ``wm_fit.csv`` (one row per variant and evaluation) and ``wm_fit.md`` (the last evaluation of
-each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) to ``--out``. Policy learning is not measured here: ``learning.py`` does that.
+each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) to ``--out``. Policy learning
+is not measured here: ``learning.py`` does that.
 """
 
 from __future__ import annotations

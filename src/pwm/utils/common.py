@@ -8,8 +8,8 @@ import fcntl
 import os
 import random
 import signal
-import sys
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
