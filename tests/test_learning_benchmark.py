@@ -1,22 +1,18 @@
 """The learning benchmark's bookkeeping: fresh runs merge into the committed results run by run."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "learning.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def learning():
-    spec = importlib.util.spec_from_file_location("learning_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("learning")
 
 
 def _write_run(root: Path, task: str, variant: str, seed: int, rewards: list[float], elapsed_s=None,

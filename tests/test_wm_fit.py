@@ -1,6 +1,5 @@
 """benchmarks/wm_fit.py: the replay split, one short fit per variant, and errors on bad checkpoints."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -8,18 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import load_benchmark
 from pwm.data.buffer import EpisodeBuffer
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "wm_fit.py"
 EPISODES, LENGTH = 20, 21  # 20 episodes of T + 1 = 21 steps
 
 
 @pytest.fixture(scope="module")
 def wm_fit():
-    spec = importlib.util.spec_from_file_location("wm_fit_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("wm_fit")
 
 
 @pytest.fixture
