@@ -1,7 +1,6 @@
 """benchmarks/wm_fit.py: the replay split, one short fit per variant, and errors on bad checkpoints."""
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
