@@ -2,8 +2,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from types import ModuleType
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
