@@ -203,7 +203,8 @@ class PWM:
             noise no longer changed the action, so the data stopped covering anything else. The
             ``-log(1 - tanh(u)^2)`` part of ``-log pi`` pulls such a policy back (gradient ``2 alpha``
             per dimension at saturation, whatever the model says). With 0.01 flow's actor stayed out of
-            saturation there, but still did not learn the task (``benchmarks/results/learning_notes.md``).
+            saturation there; flow learned the task only with ``normalize_dynamics_loss`` as well
+            (``benchmarks/results/entropy/`` and ``benchmarks/results/normalized/``).
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
