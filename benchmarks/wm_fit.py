@@ -2,6 +2,7 @@
 
     python benchmarks/wm_fit.py <checkpoint.pt>                    # every variant, 3,000 updates each
     python benchmarks/wm_fit.py <checkpoint.pt> --variants baseline flow --iterations 500
+    python benchmarks/wm_fit.py <checkpoint.pt> --variants flow-normalized --set wm_dynamics_coef=0.2,1,20
 
 The replay is the episode buffer stored in a ``train_singletask.py`` checkpoint (an online run's own
 data). Every 10th episode is held out. Each variant trains only its world model (no actor, no critic)
@@ -12,6 +13,9 @@ once), and is scored every ``--eval-every`` updates on the same 1,024 held-out w
 * ``one_step_vs_copy``: mean ``|next(z_s, a) - z_t|`` over mean ``|z_t - z_s|`` on held-out transitions.
   Below 1 the dynamics predicts the next latent better than "nothing moves" does; the normalised
   errors alone can look good in a latent space where nothing moves.
+
+``--set KEY=V1,V2`` adds an alg override to every variant; each of its values is a run of its own,
+named ``<variant> KEY=V``.
 
 Writes ``wm_fit.csv`` (one row per variant and evaluation) and ``wm_fit.md`` (the last evaluation of
 each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) to ``--out``. Policy learning
@@ -67,18 +71,41 @@ def replay_buffer(checkpoint: str | Path, horizon: int):
     return buffer
 
 
-def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: int, seed: int) -> list[dict]:
-    """Train one variant's world model on the replay; its evaluations as rows of :data:`COLUMNS`."""
-    import torch
+def sweep_settings(settings: list[str]) -> list[list[str]]:
+    """``["a=1,2", "b=3"]`` -> ``[["a=1", "b=3"], ["a=2", "b=3"]]``: every combination of the values."""
+    import itertools
+
+    choices = []
+    for setting in settings:
+        key, sep, values = setting.partition("=")
+        if not sep or not key or not values or "" in values.split(","):
+            raise ValueError(f"--set {setting!r}: expected KEY=VALUE or KEY=V1,V2,...")
+        choices.append([f"{key}={value}" for value in values.split(",")])
+    return [list(combination) for combination in itertools.product(*choices)]
+
+
+def variant_config(variant: str, alg: str, extra_overrides: list[str] = ()):
+    """The alg config of ``variant`` at size ``alg`` with ``extra_overrides`` on top."""
     from hydra import compose, initialize_config_dir
+
+    alg_name, overrides = VARIANTS[variant]
+    with initialize_config_dir(config_dir=str(CFG_DIR), version_base="1.3"):
+        return compose(alg_name.format(alg=alg), overrides=[*overrides, *extra_overrides])
+
+
+def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: int, seed: int,
+        extra_overrides: list[str] = ()) -> list[dict]:
+    """Train one variant's world model on the replay; its evaluations as rows of :data:`COLUMNS`.
+
+    ``extra_overrides`` are alg overrides applied after the variant's own; they name the row's variant."""
+    import torch
 
     from pwm.algorithms.build import build_pwm
     from pwm.algorithms.diagnostics import world_model_quality
 
     torch.set_num_threads(1)
-    alg_name, overrides = VARIANTS[variant]
-    with initialize_config_dir(config_dir=str(CFG_DIR), version_base="1.3"):
-        cfg = compose(alg_name.format(alg=alg), overrides=overrides)
+    cfg = variant_config(variant, alg, extra_overrides)
+    label = " ".join([variant, *extra_overrides])
     buffer = replay_buffer(checkpoint, int(cfg.horizon))
     torch.manual_seed(seed)
     agent = build_pwm(cfg, buffer.obs_dim, buffer.act_dim, device="cpu")
@@ -93,7 +120,7 @@ def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: in
                 predicted = agent.wm.next(z_source, heldout.action[0])
                 vs_copy = (predicted - z_target).norm(dim=-1).mean() / (z_target - z_source).norm(dim=-1).mean()
             row = {key: quality[f"wm_eval/{key}"] for key in COLUMNS if f"wm_eval/{key}" in quality}
-            rows.append({"variant": variant, "iteration": iteration, "seconds": time.perf_counter() - start,
+            rows.append({"variant": label, "iteration": iteration, "seconds": time.perf_counter() - start,
                          **row, "one_step_vs_copy": float(vs_copy)})
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                   flush=True)
@@ -137,15 +164,25 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=V1,V2",
+                        help="alg overrides for every variant; comma-separated values are swept")
     parser.add_argument("--jobs", type=int, default=2, help="variants at once (one torch thread each)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "wm_fit"))
     args = parser.parse_args()
     if args.iterations < 1 or args.eval_every < 1:
         parser.error("--iterations and --eval-every must be >= 1")
-    replay_buffer(args.checkpoint, 1)  # a bad checkpoint fails here, before any process starts
+    try:
+        settings = sweep_settings(args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    # a bad checkpoint or override fails here, before any process starts
+    replay_buffer(args.checkpoint, 1)
+    for variant in args.variants:
+        for setting in settings:
+            variant_config(variant, args.alg, setting)
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=die_with_parent) as pool:
-        futures = [pool.submit(fit, args.checkpoint, variant, args.alg, args.iterations, args.eval_every, args.seed)
-                   for variant in args.variants]
+        futures = [pool.submit(fit, args.checkpoint, variant, args.alg, args.iterations, args.eval_every, args.seed,
+                               setting) for variant in args.variants for setting in settings]
         frame = pd.DataFrame([row for future in futures for row in future.result()], columns=COLUMNS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

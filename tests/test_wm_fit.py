@@ -53,6 +53,25 @@ def test_a_short_fit_reports_every_evaluation_and_trains_the_model(wm_fit, check
     assert markdown.index(f"| {variant} | 3 |") < markdown.index("## Notes\nread me")
 
 
+def test_set_sweeps_every_combination_of_its_values_and_names_bad_settings(wm_fit):
+    assert wm_fit.sweep_settings([]) == [[]]
+    assert wm_fit.sweep_settings(["a=1,2", "b=x"]) == [["a=1", "b=x"], ["a=2", "b=x"]]
+    for bad in ("wm_dynamics_coef", "=1", "wm_dynamics_coef=", "wm_dynamics_coef=1,,2"):
+        with pytest.raises(ValueError, match=f"--set '{bad}': expected KEY=VALUE"):
+            wm_fit.sweep_settings([bad])
+
+
+def test_extra_overrides_reach_the_model_and_name_the_run(wm_fit, checkpoint):
+    config = wm_fit.variant_config("flow-normalized", "pwm_tiny", ["wm_dynamics_coef=0.5"])
+    assert config.wm_dynamics_coef == 0.5 and config.world_model_config.normalize_dynamics_loss
+    plain = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=2, eval_every=2, seed=0)
+    reweighted = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=2, eval_every=2, seed=0,
+                            extra_overrides=["wm_dynamics_coef=1000"])
+    assert {row["variant"] for row in reweighted} == {"baseline wm_dynamics_coef=1000"}
+    assert reweighted[0]["latent_nmse_1"] == plain[0]["latent_nmse_1"]  # same start ...
+    assert reweighted[-1]["latent_nmse_1"] != plain[-1]["latent_nmse_1"]  # ... trained under another weight
+
+
 def test_variants_differ_only_in_their_named_knobs(wm_fit):
     from hydra import compose, initialize_config_dir
 
