@@ -2,7 +2,7 @@
 
     python benchmarks/wm_fit.py <checkpoint.pt>                    # every variant, 3,000 updates each
     python benchmarks/wm_fit.py <checkpoint.pt> --variants baseline flow --iterations 500
-    python benchmarks/wm_fit.py <checkpoint.pt> --variants flow-normalized --set wm_dynamics_coef=0.2,1,20
+    python benchmarks/wm_fit.py <checkpoint.pt> --variants flow-normalized --set wm_normalized_dynamics_coef=0.2,1,20
 
 The replay is the episode buffer stored in a ``train_singletask.py`` checkpoint (an online run's own
 data). Every 10th episode is held out. Each variant trains only its world model (no actor, no critic)

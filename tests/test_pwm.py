@@ -250,6 +250,24 @@ def test_wm_loss_weights_and_rho_hand_computation():
         make_pwm(wm_rho=0.0)
 
 
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_the_normalized_dynamics_loss_takes_its_own_weight(cls):
+    """With normalize_dynamics_loss: total = wm_normalized_dynamics_coef * L_dyn + reward_coef * L_rew, and
+    wm_dynamics_coef is not used; without it, the reverse."""
+    obs, act, rew = batch()
+    coefs = dict(wm_dynamics_coef=20.0, wm_normalized_dynamics_coef=0.3, wm_reward_coef=0.1)
+    for normalize, used in ((True, 0.3), (False, 20.0)):
+        torch.manual_seed(0)
+        agent = make_pwm(cls, **coefs)
+        agent.wm.normalize_dynamics_loss = normalize
+        agent = PWM(agent.wm, agent.actor, agent.critic, horizon=4, esnr_splits=2, **coefs)
+        total, terms, _ = agent.wm_loss(obs, act, rew)
+        expected = used * terms["dynamics_loss"].item() + 0.1 * terms["reward_loss"].item()
+        assert total.item() == pytest.approx(expected, rel=1e-6), normalize
+    with pytest.raises(ValueError, match="alg.wm_normalized_dynamics_coef"):
+        make_pwm(wm_normalized_dynamics_coef=0.0)
+
+
 class LinearActor(torch.nn.Module):
     """a = (k * x_0, 0): a one-parameter policy for hand-computed gradients."""
 

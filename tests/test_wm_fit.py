@@ -62,8 +62,8 @@ def test_set_sweeps_every_combination_of_its_values_and_names_bad_settings(wm_fi
 
 
 def test_extra_overrides_reach_the_model_and_name_the_run(wm_fit, checkpoint):
-    config = wm_fit.variant_config("flow-normalized", "pwm_tiny", ["wm_dynamics_coef=0.5"])
-    assert config.wm_dynamics_coef == 0.5 and config.world_model_config.normalize_dynamics_loss
+    config = wm_fit.variant_config("flow-normalized", "pwm_tiny", ["wm_normalized_dynamics_coef=0.5"])
+    assert config.wm_normalized_dynamics_coef == 0.5 and config.world_model_config.normalize_dynamics_loss
     plain = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=2, eval_every=2, seed=0)
     reweighted = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=2, eval_every=2, seed=0,
                             extra_overrides=["wm_dynamics_coef=1000"])

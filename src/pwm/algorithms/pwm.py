@@ -185,6 +185,12 @@ class PWM:
         esnr_every: measure the ESNR proxy (and pay for the M passes) on every ``esnr_every``-th actor
             update only; the others take one pass.
         wm_dynamics_coef, wm_reward_coef: weights of the world-model loss terms (see :func:`compute_wm_loss`).
+        wm_normalized_dynamics_coef: the dynamics weight used instead of ``wm_dynamics_coef`` when the world
+            model's ``normalize_dynamics_loss`` is on. That loss is in units of the latent variance (about
+            0.005-0.01 for SimNorm latents here), so the same weight would count it 100-200x more against
+            the reward term. A sweep of this weight (0.2 / 1 / 5 / 20) on a cartpole-balance replay gave
+            flow's reward head 6x less error at 0.2 than at 20 with no worse dynamics, and online at 0.2
+            flow learned cartpole-balance, which it had not at 20 (``benchmarks/results/normalized_weight/``).
         wm_rho: base of the per-step weights ``rho^t`` of the world-model loss; None uses ``gamma`` (the
             spec's choice). TD-MPC2 uses 0.5, which puts the weight on the first steps of a rollout,
             where the predicted latents the reward head learns from are still close to the data; the
@@ -236,6 +242,7 @@ class PWM:
         esnr_every: int = 1,
         wm_dynamics_coef: float = 1.0,
         wm_reward_coef: float = 1.0,
+        wm_normalized_dynamics_coef: float = 0.2,
         wm_rho: float | None = None,
         detach_actor_input: bool = False,
         actor_entropy_coef: float = 0.0,
@@ -255,6 +262,7 @@ class PWM:
             "esnr_every": esnr_every >= 1,
             "wm_dynamics_coef": wm_dynamics_coef > 0,
             "wm_reward_coef": wm_reward_coef > 0,
+            "wm_normalized_dynamics_coef": wm_normalized_dynamics_coef > 0,
             "wm_rho": wm_rho is None or 0.0 < wm_rho <= 1.0,
             "actor_entropy_coef": actor_entropy_coef >= 0.0,
             "lr_schedule": lr_schedule in LR_SCHEDULES,
@@ -275,7 +283,8 @@ class PWM:
         self.actor_updates = 0
         #: What computes the WM loss; distributed pretraining replaces it with a DDP wrapper of itself.
         self.wm_rho = float(wm_rho) if wm_rho is not None else self.gamma
-        self.wm_loss: nn.Module = WorldModelLoss(self.wm, self.wm_rho, float(wm_dynamics_coef), float(wm_reward_coef))
+        dynamics_coef = wm_normalized_dynamics_coef if self.wm.normalize_dynamics_loss else wm_dynamics_coef
+        self.wm_loss: nn.Module = WorldModelLoss(self.wm, self.wm_rho, float(dynamics_coef), float(wm_reward_coef))
         if compile_wm_loss:  # shares the parameters; checkpoints keep saving self.wm
             self.wm_loss = torch.compile(self.wm_loss)
         self.wm_optim = torch.optim.Adam(wm_parameter_groups(self.wm), lr=model_lr)
