@@ -59,14 +59,15 @@ NORMALIZED_DYNAMICS = "alg.world_model_config.normalize_dynamics_loss=true"
 VARIANT_OVERRIDES.update({"baseline-normalized": [NORMALIZED_DYNAMICS], "flow-normalized": [NORMALIZED_DYNAMICS],
                           "baseline-normalized-entropy": [NORMALIZED_DYNAMICS, ENTROPY_BONUS],
                           "flow-normalized-entropy": [NORMALIZED_DYNAMICS, ENTROPY_BONUS]})
+NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
 VARIANT_NOTES = {"flow-simplex-detached": "see `results/study/followups/README.md`",
                  "baseline-entropy": ENTROPY_NOTE, "flow-entropy": ENTROPY_NOTE,
                  "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`",
-                 "baseline-normalized": "the dynamics loss in units of the latent variance; see `learning_notes.md`",
-                 "flow-normalized": "the dynamics loss in units of the latent variance; see `learning_notes.md`",
-                 "baseline-normalized-entropy": "the dynamics loss in units of the latent variance and the entropy bonus",
-                 "flow-normalized-entropy": "the dynamics loss in units of the latent variance and the entropy bonus"}
+                 "baseline-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
+                 "flow-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
+                 "baseline-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
+                 "flow-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
