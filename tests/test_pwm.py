@@ -258,9 +258,8 @@ def test_the_normalized_dynamics_loss_takes_its_own_weight(cls):
     coefs = dict(wm_dynamics_coef=20.0, wm_normalized_dynamics_coef=0.3, wm_reward_coef=0.1)
     for normalize, used in ((True, 0.3), (False, 20.0)):
         torch.manual_seed(0)
-        agent = make_pwm(cls, **coefs)
-        agent.wm.normalize_dynamics_loss = normalize
-        agent = PWM(agent.wm, agent.actor, agent.critic, horizon=4, esnr_splits=2, **coefs)
+        wm = cls(**TINY, normalize_dynamics_loss=normalize)
+        agent = PWM(wm, ActorStochasticMLP(16, 2, units=[32]), CriticEnsemble(16, units=[32]), horizon=4, **coefs)
         total, terms, _ = agent.wm_loss(obs, act, rew)
         expected = used * terms["dynamics_loss"].item() + 0.1 * terms["reward_loss"].item()
         assert total.item() == pytest.approx(expected, rel=1e-6), normalize

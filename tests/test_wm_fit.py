@@ -73,11 +73,7 @@ def test_extra_overrides_reach_the_model_and_name_the_run(wm_fit, checkpoint):
 
 
 def test_variants_differ_only_in_their_named_knobs(wm_fit):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(wm_fit.CFG_DIR), version_base="1.3"):
-        configs = {name: compose(alg.format(alg="pwm_tiny"), overrides=overrides)
-                   for name, (alg, overrides) in wm_fit.VARIANTS.items()}
+    configs = {name: wm_fit.variant_config(name, "pwm_tiny") for name in wm_fit.VARIANTS}
     assert configs["flow-detached"].world_model_config.detach_velocity_target
     assert not configs["flow"].world_model_config.detach_velocity_target
     for name in ("baseline-normalized", "flow-normalized"):
