@@ -192,8 +192,9 @@ class LatentWorldModel(nn.Module):
         Why: the flow-matching target ``z_tgt - z_s`` and a squared latent error both shrink when the
         encoder maps all states closer together. The spec's flow loss passes gradient into ``z_s``, and
         its encoder does shrink its latent space (on a fixed cup-catch replay, spread 0.090 -> 0.026 in
-        3,000 updates against the baseline's 0.084; ``benchmarks/results/wm_fit``). A loss divided by the latent variance is unchanged by such a shrinking, and the
-        gradient through the divisor pushes back against it.
+        3,000 updates against the baseline's 0.084; ``benchmarks/results/wm_fit``). A loss divided by
+        the latent variance is unchanged by such a shrinking, and the gradient through the divisor
+        pushes back against it.
         """
         if not self.normalize_dynamics_loss:
             return source.new_ones(())
