@@ -254,3 +254,26 @@ def test_interrupted_online_training_resumes_bit_identically(tmp_path, monkeypat
         for (key, a), b in zip(full["agent"][part].items(), split["agent"][part].values()):
             assert torch.equal(a, b), (part, key)
     assert torch.equal(full["buffer"]["obs"], split["buffer"]["obs"])
+
+
+def test_pretraining_frees_its_ddp_wrapper_while_the_process_group_lives(tmp_path):
+    """A DDP wrapper that outlived destroy_process_group ended the gloo group in its own destructor,
+    with the GIL held, and deadlocked against gloo's worker threads (CI hang of the torchrun test)."""
+    import weakref
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pwm.training.pipelines import _release_ddp
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        loss_module = torch.nn.Linear(3, 2)
+        agent = SimpleNamespace(wm_loss=DistributedDataParallel(loss_module))
+        wrapper = weakref.ref(agent.wm_loss)
+        _release_ddp(agent)
+        assert agent.wm_loss is loss_module
+        assert wrapper() is None
+    finally:
+        dist.destroy_process_group()

@@ -10,6 +10,7 @@ and agent, call a loop of :mod:`pwm.training.loops`.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import os
 from pathlib import Path
@@ -84,13 +85,28 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
                                        desc=f"pretrain {cfg.task_set} {variant_name(cfg.alg)}")
         if world_size > 1:
             _check_ranks_agree(agent.wm)
-            # no rank tears the group down while another still receives the last broadcast: on a busy
-            # machine rank 1 was left waiting forever for a rank 0 that had already exited
+            # no rank tears the group down while another still waits on the last collective
             dist.barrier()
     finally:
         if world_size > 1:
+            _release_ddp(agent)
             dist.destroy_process_group()
     return summary
+
+
+def _release_ddp(agent: Any) -> None:
+    """Unwrap ``agent.wm_loss`` and free its DDP wrapper while the process group is alive.
+
+    Freed only after ``destroy_process_group`` (when ``run_pretrain`` returned), the wrapper's reducer
+    held the last reference to the gloo group, so the group's destructor ran there with the GIL held.
+    It joins gloo's worker threads, and one of them could still be releasing the tensors of the last
+    collective, which needs the GIL: a deadlock, on a busy machine about one run in twenty (gdb:
+    ``~Reducer -> ~ProcessGroupGloo -> thread::join`` against ``~AsyncBarrierWork -> take_gil``).
+    ``destroy_process_group`` shuts the group's threads down first, so the group must end there.
+    """
+    if isinstance(agent.wm_loss, DistributedDataParallel):
+        agent.wm_loss = agent.wm_loss.module
+    gc.collect()
 
 
 def _check_ranks_agree(module: torch.nn.Module) -> None:
