@@ -438,3 +438,58 @@ def test_saturated_fraction_counts_real_action_dimensions_at_the_bound():
         agent.actor.net[-1].bias.copy_(torch.tensor([6.0, 6.0, 0.0, 0.0]))
     # task 1 has 2 real dims, both saturated; its 2 padded (unsaturated) dims must not count
     assert agent.update_actor_critic(torch.randn(4, 6), torch.tensor([1, 1, 1, 1]))["actor/saturated_fraction"] == 1.0
+
+
+def test_data_value_targets_are_td_lambda_of_the_real_windows():
+    """Inputs: the encoder's latents of obs[:-1]; targets: TD(lambda) of the data's rewards,
+    bootstrapped with the target critic at the next real latents (hand computation, H = 2)."""
+    agent = make_pwm(horizon=2, gamma=0.5, lam=0.5, critic_data_coef=1.0)
+    agent.target_critic.value = lambda x: torch.full(x.shape[:-1], 8.0)
+    obs, _, _ = batch(horizon=2, size=3)
+    reward = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    inputs, targets = agent.data_value_targets(obs, reward)
+    torch.testing.assert_close(inputs, agent.wm.encode(obs[:-1]).reshape(6, 16))
+    last = reward[1] + 0.5 * 8.0
+    first = reward[0] + 0.5 * (0.5 * 8.0 + 0.5 * last)
+    torch.testing.assert_close(targets, torch.cat([first, last]))
+
+
+def test_the_data_critic_loss_adds_with_its_weight():
+    """One critic step (the loss is taken before it) from identical states and samples: the total
+    at weight 3 exceeds the one at weight 1 by exactly 2 x the data loss; at 0 there is none."""
+    obs, _, reward = batch()
+    totals = {}
+    for weight in (0.0, 1.0, 3.0):
+        torch.manual_seed(0)
+        agent = make_pwm(critic_iterations=1, critic_data_coef=weight)
+        zs = torch.randn(5, 8, 16)
+        rewards = torch.randn(4, 8)
+        data = agent.data_value_targets(obs, reward) if weight else None
+        totals[weight] = agent.update_critic(zs, rewards, data_targets=data)
+    assert "critic/data_loss" not in totals[0.0]
+    data_loss = totals[1.0]["critic/data_loss"]
+    assert data_loss == pytest.approx(totals[3.0]["critic/data_loss"]) and data_loss > 0
+    assert totals[3.0]["critic/loss"] - totals[1.0]["critic/loss"] == pytest.approx(2 * data_loss, rel=1e-5)
+    assert totals[1.0]["critic/loss"] - totals[0.0]["critic/loss"] == pytest.approx(data_loss, rel=1e-5)
+
+
+def test_with_the_data_loss_the_critic_learns_the_replays_values():
+    """Imagined rewards 0, real rewards 1: only the data loss pulls the value at real states up."""
+    obs, action, _ = batch(size=32)
+    reward = torch.ones(4, 32)
+    values = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        agent = make_pwm(critic_iterations=4, critic_data_coef=weight, critic_lr=1e-2)
+        agent.wm.predict_reward = lambda z, a, task=None: torch.zeros(z.shape[:-1])
+        for _ in range(30):
+            agent.update(obs, action, reward, train_world_model=False)
+        with torch.no_grad():
+            values[weight] = agent.critic.value(agent.wm.encode(obs[0])).mean().item()
+    assert abs(values[0.0]) < 0.2
+    assert values[1.0] > 1.0
+
+
+def test_a_negative_data_critic_weight_is_refused():
+    with pytest.raises(ValueError, match="alg.critic_data_coef"):
+        make_pwm(critic_data_coef=-1.0)

@@ -7,7 +7,8 @@ One training iteration on a batch of ``H + 1``-step windows ``(obs, action, rewa
    maximise ``sum_{t<H} gamma^t r_t + gamma^H V'(z_H)`` by backpropagation through the rollout
    (``V'`` is the target critic, reduced over the ensemble).
 3. Critic: regress every critic on TD(lambda) targets built from the rollout's rewards and target
-   critic values, then Polyak-average the target critic.
+   critic values (with ``critic_data_coef``, also on those of the batch's real windows), then
+   Polyak-average the target critic.
 
 Every update is NaN-guarded: a non-finite loss or gradient norm skips that optimizer step and is
 counted in :attr:`PWM.nan_counts` (never silently zeroed).
@@ -211,6 +212,16 @@ class PWM:
             per dimension at saturation, whatever the model says). With 0.01 flow's actor stayed out of
             saturation there; flow learned the task only with ``normalize_dynamics_loss`` as well
             (``benchmarks/results/entropy/`` and ``benchmarks/results/normalized/``).
+        critic_data_coef: weight of a second critic loss on the replay's own windows: each critic step
+            also regresses the critics on TD(lambda) targets of the batch's real transitions (encoder
+            latents of the observations, the data's rewards, the target critic at the next latents).
+            0 is PWM's and the spec's critic, which learns only from the policy's imagined rollouts.
+            There a sparse reward can stay out of reach: online on cup-catch, flow's seed 1 valued
+            states with the ball in the cup at 198 (the discounted sum of 2 per step), every other
+            state at about 0, and its policy's 16-step rollouts from those never reached the cup, so
+            its return was flat in the action for 100k steps (the runs that learned valued the other
+            states at 140-170). Real episodes that did catch carry that value back along the swing.
+            TD-MPC2 learns its values from the replay as well.
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
@@ -246,6 +257,7 @@ class PWM:
         wm_rho: float | None = None,
         detach_actor_input: bool = False,
         actor_entropy_coef: float = 0.0,
+        critic_data_coef: float = 0.0,
         lr_schedule: str = "constant",
         lr_final: float = 1e-5,
         compile_wm_loss: bool = False,
@@ -265,6 +277,7 @@ class PWM:
             "wm_normalized_dynamics_coef": wm_normalized_dynamics_coef > 0,
             "wm_rho": wm_rho is None or 0.0 < wm_rho <= 1.0,
             "actor_entropy_coef": actor_entropy_coef >= 0.0,
+            "critic_data_coef": critic_data_coef >= 0.0,
             "lr_schedule": lr_schedule in LR_SCHEDULES,
             "lr_final": lr_final >= 0,
         }
@@ -293,6 +306,7 @@ class PWM:
         self.lr_schedule, self.lr_final = lr_schedule, float(lr_final)
         self.detach_actor_input = bool(detach_actor_input)
         self.actor_entropy_coef = float(actor_entropy_coef)
+        self.critic_data_coef = float(critic_data_coef)
         if self.actor_entropy_coef > 0 and not hasattr(self.actor, "sample_with_log_prob"):
             raise ValueError(f"alg.actor_entropy_coef={actor_entropy_coef} needs an actor with sample_with_log_prob "
                              f"(a stochastic one); {type(self.actor).__name__} has none")
@@ -409,8 +423,10 @@ class PWM:
         objective = objective + self.gamma**self.horizon * terminal_value
         return torch.stack(zs), rewards_t, objective, entropies_t
 
-    def update_actor_critic(self, obs0: torch.Tensor, task: TaskLike = None) -> dict[str, float]:
-        """Actor step through ``H``-step latent rollouts from ``obs0`` ``[B, obs_dim]``, then critic steps."""
+    def update_actor_critic(self, obs0: torch.Tensor, task: TaskLike = None,
+                            data_targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+        """Actor step through ``H``-step latent rollouts from ``obs0`` ``[B, obs_dim]``, then critic steps
+        (``data_targets``: see :meth:`update_critic`)."""
         start = self._sync()
         self.actor.train()
         with torch.no_grad():
@@ -461,22 +477,44 @@ class PWM:
             "rollout/nonfinite_latents": float((~torch.isfinite(zs)).any(-1).sum().item()),
             "time/actor_update_s": self._sync() - start,
         }
-        metrics.update(self.update_critic(zs, rewards, task))
+        metrics.update(self.update_critic(zs, rewards, task, data_targets))
         return metrics
 
-    def update_critic(self, zs: torch.Tensor, rewards: torch.Tensor, task: TaskLike = None) -> dict[str, float]:
-        """Fit the critics to TD(lambda) targets of a detached rollout (``zs [H+1, B, L]``, ``rewards [H, B]``)."""
+    def data_value_targets(self, obs: torch.Tensor, reward: torch.Tensor,
+                           task: TaskLike = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Critic inputs ``[H * B, in_dim]`` and TD(lambda) targets ``[H * B]`` of the real windows
+        ``obs [H+1, B, obs_dim]``, ``reward [H, B]`` (the ``critic_data_coef`` loss)."""
+        with torch.no_grad():
+            inputs = self.policy_input(self.wm.encode(obs, task), task)
+            targets = lambda_returns(reward, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
+        return inputs[:-1].reshape(-1, inputs.shape[-1]), targets.reshape(-1)
+
+    def update_critic(self, zs: torch.Tensor, rewards: torch.Tensor, task: TaskLike = None,
+                      data_targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+        """Fit the critics to TD(lambda) targets of a detached rollout (``zs [H+1, B, L]``, ``rewards [H, B]``).
+
+        With ``critic_data_coef > 0`` and ``data_targets`` (from :meth:`data_value_targets`), every
+        step's loss adds ``critic_data_coef`` times the same regression on a sample of those.
+        """
         start = self._sync()
         with torch.no_grad():
             inputs = self.policy_input(zs, task)
             targets = lambda_returns(rewards, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
             flat_inputs = inputs[:-1].reshape(-1, inputs.shape[-1])
             flat_targets = targets.reshape(-1)
-        losses, grad_norms = [], []
+        use_data = self.critic_data_coef > 0 and data_targets is not None
+        losses, data_losses, grad_norms = [], [], []
         for _ in range(self.critic_iterations):
             index = torch.randint(flat_inputs.shape[0], (min(self.critic_batch_size, flat_inputs.shape[0]),),
                                   device=flat_inputs.device)
             loss = (self.critic(flat_inputs[index]) - flat_targets[index]).pow(2).mean()
+            if use_data:
+                data_inputs, data_values = data_targets
+                data_index = torch.randint(data_inputs.shape[0], (min(self.critic_batch_size, data_inputs.shape[0]),),
+                                           device=data_inputs.device)
+                data_loss = (self.critic(data_inputs[data_index]) - data_values[data_index]).pow(2).mean()
+                data_losses.append(data_loss.item())
+                loss = loss + self.critic_data_coef * data_loss
             if torch.isfinite(loss):
                 loss.backward()
             grad_norms.append(self._guarded_step("critic", list(self.critic.parameters()), self.critic_optim,
@@ -490,6 +528,8 @@ class PWM:
             "critic/loss": sum(losses) / len(losses) if losses else nan,
             "critic/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else nan,
             "critic/target_mean": flat_targets.mean().item(),
+            **({"critic/data_loss": sum(data_losses) / len(data_losses) if data_losses else nan,
+                "critic/data_target_mean": data_targets[1].mean().item()} if use_data else {}),
             "time/critic_update_s": self._sync() - start,
         }
 
@@ -497,7 +537,8 @@ class PWM:
                train_world_model: bool = True) -> dict[str, float]:
         """One PWM iteration on a batch of windows; returns scalar metrics (NaN counts included)."""
         metrics = self.update_world_model(obs, action, reward, task) if train_world_model else {}
-        metrics.update(self.update_actor_critic(obs[0], task))
+        data_targets = self.data_value_targets(obs, reward, task) if self.critic_data_coef > 0 else None
+        metrics.update(self.update_actor_critic(obs[0], task, data_targets))
         metrics.update({f"nan/{name}_skipped_steps": float(count) for name, count in self.nan_counts.items()})
         return metrics
 
