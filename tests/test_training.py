@@ -1,9 +1,14 @@
 """World-model pretraining: plateau stopping, best-weight restore, exact resume."""
 
+import weakref
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
@@ -11,6 +16,7 @@ from pwm.data.tdmpc2_format import heldout_mask
 from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, WorldModel
 from pwm.envs.wrappers import TaskEnv
 from pwm.training.loops import pretrain_world_model, train_offline
+from pwm.training.pipelines import _release_ddp
 from pwm.utils.common import load_checkpoint
 
 HORIZON = 3
@@ -259,14 +265,6 @@ def test_interrupted_online_training_resumes_bit_identically(tmp_path, monkeypat
 def test_pretraining_frees_its_ddp_wrapper_while_the_process_group_lives(tmp_path):
     """A DDP wrapper that outlived destroy_process_group ended the gloo group in its own destructor,
     with the GIL held, and deadlocked against gloo's worker threads (CI hang of the torchrun test)."""
-    import weakref
-    from types import SimpleNamespace
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from pwm.training.pipelines import _release_ddp
-
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         loss_module = torch.nn.Linear(3, 2)

@@ -221,7 +221,8 @@ class PWM:
             state at about 0, and its policy's 16-step rollouts from those never reached the cup, so
             its return was flat in the action for 100k steps (the runs that learned valued the other
             states at 140-170). Real episodes that did catch carry that value back along the swing.
-            TD-MPC2 learns its values from the replay as well.
+            TD-MPC2 learns its values from the replay as well. At 1, that seed learned cup-catch with
+            both variants, and flow swung up pendulum-swingup (``benchmarks/results/data_critic/``).
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
