@@ -486,9 +486,19 @@ class PWM:
         """Critic inputs ``[H * B, in_dim]`` and TD(lambda) targets ``[H * B]`` of the real windows
         ``obs [H+1, B, obs_dim]``, ``reward [H, B]`` (the ``critic_data_coef`` loss)."""
         with torch.no_grad():
-            inputs = self.policy_input(self.wm.encode(obs, task), task)
-            targets = lambda_returns(reward, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
+            return self._value_targets(self.wm.encode(obs, task), reward, task)
+
+    def _value_targets(self, zs: torch.Tensor, rewards: torch.Tensor,
+                       task: TaskLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat critic inputs of ``zs[:-1]`` and their TD(lambda) targets, bootstrapped with the target critic."""
+        inputs = self.policy_input(zs, task)
+        targets = lambda_returns(rewards, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
         return inputs[:-1].reshape(-1, inputs.shape[-1]), targets.reshape(-1)
+
+    def _sampled_critic_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of every critic on ``critic_batch_size`` samples drawn with replacement."""
+        index = torch.randint(inputs.shape[0], (min(self.critic_batch_size, inputs.shape[0]),), device=inputs.device)
+        return (self.critic(inputs[index]) - targets[index]).pow(2).mean()
 
     def update_critic(self, zs: torch.Tensor, rewards: torch.Tensor, task: TaskLike = None,
                       data_targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
@@ -499,21 +509,13 @@ class PWM:
         """
         start = self._sync()
         with torch.no_grad():
-            inputs = self.policy_input(zs, task)
-            targets = lambda_returns(rewards, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
-            flat_inputs = inputs[:-1].reshape(-1, inputs.shape[-1])
-            flat_targets = targets.reshape(-1)
+            flat_inputs, flat_targets = self._value_targets(zs, rewards, task)
         use_data = self.critic_data_coef > 0 and data_targets is not None
         losses, data_losses, grad_norms = [], [], []
         for _ in range(self.critic_iterations):
-            index = torch.randint(flat_inputs.shape[0], (min(self.critic_batch_size, flat_inputs.shape[0]),),
-                                  device=flat_inputs.device)
-            loss = (self.critic(flat_inputs[index]) - flat_targets[index]).pow(2).mean()
+            loss = self._sampled_critic_loss(flat_inputs, flat_targets)
             if use_data:
-                data_inputs, data_values = data_targets
-                data_index = torch.randint(data_inputs.shape[0], (min(self.critic_batch_size, data_inputs.shape[0]),),
-                                           device=data_inputs.device)
-                data_loss = (self.critic(data_inputs[data_index]) - data_values[data_index]).pow(2).mean()
+                data_loss = self._sampled_critic_loss(*data_targets)
                 data_losses.append(data_loss.item())
                 loss = loss + self.critic_data_coef * data_loss
             if torch.isfinite(loss):
