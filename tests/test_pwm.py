@@ -490,6 +490,47 @@ def test_with_the_data_loss_the_critic_learns_the_replays_values():
     assert values[1.0] > 1.0
 
 
+def test_the_lower_bound_data_loss_counts_only_critics_below_their_target():
+    """Every critic value 3: targets 5 give (5 - 3)^2 = 4 in both modes; targets 1 give 4 as a
+    regression and nothing as a lower bound."""
+    agent = make_pwm()
+    agent.critic = lambda x: torch.full((2, x.shape[0]), 3.0)
+    inputs = torch.zeros(10, 16)
+    for target, mse, bound in ((5.0, 4.0, 4.0), (1.0, 4.0, 0.0)):
+        targets = torch.full((10,), target)
+        assert agent._sampled_critic_loss(inputs, targets).item() == pytest.approx(mse)
+        assert agent._sampled_critic_loss(inputs, targets, lower_bound=True).item() == pytest.approx(bound)
+
+
+def test_real_returns_below_the_imagined_ones_lower_values_only_as_a_regression():
+    """Imagined rewards 1, real rewards 0: the regression pulls the values at real states down; the
+    lower bound leaves them where the imagined targets alone put them, and it still raises values
+    that real returns exceed (real rewards 1, imagined 0)."""
+    obs, action, _ = batch(size=32)
+
+    def value_after_training(imagined: float, real: float, **settings) -> float:
+        torch.manual_seed(0)
+        agent = make_pwm(critic_iterations=4, critic_lr=1e-2, **settings)
+        agent.wm.predict_reward = lambda z, a, task=None: torch.full(z.shape[:-1], imagined)
+        for _ in range(30):
+            agent.update(obs, action, torch.full((4, 32), real), train_world_model=False)
+        with torch.no_grad():
+            return agent.critic.value(agent.wm.encode(obs[0])).mean().item()
+
+    imagined_only = value_after_training(1.0, 0.0)
+    regression = value_after_training(1.0, 0.0, critic_data_coef=1.0)
+    bound = value_after_training(1.0, 0.0, critic_data_coef=1.0, critic_data_loss="lower_bound")
+    assert imagined_only > 1.0
+    assert regression < imagined_only - 0.5
+    assert bound == pytest.approx(imagined_only, rel=0.1)
+    assert value_after_training(0.0, 1.0, critic_data_coef=1.0, critic_data_loss="lower_bound") > 1.0
+
+
+def test_an_unknown_data_critic_loss_is_refused():
+    with pytest.raises(ValueError, match="alg.critic_data_loss"):
+        make_pwm(critic_data_loss="huber")
+
+
 def test_a_negative_data_critic_weight_is_refused():
     with pytest.raises(ValueError, match="alg.critic_data_coef"):
         make_pwm(critic_data_coef=-1.0)

@@ -28,6 +28,7 @@ import torch.nn as nn
 from pwm.models.world_model import LatentWorldModel, TaskLike
 
 LR_SCHEDULES = ("constant", "linear")
+CRITIC_DATA_LOSSES = ("mse", "lower_bound")
 #: World-model submodules handed to the WM optimizer; ``_velocity`` exists only on FlowWorldModel.
 WM_MODULE_NAMES = ("_task_emb", "_encoder", "_dynamics", "_velocity", "_reward")
 
@@ -223,6 +224,13 @@ class PWM:
             states at 140-170). Real episodes that did catch carry that value back along the swing.
             TD-MPC2 learns its values from the replay as well. At 1, that seed learned cup-catch with
             both variants, and flow swung up pendulum-swingup (``benchmarks/results/data_critic/``).
+        critic_data_loss: how ``critic_data_coef``'s term treats those targets. ``"mse"``: a
+            regression, so the critic learns a mix of the current policy's values (imagined targets)
+            and the data-collecting policies' (real ones), and where the policy has got better than
+            its data the real targets pull its values down. ``"lower_bound"``: only a critic below a
+            real target is penalised, ``max(G - V, 0)^2``: what a past policy earned from a state,
+            the current one can earn too (self-imitation learning's bound, Oh et al., 2018), so real
+            returns raise values they exceed and never lower the others.
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
@@ -259,6 +267,7 @@ class PWM:
         detach_actor_input: bool = False,
         actor_entropy_coef: float = 0.0,
         critic_data_coef: float = 0.0,
+        critic_data_loss: str = "mse",
         lr_schedule: str = "constant",
         lr_final: float = 1e-5,
         compile_wm_loss: bool = False,
@@ -279,6 +288,7 @@ class PWM:
             "wm_rho": wm_rho is None or 0.0 < wm_rho <= 1.0,
             "actor_entropy_coef": actor_entropy_coef >= 0.0,
             "critic_data_coef": critic_data_coef >= 0.0,
+            "critic_data_loss": critic_data_loss in CRITIC_DATA_LOSSES,
             "lr_schedule": lr_schedule in LR_SCHEDULES,
             "lr_final": lr_final >= 0,
         }
@@ -308,6 +318,7 @@ class PWM:
         self.detach_actor_input = bool(detach_actor_input)
         self.actor_entropy_coef = float(actor_entropy_coef)
         self.critic_data_coef = float(critic_data_coef)
+        self.critic_data_lower_bound = critic_data_loss == "lower_bound"
         if self.actor_entropy_coef > 0 and not hasattr(self.actor, "sample_with_log_prob"):
             raise ValueError(f"alg.actor_entropy_coef={actor_entropy_coef} needs an actor with sample_with_log_prob "
                              f"(a stochastic one); {type(self.actor).__name__} has none")
@@ -495,10 +506,13 @@ class PWM:
         targets = lambda_returns(rewards, self.target_critic.value(inputs[1:]), self.gamma, self.lam)
         return inputs[:-1].reshape(-1, inputs.shape[-1]), targets.reshape(-1)
 
-    def _sampled_critic_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of every critic on ``critic_batch_size`` samples drawn with replacement."""
+    def _sampled_critic_loss(self, inputs: torch.Tensor, targets: torch.Tensor,
+                             lower_bound: bool = False) -> torch.Tensor:
+        """Mean squared error of every critic on ``critic_batch_size`` samples drawn with replacement
+        (with ``lower_bound``, only of the critics below their target)."""
         index = torch.randint(inputs.shape[0], (min(self.critic_batch_size, inputs.shape[0]),), device=inputs.device)
-        return (self.critic(inputs[index]) - targets[index]).pow(2).mean()
+        error = targets[index] - self.critic(inputs[index])
+        return (error.clamp(min=0.0) if lower_bound else error).pow(2).mean()
 
     def update_critic(self, zs: torch.Tensor, rewards: torch.Tensor, task: TaskLike = None,
                       data_targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
@@ -515,7 +529,7 @@ class PWM:
         for _ in range(self.critic_iterations):
             loss = self._sampled_critic_loss(flat_inputs, flat_targets)
             if use_data:
-                data_loss = self._sampled_critic_loss(*data_targets)
+                data_loss = self._sampled_critic_loss(*data_targets, lower_bound=self.critic_data_lower_bound)
                 data_losses.append(data_loss.item())
                 loss = loss + self.critic_data_coef * data_loss
             if torch.isfinite(loss):
