@@ -318,8 +318,9 @@ def test_linear_learning_rate_schedule():
 def test_esnr_is_measured_every_nth_actor_update_and_survives_a_checkpoint():
     agent = make_pwm(esnr_splits=2, esnr_every=3, critic_iterations=0)
     obs0 = torch.randn(8, 6)
-    measured = [not math.isnan(agent.update_actor_critic(obs0)["actor/esnr"]) for _ in range(7)]
-    assert measured == [True, False, False, True, False, False, True]
+    history = [agent.update_actor_critic(obs0) for _ in range(7)]
+    for key in ("actor/esnr", "critic/value_latent_grad"):
+        assert [not math.isnan(m[key]) for m in history] == [True, False, False, True, False, False, True]
     clone = make_pwm(esnr_splits=2, esnr_every=3, critic_iterations=0)
     clone.load_state_dict(agent.state_dict())
     assert [not math.isnan(clone.update_actor_critic(obs0)["actor/esnr"]) for _ in range(3)] == [False, False, True]
@@ -488,6 +489,16 @@ def test_with_the_data_loss_the_critic_learns_the_replays_values():
             values[weight] = agent.critic.value(agent.wm.encode(obs[0])).mean().item()
     assert abs(values[0.0]) < 0.2
     assert values[1.0] > 1.0
+
+
+def test_value_latent_grad_is_the_mean_norm_of_the_target_critics_slope():
+    """V'(z) = sum(z^2) has slope 2z: the metric is the mean of 2 ||z|| over the batch (hand computation)."""
+    agent = make_pwm()
+    agent.target_critic.value = lambda x: x.pow(2).sum(-1)
+    z = torch.zeros(2, 16)
+    z[0, 0], z[1, :2] = 3.0, torch.tensor([3.0, 4.0])
+    with torch.no_grad():  # it must not depend on the caller's grad mode
+        assert agent.value_latent_grad(z) == pytest.approx((2 * 3.0 + 2 * 5.0) / 2)
 
 
 def test_the_lower_bound_data_loss_counts_only_critics_below_their_target():

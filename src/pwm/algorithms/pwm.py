@@ -184,8 +184,8 @@ class PWM:
         critic_tau: Polyak rate of the target critic (fraction of the online weights mixed in).
         esnr_splits: M >= 2 splits the actor batch into M equal parts, whose gradients are averaged
             (the same update as one pass) and also give the ESNR proxy; 1 disables it.
-        esnr_every: measure the ESNR proxy (and pay for the M passes) on every ``esnr_every``-th actor
-            update only; the others take one pass.
+        esnr_every: measure the ESNR proxy (and pay for the M passes) and the critic's slope
+            (:meth:`value_latent_grad`) on every ``esnr_every``-th actor update only; the others take one pass.
         wm_dynamics_coef, wm_reward_coef: weights of the world-model loss terms (see :func:`compute_wm_loss`).
         wm_normalized_dynamics_coef: the dynamics weight used instead of ``wm_dynamics_coef`` when the world
             model's ``normalize_dynamics_loss`` is on. That loss is in units of the latent variance (about
@@ -443,7 +443,8 @@ class PWM:
         self.actor.train()
         with torch.no_grad():
             z0 = self.wm.encode(obs0, task)
-        measure_esnr = self.actor_updates % self.esnr_every == 0 and z0.shape[0] >= 2 * self.esnr_splits
+        diagnose = self.actor_updates % self.esnr_every == 0
+        measure_esnr = diagnose and z0.shape[0] >= 2 * self.esnr_splits
         self.actor_updates += 1
         splits = self.esnr_splits if measure_esnr else 1
         index_splits = torch.arange(z0.shape[0], device=z0.device).chunk(splits)
@@ -476,6 +477,7 @@ class PWM:
             saturated = ((mean_action.abs() > SATURATED_ACTION) * valid).sum() / valid.sum()
         latent_norms = zs.norm(dim=-1)  # [H + 1, B]
         metrics = {
+            "critic/value_latent_grad": self.value_latent_grad(zs[-1], task) if diagnose else float("nan"),
             "actor/loss": actor_loss.item(),
             "actor/grad_norm": actor_grad_norm,
             "actor/esnr": esnr_proxy(stacked) if splits >= 2 else float("nan"),
@@ -491,6 +493,15 @@ class PWM:
         }
         metrics.update(self.update_critic(zs, rewards, task, data_targets))
         return metrics
+
+    def value_latent_grad(self, z: torch.Tensor, task: TaskLike = None) -> float:
+        """Mean over ``z [B, latent_dim]`` of ``||dV'(z)/dz||``, the slope of the value the actor's objective
+        ends on (the target critic at the rollouts' last latents). The actor's gradient passes through it, so
+        a steep critic makes the actor's gradient large and erratic whatever the model's smoothness."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.target_critic.value(self.policy_input(z, task)).sum(), z)
+        return grad.norm(dim=-1).mean().item()
 
     def data_value_targets(self, obs: torch.Tensor, reward: torch.Tensor,
                            task: TaskLike = None) -> tuple[torch.Tensor, torch.Tensor]:
