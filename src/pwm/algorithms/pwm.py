@@ -224,13 +224,19 @@ class PWM:
             states at 140-170). Real episodes that did catch carry that value back along the swing.
             TD-MPC2 learns its values from the replay as well. At 1, that seed learned cup-catch with
             both variants, and flow swung up pendulum-swingup (``benchmarks/results/data_critic/``).
+            The cost: the two targets disagree (current policy vs the data's policies), and the critic
+            ends 3.5-19x steeper in the latent (``critic/value_latent_grad``). On cartpole-balance that
+            cost flow the task (751 against 997 at 100k steps, one seed).
         critic_data_loss: how ``critic_data_coef``'s term treats those targets. ``"mse"``: a
             regression, so the critic learns a mix of the current policy's values (imagined targets)
             and the data-collecting policies' (real ones), and where the policy has got better than
             its data the real targets pull its values down. ``"lower_bound"``: only a critic below a
             real target is penalised, ``max(G - V, 0)^2``: what a past policy earned from a state,
             the current one can earn too (self-imitation learning's bound, Oh et al., 2018), so real
-            returns raise values they exceed and never lower the others.
+            returns raise values they exceed and never lower the others. Online, one seed each: it
+            learned cup-catch seed 1 with flow without the regression's drops, but the baseline lost
+            reacher-easy with it (166 against 787 at 100k), its critic 19x steeper
+            (``benchmarks/results/data_critic/lower_bound/``).
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
