@@ -536,7 +536,8 @@ class PWM:
         """Fit the critics to TD(lambda) targets of a detached rollout (``zs [H+1, B, L]``, ``rewards [H, B]``).
 
         With ``critic_data_coef > 0`` and ``data_targets`` (from :meth:`data_value_targets`), every
-        step's loss adds ``critic_data_coef`` times the same regression on a sample of those.
+        step's loss adds ``critic_data_coef`` times the same loss on a sample of those (one-sided under
+        ``critic_data_loss="lower_bound"``).
         """
         start = self._sync()
         with torch.no_grad():
