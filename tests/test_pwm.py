@@ -446,26 +446,47 @@ def test_data_value_targets_are_td_lambda_of_the_real_windows():
     bootstrapped with the target critic at the next real latents (hand computation, H = 2)."""
     agent = make_pwm(horizon=2, gamma=0.5, lam=0.5, critic_data_coef=1.0)
     agent.target_critic.value = lambda x: torch.full(x.shape[:-1], 8.0)
-    obs, _, _ = batch(horizon=2, size=3)
+    obs, action, _ = batch(horizon=2, size=3)
     reward = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    inputs, targets = agent.data_value_targets(obs, reward)
+    inputs, targets = agent.data_value_targets(obs, action, reward)
     torch.testing.assert_close(inputs, agent.wm.encode(obs[:-1]).reshape(6, 16))
     last = reward[1] + 0.5 * 8.0
     first = reward[0] + 0.5 * (0.5 * 8.0 + 0.5 * last)
     torch.testing.assert_close(targets, torch.cat([first, last]))
 
 
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_predicted_data_latents_are_the_models_rollout_of_the_real_actions(cls):
+    """critic_data_latents=predicted: inputs z_0 = enc(o_0), z_1 = next(z_0, a_0); the bootstrap values
+    are the target critic's at the predicted z_1, z_2 (a critic that reads its input, H = 2)."""
+    torch.manual_seed(0)
+    agent = make_pwm(cls, horizon=2, gamma=0.5, lam=0.5, critic_data_coef=1.0, critic_data_latents="predicted")
+    agent.target_critic.value = lambda x: x[..., 0] * 100.0
+    obs, action, _ = batch(horizon=2, size=3)
+    reward = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    inputs, targets = agent.data_value_targets(obs, action, reward)
+    with torch.no_grad():
+        z0 = agent.wm.encode(obs[0])
+        z1 = agent.wm.next(z0, action[0])
+        z2 = agent.wm.next(z1, action[1])
+    assert not torch.allclose(z1, agent.wm.encode(obs[1]), atol=1e-3)  # the two kinds of latent differ here
+    torch.testing.assert_close(inputs, torch.cat([z0, z1]))
+    last = reward[1] + 0.5 * 100.0 * z2[:, 0]
+    first = reward[0] + 0.5 * (0.5 * 100.0 * z1[:, 0] + 0.5 * last)
+    torch.testing.assert_close(targets, torch.cat([first, last]))
+
+
 def test_the_data_critic_loss_adds_with_its_weight():
     """One critic step (the loss is taken before it) from identical states and samples: the total
     at weight 3 exceeds the one at weight 1 by exactly 2 x the data loss; at 0 there is none."""
-    obs, _, reward = batch()
+    obs, action, reward = batch()
     totals = {}
     for weight in (0.0, 1.0, 3.0):
         torch.manual_seed(0)
         agent = make_pwm(critic_iterations=1, critic_data_coef=weight)
         zs = torch.randn(5, 8, 16)
         rewards = torch.randn(4, 8)
-        data = agent.data_value_targets(obs, reward) if weight else None
+        data = agent.data_value_targets(obs, action, reward) if weight else None
         totals[weight] = agent.update_critic(zs, rewards, data_targets=data)
     assert "critic/data_loss" not in totals[0.0]
     data_loss = totals[1.0]["critic/data_loss"]
@@ -540,6 +561,11 @@ def test_real_returns_below_the_imagined_ones_lower_values_only_as_a_regression(
 def test_an_unknown_data_critic_loss_is_refused():
     with pytest.raises(ValueError, match="alg.critic_data_loss"):
         make_pwm(critic_data_loss="huber")
+
+
+def test_unknown_data_critic_latents_are_refused():
+    with pytest.raises(ValueError, match="alg.critic_data_latents"):
+        make_pwm(critic_data_latents="decoded")
 
 
 def test_a_negative_data_critic_weight_is_refused():
