@@ -522,6 +522,25 @@ def test_value_latent_grad_is_the_mean_norm_of_the_target_critics_slope():
         assert agent.value_latent_grad(z) == pytest.approx((2 * 3.0 + 2 * 5.0) / 2)
 
 
+def test_value_model_gap_compares_the_encoded_and_the_predicted_next_latent():
+    """V'(z) = 100 z_0: the gap is the batch mean of 100 (enc(o_1)_0 - next(enc(o_0), a_0)_0) (hand computation)."""
+    torch.manual_seed(0)
+    agent = make_pwm()
+    agent.target_critic.value = lambda x: 100.0 * x[..., 0]
+    obs, action, _ = batch()
+    with torch.no_grad():
+        expected = 100.0 * (agent.wm.encode(obs[1]) - agent.wm.next(agent.wm.encode(obs[0]), action[0]))[:, 0].mean()
+    assert abs(expected.item()) > 0.1
+    assert agent.value_model_gap(obs[:2], action[0]) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_update_logs_the_value_model_gap_on_diagnosed_iterations_only():
+    agent = make_pwm(esnr_every=2)
+    obs, action, reward = batch()
+    gaps = [agent.update(obs, action, reward)["critic/value_model_gap"] for _ in range(3)]
+    assert math.isfinite(gaps[0]) and math.isnan(gaps[1]) and math.isfinite(gaps[2])
+
+
 def test_the_lower_bound_data_loss_counts_only_critics_below_their_target():
     """Every critic value 3: targets 5 give (5 - 3)^2 = 4 in both modes; targets 1 give 4 as a
     regression and nothing as a lower bound."""

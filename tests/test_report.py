@@ -25,7 +25,8 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
                "rollout/nonfinite_latents": 0.0, "time/actor_update_s": 0.01,
                "time/train_elapsed_s": wall_per_iter * (it + 1), "actor/predicted_reward": it / 10,
                "actor/saturated_fraction": 1.0 if it >= iterations - 2 else 0.0,
-               "critic/value_latent_grad": 2.0 + it if it % 3 == 0 else math.nan}  # logged on every 3rd
+               "critic/value_latent_grad": 2.0 + it if it % 3 == 0 else math.nan,  # logged on every 3rd
+               "critic/value_model_gap": -1.0 - it if it % 3 == 0 else math.nan}
         if (it + 1) % 10 == 0:
             row["eval/episode_reward"] = rewards[(it + 1) // 10 - 1]
             row["eval/success"] = 0.0
@@ -75,10 +76,11 @@ def test_time_to_threshold_hand_computation(tmp_path):
     assert time_to_threshold(run.evals, 91.0, hold=1) == (math.inf, math.inf)
 
 
-def test_run_table_averages_the_critic_slope_over_the_iterations_that_logged_it(tmp_path):
+def test_run_table_averages_the_critic_slope_and_gap_over_the_iterations_that_logged_them(tmp_path):
     write_run(tmp_path, "t", "baseline", 0, [10, 50, 90], 1.0, [1.0])
     (row,) = run_table(load_runs(tmp_path)).to_dict("records")
     assert row["value_latent_grad_mean"] == pytest.approx(np.mean([2.0 + it for it in range(0, 30, 3)]))
+    assert row["value_model_gap_mean"] == pytest.approx(np.mean([-1.0 - it for it in range(0, 30, 3)]))
 
 
 def test_report_accepts_when_all_criteria_hold(tmp_path):

@@ -186,7 +186,8 @@ class PWM:
         esnr_splits: M >= 2 splits the actor batch into M equal parts, whose gradients are averaged
             (the same update as one pass) and also give the ESNR proxy; 1 disables it.
         esnr_every: measure the ESNR proxy (and pay for the M passes) and the critic's slope
-            (:meth:`value_latent_grad`) on every ``esnr_every``-th actor update only; the others take one pass.
+            (:meth:`value_latent_grad`, :meth:`value_model_gap`) on every ``esnr_every``-th actor update only;
+            the others take one pass.
         wm_dynamics_coef, wm_reward_coef: weights of the world-model loss terms (see :func:`compute_wm_loss`).
         wm_normalized_dynamics_coef: the dynamics weight used instead of ``wm_dynamics_coef`` when the world
             model's ``normalize_dynamics_loss`` is on. That loss is in units of the latent variance (about
@@ -520,6 +521,17 @@ class PWM:
             (grad,) = torch.autograd.grad(self.target_critic.value(self.policy_input(z, task)).sum(), z)
         return grad.norm(dim=-1).mean().item()
 
+    def value_model_gap(self, obs: torch.Tensor, action: torch.Tensor, task: TaskLike = None) -> float:
+        """Mean over a batch of ``V'(enc(o_1)) - V'(next(enc(o_0), a_0))`` for real transitions ``obs [2, B, obs_dim]``,
+        ``action [B, A]``: how differently the target critic values the encoder's latent of a state and the
+        model's one-step prediction of it. Near 0 when the critic values both kinds alike. A gap is value
+        the actor can chase by steering its rollouts' predicted latents, rather than by solving the task."""
+        with torch.no_grad():
+            predicted = self.wm.next(self.wm.encode(obs[0], task), action, task)
+            encoded = self.wm.encode(obs[1], task)
+            values = self.target_critic.value(self.policy_input(torch.stack([encoded, predicted]), task))
+            return (values[0] - values[1]).mean().item()
+
     def data_value_targets(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                            task: TaskLike = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Critic inputs ``[H * B, in_dim]`` and TD(lambda) targets ``[H * B]`` of the real windows
@@ -596,7 +608,9 @@ class PWM:
         """One PWM iteration on a batch of windows; returns scalar metrics (NaN counts included)."""
         metrics = self.update_world_model(obs, action, reward, task) if train_world_model else {}
         data_targets = self.data_value_targets(obs, action, reward, task) if self.critic_data_coef > 0 else None
+        diagnose = self.actor_updates % self.esnr_every == 0  # the iterations update_actor_critic diagnoses
         metrics.update(self.update_actor_critic(obs[0], task, data_targets))
+        metrics["critic/value_model_gap"] = self.value_model_gap(obs[:2], action[0], task) if diagnose else float("nan")
         metrics.update({f"nan/{name}_skipped_steps": float(count) for name, count in self.nan_counts.items()})
         return metrics
 

@@ -135,6 +135,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "critic_grad_norm_var": _column_stat(m, "critic/grad_norm", "var"),
             "esnr_mean": _column_stat(m, "actor/esnr", "mean"),
             "value_latent_grad_mean": _column_stat(m, "critic/value_latent_grad", "mean"),
+            "value_model_gap_mean": _column_stat(m, "critic/value_model_gap", "mean"),
             "imagined_reward_per_step": _tail_mean(m, "actor/predicted_reward"),
             "saturated_fraction": _tail_mean(m, "actor/saturated_fraction"),
             "real_reward_per_step": final_reward(run.evals, final_evals) / _column_stat(m, "eval/episode_length", "mean"),
