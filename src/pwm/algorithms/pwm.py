@@ -242,10 +242,13 @@ class PWM:
         critic_data_latents: the states of ``critic_data_coef``'s term. ``"encoded"``: the encoder's latents
             of the window's observations. ``"predicted"``: the world model's open-loop rollout of the
             window's real actions from the encoder's first latent, the kind of latent the imagined targets
-            and the actor's rollouts see. Why: with encoded latents the critic can tell the two kinds
-            apart. On reacher-easy (baseline, lower bound), one model step away from the encoder's latent
-            its value fell by 8 on average (0.5 without the data term), though the two latents were only
-            0.14 apart against 1.3 between random states; the actor can then climb that gap instead of the task.
+            and the actor's rollouts see. Why it exists: with encoded latents the critic can value the two
+            kinds differently (:meth:`value_model_gap`). On reacher-easy (baseline, lower bound, weight 1),
+            V changed by 8.2 on average between a state's encoded latent and its one-step prediction, 0.14
+            apart against 1.3 between random states (0.5 without the data term). Predicted latents cut that
+            to 2.5 but did not rescue the task (274 at 100k steps against 166 encoded, 787 without a data
+            term; slope 255 against 499), so the gap was not the cause
+            (``benchmarks/results/data_critic/predicted_latents/``).
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
