@@ -238,7 +238,10 @@ class PWM:
             returns raise values they exceed and never lower the others. Online, one seed each: it
             learned cup-catch seed 1 with flow without the regression's drops, but the baseline lost
             reacher-easy with it (166 against 787 at 100k), its critic 19x steeper
-            (``benchmarks/results/data_critic/lower_bound/``).
+            (``benchmarks/results/data_critic/lower_bound/``). At ``critic_data_coef=0.1`` the lower bound
+            kept the gains (flow: cup-catch seed 1 959, pendulum-swingup 698 at 100k) and lost neither
+            task (baseline reacher-easy 848, flow cartpole-balance 999), its critics about as smooth as
+            without (one seed each, ``benchmarks/results/data_critic/lower_bound_weight01/``).
         critic_data_latents: the states of ``critic_data_coef``'s term. ``"encoded"``: the encoder's latents
             of the window's observations. ``"predicted"``: the world model's open-loop rollout of the
             window's real actions from the encoder's first latent, the kind of latent the imagined targets
