@@ -35,12 +35,14 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, eps: float = 1e-1
 
 
 @torch.no_grad()
-def _open_loop(wm: LatentWorldModel, obs: torch.Tensor, action: torch.Tensor, task: TaskLike):
-    """Open-loop rollout: ``zs [H + 1, B, L]`` from ``E(obs[0])`` and targets ``E(obs[1:]) [H, B, L]``."""
-    zs = [wm.encode(obs[0], task)]
-    for t in range(action.shape[0]):
-        zs.append(wm.next(zs[-1], action[t], task))
-    return torch.stack(zs), wm.encode(obs[1:], task)
+def open_loop_latents(wm: LatentWorldModel, obs0: torch.Tensor, action: torch.Tensor,
+                      task: TaskLike = None) -> torch.Tensor:
+    """The model's open-loop rollout of ``action [H, B, A]`` from ``E(obs0)`` (``obs0 [B, obs_dim]``):
+    latents ``[H + 1, B, L]``, no gradient."""
+    zs = [wm.encode(obs0, task)]
+    for step_action in action:
+        zs.append(wm.next(zs[-1], step_action, task))
+    return torch.stack(zs)
 
 
 def reward_action_gradient_norm(wm: LatentWorldModel, z: torch.Tensor, action: torch.Tensor,
@@ -108,8 +110,9 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
     was_training = wm.training
     wm.eval()
     try:
-        zs, targets = _open_loop(wm, obs, action, task)
+        zs = open_loop_latents(wm, obs[0], action, task)
         with torch.no_grad():
+            targets = wm.encode(obs[1:], task)
             predicted_reward = wm.predict_reward(zs[:-1], action, task)  # [H, B]
         grad_norm = reward_action_gradient_norm(wm, zs[0], action[0], task)
         return_grad_norm = return_action_gradient_norm(wm, zs[0], action, gamma, task)

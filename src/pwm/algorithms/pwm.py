@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from pwm.algorithms.diagnostics import open_loop_latents
 from pwm.models.world_model import LatentWorldModel, TaskLike
 
 LR_SCHEDULES = ("constant", "linear")
@@ -549,10 +550,7 @@ class PWM:
         """
         with torch.no_grad():
             if self.critic_data_on_predicted_latents:
-                zs = [self.wm.encode(obs[0], task)]
-                for step_action in action:
-                    zs.append(self.wm.next(zs[-1], step_action, task))
-                latents = torch.stack(zs)
+                latents = open_loop_latents(self.wm, obs[0], action, task)
             else:
                 latents = self.wm.encode(obs, task)
             return self._value_targets(latents, reward, task)
