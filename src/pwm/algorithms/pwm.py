@@ -468,7 +468,7 @@ class PWM:
         self.actor.train()
         with torch.no_grad():
             z0 = self.wm.encode(obs0, task)
-        diagnose = self.actor_updates % self.esnr_every == 0
+        diagnose = self._diagnoses_next_actor_update()
         measure_esnr = diagnose and z0.shape[0] >= 2 * self.esnr_splits
         self.actor_updates += 1
         splits = self.esnr_splits if measure_esnr else 1
@@ -527,6 +527,10 @@ class PWM:
             z = z.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.target_critic.value(self.policy_input(z, task)).sum(), z)
         return grad.norm(dim=-1).mean().item()
+
+    def _diagnoses_next_actor_update(self) -> bool:
+        """Whether the next actor update is one of every ``esnr_every``-th, which measure the diagnostics."""
+        return self.actor_updates % self.esnr_every == 0
 
     def value_model_gap(self, obs: torch.Tensor, action: torch.Tensor, task: TaskLike = None) -> float:
         """Mean over a batch of ``V'(enc(o_1)) - V'(next(enc(o_0), a_0))`` for real transitions ``obs [2, B, obs_dim]``,
@@ -612,7 +616,7 @@ class PWM:
         """One PWM iteration on a batch of windows; returns scalar metrics (NaN counts included)."""
         metrics = self.update_world_model(obs, action, reward, task) if train_world_model else {}
         data_targets = self.data_value_targets(obs, action, reward, task) if self.critic_data_coef > 0 else None
-        diagnose = self.actor_updates % self.esnr_every == 0  # the iterations update_actor_critic diagnoses
+        diagnose = self._diagnoses_next_actor_update()
         metrics.update(self.update_actor_critic(obs[0], task, data_targets))
         metrics["critic/value_model_gap"] = self.value_model_gap(obs[:2], action[0], task) if diagnose else float("nan")
         metrics.update({f"nan/{name}_skipped_steps": float(count) for name, count in self.nan_counts.items()})
