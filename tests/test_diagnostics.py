@@ -6,12 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pwm.algorithms.diagnostics import imagination_gap, world_model_quality
+from pwm.algorithms.diagnostics import imagination_gap, returns_to_go, value_calibration, world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import heldout_mask
 from pwm.models import ActorStochasticMLP, CriticEnsemble, FlowWorldModel, WorldModel
+from pwm.envs.rollout import Episode
 from pwm.training.convergence import PlateauRule
+from pwm.training.evaluation import critic_diagnostics
 
 DECAY, ACTION_GAIN, REWARD_WEIGHTS = 0.9, 0.5, torch.tensor([2.0, -1.0])
 
@@ -187,3 +189,48 @@ def test_imagination_gap_follows_the_real_states_the_model_and_the_policy():
     assert torch.allclose(same["imagined_policy"], same["open_loop"])
     with pytest.raises(ValueError, match="fewer than steps=9"):
         imagination_gap(wm, lambda latent: fixed, obs, action, steps=9)
+
+
+def test_returns_to_go_match_hand_computation_with_and_without_bootstrap():
+    reward = torch.tensor([float("nan"), 1.0, 2.0, 3.0])  # row 0 (NaN) is never read
+    # G_2 = 3 + 0.5 * 4, G_1 = 2 + 0.5 * G_2, G_0 = 1 + 0.5 * G_1
+    assert returns_to_go(reward, 0.5, final_value=4.0).tolist() == [3.25, 4.5, 5.0]
+    assert returns_to_go(reward, 0.5, final_value=0.0).tolist() == [2.75, 3.5, 3.0]
+
+
+def test_value_calibration_measures_overvaluation_against_real_returns():
+    reward = torch.tensor([float("nan"), 1.0, 2.0, 3.0])
+    exact = torch.tensor([3.25, 4.5, 5.0, 4.0])  # the last value bootstraps the time-limited episode
+    calibrated = value_calibration([exact], [reward], [False], gamma=0.5)
+    assert calibrated["critic_eval/value_bias"] == pytest.approx(0.0, abs=1e-12)
+    assert calibrated["critic_eval/value_corr"] == pytest.approx(1.0)
+    assert calibrated["critic_eval/mean_return"] == pytest.approx((3.25 + 4.5 + 5.0) / 3)
+    # a terminated episode is not bootstrapped: the same values are then 0.5 * 4 too high at t = 2, ...
+    ended = value_calibration([exact], [reward], [True], gamma=0.5)
+    assert ended["critic_eval/value_bias"] == pytest.approx((0.5 + 1.0 + 2.0) / 3)
+    # values too high by 10 on one episode and too low by 2 on another (bias 4, mean |error| 6)
+    second = torch.tensor([2.75, 3.5, 3.0, 0.0]) - 2.0
+    mixed = value_calibration([exact + 10.0, second], [reward, reward], [False, True], gamma=0.5)
+    # the first episode's bootstrap moves with its last value: G = exact + 10 * 0.5^(T - t)
+    first_errors = [10.0 - 10.0 * 0.5 ** (3 - t) for t in range(3)]
+    assert mixed["critic_eval/value_bias"] == pytest.approx((sum(first_errors) - 6.0) / 6)
+    assert mixed["critic_eval/value_abs_error"] == pytest.approx((sum(first_errors) + 6.0) / 6)
+    assert value_calibration([], [], [], gamma=0.5) == {}
+
+
+def test_critic_diagnostics_score_the_agents_own_critic_on_encoded_states():
+    torch.manual_seed(0)
+    wm = WorldModel(obs_dim=2, act_dim=2, latent_dim=16, encoder_units=[16], units=[16], num_bins=11)
+    agent = PWM(wm, ActorStochasticMLP(16, 2, units=[16]), CriticEnsemble(16, units=[16]), horizon=4)
+    for param in agent.critic.parameters():  # the output layer starts at zero; after the target critic's copy,
+        nn.init.normal_(param, std=0.5)       # so that the online critic (the one scored) differs from it
+    obs, action, reward = linear_system(horizon=6, size=1)
+    nan_row = torch.full((1, 2), float("nan"))
+    episode = Episode(obs=obs[:, 0], action=torch.cat([nan_row, action[:, 0]]),
+                      reward=torch.cat([torch.tensor([float("nan")]), reward[:, 0]]), success=0.0, terminated=False)
+    metrics = critic_diagnostics(agent, [episode])
+    with torch.no_grad():
+        values = agent.critic.value(wm.encode(obs[:, 0]))
+    expected = value_calibration([values], [episode.reward], [False], gamma=agent.gamma)
+    assert metrics == pytest.approx(expected)
+    assert metrics["critic_eval/value_bias"] != 0.0 and -1.0 < metrics["critic_eval/value_corr"] < 1.0

@@ -31,6 +31,7 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
             row["eval/episode_reward"] = rewards[(it + 1) // 10 - 1]
             row["eval/success"] = 0.0
             row["eval/episode_length"] = 500
+            row["critic_eval/value_bias"] = float(it)
         rows.append(row)
     pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
     pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
@@ -81,6 +82,13 @@ def test_run_table_averages_the_critic_slope_and_gap_over_the_iterations_that_lo
     (row,) = run_table(load_runs(tmp_path)).to_dict("records")
     assert row["value_latent_grad_mean"] == pytest.approx(np.mean([2.0 + it for it in range(0, 30, 3)]))
     assert row["value_model_gap_mean"] == pytest.approx(np.mean([-1.0 - it for it in range(0, 30, 3)]))
+
+
+def test_run_table_reports_the_critics_overvaluation_at_the_final_evaluations(tmp_path):
+    write_run(tmp_path, "t", "baseline", 0, [10, 50, 90], 1.0, [1.0])  # evaluations at iterations 9, 19, 29
+    runs = load_runs(tmp_path)
+    assert run_table(runs, final_evals=2).loc[0, "value_bias_final"] == pytest.approx((19 + 29) / 2)
+    assert run_table(runs, final_evals=1).loc[0, "value_bias_final"] == pytest.approx(29)
 
 
 def test_report_accepts_when_all_criteria_hold(tmp_path):
@@ -335,4 +343,6 @@ def test_report_shows_the_share_of_saturated_actions(tmp_path):
     table = pd.read_csv(_report_dir(tmp_path) / "runs.csv")
     assert table.saturated_fraction.tolist() == pytest.approx([2 / 3, 2 / 3])
     text = (_report_dir(tmp_path) / "report.md").read_text()
-    assert "| imagined / real | saturated |" in text and "| 67% |" in text
+    assert "| imagined / real | saturated | critic overvaluation |" in text and "| 67% |" in text
+    # value_bias logs the iteration at each evaluation (9, 19, 29); the report's final_evals is 3
+    assert "| 67% | 19.0 |" in text

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shutil
 import socket
 import sys
@@ -107,6 +108,7 @@ def test_train_singletask_runs_and_resumes(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]
     assert rows[1]["eval/episode_reward"] != "" and float(rows[-1]["train/env_steps"]) == 5 * 500
+    assert math.isfinite(float(rows[1]["critic_eval/value_bias"]))  # the critic scored on the evaluation episodes
     assert list((tmp_path / "tensorboard").glob("events.*"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["variant"] == "flow"

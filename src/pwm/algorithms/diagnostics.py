@@ -142,6 +142,57 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
     return {PREFIX + k: v for k, v in metrics.items()}
 
 
+def returns_to_go(reward: torch.Tensor, gamma: float, final_value: float) -> torch.Tensor:
+    """Discounted real returns ``G_t = sum_{k>=1} gamma^(k-1) r[t+k] + gamma^(T-t) final_value`` for
+    ``t = 0 .. T-1`` (``[T]``), from an episode's rewards ``[T + 1]`` in the TD-MPC2 layout (row ``t``
+    is the reward of arriving at ``obs[t]``; row 0 is not read). ``final_value`` bootstraps a
+    time-limited episode at ``obs[T]`` (0 for one that terminated)."""
+    returns = torch.empty(reward.shape[0] - 1, dtype=torch.float64)
+    running = float(final_value)
+    for t in range(reward.shape[0] - 2, -1, -1):
+        running = float(reward[t + 1]) + gamma * running
+        returns[t] = running
+    return returns
+
+
+#: Prefix of the critic-calibration metrics (:func:`value_calibration`).
+CRITIC_PREFIX = "critic_eval/"
+
+
+def value_calibration(values: list[torch.Tensor], rewards: list[torch.Tensor], terminated: list[bool],
+                      gamma: float) -> dict[str, float]:
+    """How far the critic's values are from the real returns of the policy's own episodes.
+
+    PWM's critic learns only from imagined rollouts (unless ``critic_data_coef > 0``), so a policy
+    that the model flatters is also one its critic overvalues; this is the critic's side of
+    :func:`imagination_gap`, measured on every state of real episodes.
+
+    Args:
+        values: per episode, the critic's values at the encoder latents of its observations ``[T + 1]``.
+        rewards: per episode, its rewards ``[T + 1]`` (TD-MPC2 layout, row 0 not read).
+        terminated: per episode, whether it ended in a terminal state (no bootstrap at ``obs[T]``).
+        gamma: the discount.
+
+    Returns ``critic_eval/value_bias`` (mean of ``V(obs_t) - G_t`` over every state ``t < T``:
+    positive means overvalued), ``critic_eval/value_abs_error`` (mean ``|V - G|``),
+    ``critic_eval/value_corr`` (Pearson correlation of V and G across those states) and
+    ``critic_eval/mean_return`` (mean ``G``, for scale).
+    """
+    if not values:
+        return {}
+    predicted, real = [], []
+    for value, reward, ended in zip(values, rewards, terminated):
+        value = value.detach().double().cpu()
+        predicted.append(value[:-1])
+        real.append(returns_to_go(reward.detach().cpu(), gamma, 0.0 if ended else float(value[-1])))
+    predicted_t, real_t = torch.cat(predicted), torch.cat(real)
+    error = predicted_t - real_t
+    return {CRITIC_PREFIX + "value_bias": float(error.mean()),
+            CRITIC_PREFIX + "value_abs_error": float(error.abs().mean()),
+            CRITIC_PREFIX + "value_corr": _pearson(predicted_t, real_t),
+            CRITIC_PREFIX + "mean_return": float(real_t.mean())}
+
+
 @torch.no_grad()
 def imagination_gap(wm: LatentWorldModel, actor_action, obs: torch.Tensor, action: torch.Tensor,
                     steps: int, task: TaskLike = None) -> dict[str, torch.Tensor]:

@@ -69,6 +69,12 @@ def _column_stat(frame: pd.DataFrame | None, column: str, how: str) -> float:
     return float(getattr(values, how)()) if len(values) else float("nan")
 
 
+def _last_mean(frame: pd.DataFrame | None, column: str, count: int) -> float:
+    """Mean of the last ``count`` logged values of ``column`` (the final evaluations)."""
+    values = _logged(frame, column)
+    return float(values.tail(max(1, count)).mean()) if len(values) else float("nan")
+
+
 def _tail_mean(frame: pd.DataFrame | None, column: str, share: float = 0.1) -> float:
     """Mean of the last ``share`` of ``column``'s logged values (the end of training)."""
     values = _logged(frame, column)
@@ -107,7 +113,8 @@ def model_size(summary: dict[str, Any]) -> str:
 
 def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
     """One row per run: identity, outcome (``final_reward``: mean of the last ``final_evals``
-    evaluations; ``last_reward``: the last one), cost and stability statistics."""
+    evaluations; ``last_reward``: the last one), cost and stability statistics (``value_bias_final``:
+    the critic's mean overvaluation of real returns on the last ``final_evals`` evaluations)."""
     rows = []
     for run in runs:
         s, m = run.summary, run.metrics
@@ -136,6 +143,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "esnr_mean": _column_stat(m, "actor/esnr", "mean"),
             "value_latent_grad_mean": _column_stat(m, "critic/value_latent_grad", "mean"),
             "value_model_gap_mean": _column_stat(m, "critic/value_model_gap", "mean"),
+            "value_bias_final": _last_mean(m, "critic_eval/value_bias", final_evals),
             "imagined_reward_per_step": _tail_mean(m, "actor/predicted_reward"),
             "saturated_fraction": _tail_mean(m, "actor/saturated_fraction"),
             "real_reward_per_step": final_reward(run.evals, final_evals) / _column_stat(m, "eval/episode_length", "mean"),

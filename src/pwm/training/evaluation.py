@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pwm.algorithms.build import build_pwm, variant_name
-from pwm.algorithms.diagnostics import world_model_quality
+from pwm.algorithms.diagnostics import value_calibration, world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.envs.rollout import Episode, Policy, evaluate_policy
@@ -52,6 +52,18 @@ def episode_diagnostics(agent: PWM, episodes: list[Episode], windows: int, seed:
     return world_model_quality(agent.wm, batch.obs, batch.action, batch.reward, task, gamma=agent.gamma)
 
 
+@torch.no_grad()
+def critic_diagnostics(agent: PWM, episodes: list[Episode], task_id: int | None = None) -> dict[str, float]:
+    """The critic's values at every state of ``episodes`` against their real discounted returns
+    (:func:`~pwm.algorithms.diagnostics.value_calibration`, keys ``critic_eval/...``)."""
+    values = []
+    for episode in episodes:
+        obs = episode.obs.to(agent.device, torch.float32)
+        task = None if not agent.wm.multitask else torch.full((obs.shape[0],), int(task_id), device=agent.device)
+        values.append(agent.critic.value(agent.policy_input(agent.wm.encode(obs, task), task)))
+    return value_calibration(values, [e.reward for e in episodes], [e.terminated for e in episodes], agent.gamma)
+
+
 def evaluate(agent: PWM, env: TaskEnv, episodes: int, seed: int, task_id: int | None = None,
              diagnostics_windows: int = 0, video: VideoRecorder | None = None,
              step: int | None = None) -> dict[str, float]:
@@ -59,13 +71,16 @@ def evaluate(agent: PWM, env: TaskEnv, episodes: int, seed: int, task_id: int | 
 
     Episode ``i`` resets with ``seed + i``, so every variant is evaluated on the same initial states.
     With ``diagnostics_windows > 0`` the world-model diagnostics on those episodes are added
-    (keys ``wm_eval/...``, see :func:`episode_diagnostics`). With a ``video`` recorder its first
+    (keys ``wm_eval/...``, see :func:`episode_diagnostics`), and the critic's calibration on them
+    (keys ``critic_eval/...``, see :func:`critic_diagnostics`). With a ``video`` recorder its first
     episodes are rendered and recorded under ``step``.
     """
     render_episodes, render_size = (video.episodes, video.config.size) if video is not None else (0, (1, 1))
     metrics, results = evaluate_policy(env, agent_policy(agent, task_id, deterministic=True), episodes, seed,
                                        render_episodes=render_episodes, render_size=render_size)
     metrics.update(episode_diagnostics(agent, results, diagnostics_windows, seed, task_id))
+    if diagnostics_windows > 0:
+        metrics.update(critic_diagnostics(agent, results, task_id))
     if video is not None:
         video.record(results, step)
     return metrics
