@@ -179,3 +179,18 @@ def test_loading_fills_storage_allocated_once_in_blocks_and_filters_tasks(tmp_pa
     expected = torch.cat([f[0][f[3][:, 0] == 2] for f in files]).reshape(-1, 3)
     assert only.obs.shape[0] == only.size == expected.shape[0] and torch.equal(only.obs[: only.size], expected)
     assert set(only.task[: only.size].tolist()) == {2}
+
+
+def test_recent_windows_start_within_the_last_steps_only():
+    buffer = EpisodeBuffer(obs_dim=4, act_dim=2, horizon=2)
+    obs, action, reward, _ = episodes(num=3, length=6)
+    buffer.add_episodes(obs, action, reward, torch.zeros(3))  # 3 x 7 steps, episode ids 0, 1, 2
+    generator = torch.Generator().manual_seed(0)
+    assert set(buffer.sample(200, generator).obs[0, :, 0].tolist()) == {0.0, 1.0, 2.0}
+    recent = buffer.sample(200, generator, recent_steps=7)  # the last episode's 7 steps: its windows at t = 0..4
+    assert set(recent.obs[0, :, 0].tolist()) == {2.0} and set(recent.obs[0, :, 1].tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0}
+    straddling = buffer.sample(200, generator, recent_steps=9)  # also t = 5, 6 of episode 1: no window starts there
+    assert set(straddling.obs[0, :, 0].tolist()) == {2.0}
+    assert set(buffer.sample(200, generator, recent_steps=12).obs[0, :, 0].tolist()) == {1.0, 2.0}
+    with pytest.raises(ValueError, match="in the last 2 steps"):
+        buffer.sample(4, generator, recent_steps=2)

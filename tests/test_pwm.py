@@ -590,3 +590,28 @@ def test_unknown_data_critic_latents_are_refused():
 def test_a_negative_data_critic_weight_is_refused():
     with pytest.raises(ValueError, match="alg.critic_data_coef"):
         make_pwm(critic_data_coef=-1.0)
+
+
+def test_given_data_windows_the_data_critic_learns_from_them_not_from_the_batch():
+    """update(data_windows=...) (critic_data_recent_steps): the data term's targets are those of the given
+    windows (real rewards 5) and not of the training batch (real rewards 0)."""
+    torch.manual_seed(0)
+    agent = make_pwm(critic_data_coef=1.0, critic_data_recent_steps=100)
+    obs, action, _ = batch()
+    recent_obs, recent_action, _ = batch(seed=1)
+    recent = (recent_obs, recent_action, torch.full((4, 8), 5.0))
+    expected = agent.data_value_targets(*recent)[1].mean().item()
+    own = agent.data_value_targets(obs, action, torch.zeros(4, 8))[1].mean().item()
+    assert expected - own > 4.0
+    metrics = agent.update(obs, action, torch.zeros(4, 8), train_world_model=False, data_windows=recent)
+    assert metrics["critic/data_target_mean"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_recent_data_windows_are_refused_offline_and_when_negative():
+    from pwm.training.loops import check_offline_agent
+
+    with pytest.raises(ValueError, match="alg.critic_data_recent_steps"):
+        make_pwm(critic_data_recent_steps=-1)
+    check_offline_agent(make_pwm(critic_data_recent_steps=500))  # no data term: nothing to refuse
+    with pytest.raises(ValueError, match="alg.critic_data_recent_steps=500: a fixed dataset"):
+        check_offline_agent(make_pwm(critic_data_coef=0.1, critic_data_recent_steps=500))

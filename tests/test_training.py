@@ -275,3 +275,49 @@ def test_pretraining_frees_its_ddp_wrapper_while_the_process_group_lives(tmp_pat
         assert wrapper() is None
     finally:
         dist.destroy_process_group()
+
+
+def test_online_training_feeds_the_data_critic_the_replays_last_steps(tmp_path, monkeypatch):
+    """alg.critic_data_recent_steps=N: each update's data windows start within the buffer's last N steps,
+    while its training batch is drawn from the whole replay."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from pwm.training import pipelines
+
+    overrides = ["env=pendulum-swingup", "alg=pwm_tiny", "threads=1", f"general.run_dir={tmp_path}",
+                 "train.iterations=2", "train.seed_episodes=3", "train.updates_per_iteration=3",
+                 "train.eval_every=2", "train.eval_episodes=1", "train.tensorboard=false",
+                 "train.diagnostics_windows=0", "alg.critic_data_coef=0.1", "alg.critic_data_recent_steps=600"]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "scripts" / "cfg"),
+                               version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    seen = []
+    build = pipelines.build_pwm
+
+    def recording_build(*args, **kwargs):
+        built = build(*args, **kwargs)
+        update = built.update
+
+        def recorded(obs, action, reward, task=None, train_world_model=True, data_windows=None):
+            seen.append((obs, data_windows))
+            return update(obs, action, reward, task, train_world_model, data_windows)
+
+        built.update = recorded
+        return built
+
+    monkeypatch.setattr(pipelines, "build_pwm", recording_build)
+    pipelines.run_singletask(cfg)
+    buffer = load_checkpoint(tmp_path / "checkpoint.pt")["buffer"]
+    stored = buffer["obs"]  # 5 episodes of 501 steps; the first iteration's updates saw 4 of them
+    assert len(seen) == 6 and all(windows is not None for _, windows in seen)
+
+    def first_step_index(obs):  # where each window's first observation sits in the buffer
+        matches = (stored[None, :, :] == obs[0][:, None, :]).all(-1)
+        return matches.float().argmax(-1)
+
+    sizes = [4 * 501] * 3 + [5 * 501] * 3
+    for (obs, windows), size in zip(seen, sizes):
+        assert (first_step_index(windows[0]) >= size - 600).all()
+    assert min(first_step_index(obs).min().item() for obs, _ in seen) < 4 * 501 - 600  # batches: whole replay

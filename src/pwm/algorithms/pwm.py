@@ -253,6 +253,15 @@ class PWM:
             to 2.5 but did not rescue the task (274 at 100k steps against 166 encoded, 787 without a data
             term; slope 255 against 499), so the gap was not the cause
             (``benchmarks/results/data_critic/predicted_latents/``).
+        critic_data_recent_steps: where ``critic_data_coef``'s windows come from. 0: the training batch,
+            drawn from the whole replay, whose returns are those of every policy that collected it.
+            ``N > 0``: a separate batch from the replay's last ``N`` steps (online training), whose
+            returns are close to the current policy's own, so a regression on them can also lower a
+            value the current policy does not earn. Why: on reacher-easy (baseline, lower bound at 0.1)
+            two of three seeds stalled at 190-330 with critics that valued the states of their failed
+            episodes at 100-120 against a real discounted return of 0.1-9 (the imagined rollouts of 16
+            steps there predicted no reward, correctly; the values came from the critic's own bootstrap),
+            and a lower bound cannot lower a value.
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
@@ -291,6 +300,7 @@ class PWM:
         critic_data_coef: float = 0.0,
         critic_data_loss: str = "mse",
         critic_data_latents: str = "encoded",
+        critic_data_recent_steps: int = 0,
         lr_schedule: str = "constant",
         lr_final: float = 1e-5,
         compile_wm_loss: bool = False,
@@ -313,6 +323,7 @@ class PWM:
             "critic_data_coef": critic_data_coef >= 0.0,
             "critic_data_loss": critic_data_loss in CRITIC_DATA_LOSSES,
             "critic_data_latents": critic_data_latents in CRITIC_DATA_LATENTS,
+            "critic_data_recent_steps": critic_data_recent_steps >= 0,
             "lr_schedule": lr_schedule in LR_SCHEDULES,
             "lr_final": lr_final >= 0,
         }
@@ -344,6 +355,7 @@ class PWM:
         self.critic_data_coef = float(critic_data_coef)
         self.critic_data_lower_bound = critic_data_loss == "lower_bound"
         self.critic_data_on_predicted_latents = critic_data_latents == "predicted"
+        self.critic_data_recent_steps = int(critic_data_recent_steps)
         if self.actor_entropy_coef > 0 and not hasattr(self.actor, "sample_with_log_prob"):
             raise ValueError(f"alg.actor_entropy_coef={actor_entropy_coef} needs an actor with sample_with_log_prob "
                              f"(a stochastic one); {type(self.actor).__name__} has none")
@@ -612,10 +624,17 @@ class PWM:
         }
 
     def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: TaskLike = None,
-               train_world_model: bool = True) -> dict[str, float]:
-        """One PWM iteration on a batch of windows; returns scalar metrics (NaN counts included)."""
+               train_world_model: bool = True,
+               data_windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+        """One PWM iteration on a batch of windows; returns scalar metrics (NaN counts included).
+
+        ``data_windows``: ``(obs, action, reward)`` windows for the ``critic_data_coef`` term instead of
+        the batch's own (single-task; see ``critic_data_recent_steps``).
+        """
         metrics = self.update_world_model(obs, action, reward, task) if train_world_model else {}
-        data_targets = self.data_value_targets(obs, action, reward, task) if self.critic_data_coef > 0 else None
+        data_targets = None
+        if self.critic_data_coef > 0:
+            data_targets = self.data_value_targets(*(data_windows or (obs, action, reward)), task)
         diagnose = self._diagnoses_next_actor_update()
         metrics.update(self.update_actor_critic(obs[0], task, data_targets))
         metrics["critic/value_model_gap"] = self.value_model_gap(obs[:2], action[0], task) if diagnose else float("nan")

@@ -139,15 +139,19 @@ class EpisodeBuffer:
         self.num_heldout_episodes += int(heldout.sum())
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
-               task: int | None = None, split: str = "train") -> WindowBatch:
-        """``batch_size`` windows of ``split`` drawn uniformly (with replacement); ``task`` restricts to one task id."""
+               task: int | None = None, split: str = "train", recent_steps: int = 0) -> WindowBatch:
+        """``batch_size`` windows of ``split`` drawn uniformly (with replacement); ``task`` restricts to one
+        task id, ``recent_steps > 0`` to windows that start within the last ``recent_steps`` stored steps."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         starts = self.window_starts(split)
         if task is not None:
             starts = starts[self.task[starts] == task]
+        if recent_steps > 0:
+            starts = starts[starts >= self.size - recent_steps]
         if starts.numel() == 0:
             which = f" for task {task}" if task is not None else ""
+            which += f" in the last {recent_steps} steps" if recent_steps > 0 else ""
             raise ValueError(
                 f"no {split} window of {self.horizon + 1} steps available{which} ({self.num_episodes} episodes, "
                 f"{self.num_heldout_episodes} held out, {self.size} steps stored)"

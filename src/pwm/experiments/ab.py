@@ -27,7 +27,7 @@ from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.experiments.runs import model_size
-from pwm.training.loops import pretrain_world_model, train_offline, world_model_meta
+from pwm.training.loops import check_offline_agent, pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
@@ -146,6 +146,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
         buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
         agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
+        check_offline_agent(agent)  # before pretraining spends minutes
         label = variant_label(alg)
         pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", pretrain_settings, alg.batch_size, cfg.seed,
                                         world_model_meta(agent, alg, None), desc=f"{cfg.task} {label} wm")

@@ -50,6 +50,13 @@ def _episode_seed(np_rng: np.random.Generator) -> int:
     return int(np_rng.integers(COLLECT_SEED_OFFSET, 2**31 - 1))
 
 
+def check_offline_agent(agent: PWM) -> None:
+    """Refuse settings that only mean something online, before an offline run writes anything."""
+    if agent.critic_data_coef > 0 and agent.critic_data_recent_steps > 0:
+        raise ValueError(f"alg.critic_data_recent_steps={agent.critic_data_recent_steps}: a fixed dataset has no recent "
+                         "steps of the current policy; it applies to online training (train_singletask.py) only")
+
+
 def train_offline(
     agent: PWM,
     buffer: EpisodeBuffer,
@@ -74,6 +81,7 @@ def train_offline(
     it, so variants of different cost can get equal wall-clock instead of equal iterations.
     """
     settings = OfflineSettings.from_cfg(settings, "train")
+    check_offline_agent(agent)
     run_dir = Path(run_dir)
     loop = TrainingLoop(run_dir, Schedule(settings.iterations, settings.eval_every, settings.checkpoint_every),
                         seed=seed, parts={"agent": agent}, static={"run_info": run_info}, resume=settings.resume,
@@ -164,7 +172,12 @@ def train_online(
         with loop.clock():
             for _ in range(settings.updates_per_iteration):
                 batch = buffer.sample(batch_size, loop.generator).to(agent.device)
-                updates.append(agent.update(batch.obs, batch.action, batch.reward))
+                data_windows = None
+                if agent.critic_data_coef > 0 and agent.critic_data_recent_steps > 0:
+                    recent = buffer.sample(batch_size, loop.generator,
+                                           recent_steps=agent.critic_data_recent_steps).to(agent.device)
+                    data_windows = (recent.obs, recent.action, recent.reward)
+                updates.append(agent.update(batch.obs, batch.action, batch.reward, data_windows=data_windows))
         return {**mean_metrics(updates), "train/episode_reward": float(np.mean([e.total_reward for e in episodes])),
                 "train/env_steps": float(loop.progress.env_steps), "time/collect_s": collect_s}
 
