@@ -223,7 +223,8 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
              f"(action repeat 2), one torch thread per run on a 2-core CPU. Evaluation: {args.eval_episodes} "
              f"deterministic episodes every {args.eval_every:,} steps on fixed reset seeds. "
              "A reward at N steps is the mean of the evaluations in the last "
-             f"{args.eval_every * 2:,} steps up to N (two evaluations), then mean ± std over seeds.", "",
+             f"{args.eval_every * 2:,} steps up to N (two evaluations; three at the end of a run, whose final "
+             "evaluation also falls in that window), then mean ± std over seeds.", "",
              *([f"Every PWM run also had the overrides {' '.join(f'`{o}`' for o in args.override)}.", ""]
                if args.override else []),
              *[line for variant, overrides in VARIANT_OVERRIDES.items() if variant in set(results.variant)
