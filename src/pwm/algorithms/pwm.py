@@ -215,7 +215,10 @@ class PWM:
             ``-log(1 - tanh(u)^2)`` part of ``-log pi`` pulls such a policy back (gradient ``2 alpha``
             per dimension at saturation, whatever the model says). With 0.01 flow's actor stayed out of
             saturation there; flow learned the task only with ``normalize_dynamics_loss`` as well
-            (``benchmarks/results/entropy/`` and ``benchmarks/results/normalized/``).
+            (``benchmarks/results/entropy/`` and ``benchmarks/results/normalized/``). 0.01 is small
+            against values near 130-200 (DMC rewards), and on reacher-easy two of three baseline seeds
+            still drifted to 25-39% saturated actions, stopped exploring and stalled (255 and 334 at 100k
+            steps); at 0.1 both learned (808 and 774; ``benchmarks/results/entropy01/``).
         critic_data_coef: weight of a second critic loss on the replay's own windows: each critic step
             also regresses the critics on TD(lambda) targets of the batch's real transitions (encoder
             latents of the observations, the data's rewards, the target critic at the next latents).
@@ -261,7 +264,12 @@ class PWM:
             two of three seeds stalled at 190-330 with critics that valued the states of their failed
             episodes at 100-120 against a real discounted return of 0.1-9 (the imagined rollouts of 16
             steps there predicted no reward, correctly; the values came from the critic's own bootstrap),
-            and a lower bound cannot lower a value.
+            and a lower bound cannot lower a value. Tried on seed 2 as a regression at weight 1 on the
+            last 5,000 steps: it learned earlier (962 at 52.5k steps) but fell back (640 at 100k), its
+            critic still overvaluing and valuing the model's predicted latents 4-5 above the encoder's
+            (``critic/value_model_gap``), so the imagined targets kept what the real ones took away
+            (``benchmarks/results/data_critic/recent/``). The entropy bonus at 0.1 fixed that seed
+            instead (``actor_entropy_coef``).
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
