@@ -261,8 +261,8 @@ class PWM:
             ``N > 0``: a separate batch from the replay's last ``N`` steps (online training), whose
             returns are close to the current policy's own, so a regression on them can also lower a
             value the current policy does not earn. Why: on reacher-easy (baseline, lower bound at 0.1)
-            two of three seeds stalled at 190-330 with critics that valued the states of their failed
-            episodes at 100-120 against a real discounted return of 0.1-9 (the imagined rollouts of 16
+            two of three seeds stalled (255 and 334 at 100k steps) with critics that valued the states of
+            their failed episodes at 114-120 against a real discounted return of 0.1-9 (the imagined rollouts of 16
             steps there predicted no reward, correctly; the values came from the critic's own bootstrap),
             and a lower bound cannot lower a value. Tried on seed 2 as a regression at weight 1 on the
             last 5,000 steps: it learned earlier (962 at 52.5k steps) but fell back (640 at 100k), its
