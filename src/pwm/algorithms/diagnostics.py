@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from pwm.algorithms.returns import lambda_returns
 from pwm.models.world_model import LatentWorldModel, TaskLike
 
 #: Prefix of every metric this module returns (logged beside the training metrics).
@@ -147,12 +148,10 @@ def returns_to_go(reward: torch.Tensor, gamma: float, final_value: float) -> tor
     ``t = 0 .. T-1`` (``[T]``), from an episode's rewards ``[T + 1]`` in the TD-MPC2 layout (row ``t``
     is the reward of arriving at ``obs[t]``; row 0 is not read). ``final_value`` bootstraps a
     time-limited episode at ``obs[T]`` (0 for one that terminated)."""
-    returns = torch.empty(reward.shape[0] - 1, dtype=torch.float64)
-    running = float(final_value)
-    for t in range(reward.shape[0] - 2, -1, -1):
-        running = float(reward[t + 1]) + gamma * running
-        returns[t] = running
-    return returns
+    rewards = reward[1:].double()
+    next_values = torch.zeros_like(rewards)
+    next_values[-1] = final_value  # with lam = 1 only the last next-value (the bootstrap) is read
+    return lambda_returns(rewards, next_values, gamma, lam=1.0)
 
 
 #: Prefix of the critic-calibration metrics (:func:`value_calibration`).

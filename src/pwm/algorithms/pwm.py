@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from pwm.algorithms.diagnostics import open_loop_latents
+from pwm.algorithms.returns import lambda_returns
 from pwm.models.world_model import LatentWorldModel, TaskLike
 
 LR_SCHEDULES = ("constant", "linear")
@@ -108,23 +109,6 @@ class WorldModelLoss(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, task: TaskLike = None):
         return compute_wm_loss(self.wm, obs, action, reward, self.gamma, task, self.dynamics_coef, self.reward_coef)
-
-
-def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
-    """TD(lambda) targets ``[H, B]`` for a truncated rollout.
-
-    Args:
-        rewards: ``r_t`` ``[H, B]``.
-        next_values: ``V'(z_{t+1})`` ``[H, B]`` (target critic on the rollout's next latents).
-
-    ``G_{H-1} = r_{H-1} + gamma V'(z_H)`` and ``G_t = r_t + gamma ((1 - lam) V'(z_{t+1}) + lam G_{t+1})``.
-    """
-    returns = torch.empty_like(rewards)
-    running = next_values[-1]
-    for t in reversed(range(rewards.shape[0])):
-        running = rewards[t] + gamma * ((1.0 - lam) * next_values[t] + lam * running)
-        returns[t] = running
-    return returns
 
 
 def wm_parameter_groups(wm: nn.Module) -> list[dict[str, Any]]:
