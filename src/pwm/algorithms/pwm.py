@@ -245,10 +245,10 @@ class PWM:
             ``N > 0``: a separate batch from the replay's last ``N`` steps (online training), whose
             returns are close to the current policy's own, so a regression on them can also lower a
             value the current policy does not earn. Why: on reacher-easy (baseline, lower bound at 0.1)
-            two of three seeds stalled (255 and 334 at 100k steps) with critics that valued the states of
-            their failed episodes at 114-120 against a real discounted return of 0.1-9 (the imagined rollouts of 16
-            steps there predicted no reward, correctly; the values came from the critic's own bootstrap),
-            and a lower bound cannot lower a value. Tried on seed 2 as a regression at weight 1 on the
+            two of three seeds stalled (255 and 334 at 100k steps) with critics that valued the states
+            of their failed episodes at 114-120 against a real discounted return of 0.1-9 (the imagined
+            rollouts of 16 steps there predicted no reward, correctly; the values came from the critic's
+            own bootstrap), and a lower bound cannot lower a value. Tried on seed 2 as a regression at weight 1 on the
             last 5,000 steps: it learned earlier (962 at 52.5k steps) but fell back (640 at 100k), its
             critic still overvaluing and valuing the model's predicted latents 4-5 above the encoder's
             (``critic/value_model_gap``), so the imagined targets kept what the real ones took away
@@ -531,6 +531,12 @@ class PWM:
             z = z.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.target_critic.value(self.policy_input(z, task)).sum(), z)
         return grad.norm(dim=-1).mean().item()
+
+    @property
+    def uses_recent_data_windows(self) -> bool:
+        """Whether the data critic's windows are to come from the replay's last steps
+        (``critic_data_recent_steps``), which the online loop then samples separately."""
+        return self.critic_data_coef > 0 and self.critic_data_recent_steps > 0
 
     def _diagnoses_next_actor_update(self) -> bool:
         """Whether the next actor update is one of every ``esnr_every``-th, which measure the diagnostics."""

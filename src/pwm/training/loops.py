@@ -52,7 +52,7 @@ def _episode_seed(np_rng: np.random.Generator) -> int:
 
 def check_offline_agent(agent: PWM) -> None:
     """Refuse settings that only mean something online, before an offline run writes anything."""
-    if agent.critic_data_coef > 0 and agent.critic_data_recent_steps > 0:
+    if agent.uses_recent_data_windows:
         raise ValueError(f"alg.critic_data_recent_steps={agent.critic_data_recent_steps}: a fixed dataset has no recent "
                          "steps of the current policy; it applies to online training (train_singletask.py) only")
 
@@ -173,7 +173,7 @@ def train_online(
             for _ in range(settings.updates_per_iteration):
                 batch = buffer.sample(batch_size, loop.generator).to(agent.device)
                 data_windows = None
-                if agent.critic_data_coef > 0 and agent.critic_data_recent_steps > 0:
+                if agent.uses_recent_data_windows:
                     recent = buffer.sample(batch_size, loop.generator,
                                            recent_steps=agent.critic_data_recent_steps).to(agent.device)
                     data_windows = (recent.obs, recent.action, recent.reward)
