@@ -41,27 +41,36 @@ REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
 TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "walker-walk"]
 #: The issue's bar for the baseline within 100k environment steps.
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
-PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
+PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
+            "baseline-pwm": "{alg}", "flow-pwm": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
             "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow", "flow-simplex-detached-entropy": "{alg}_flow",
             "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow",
             "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow"}
-#: A variant's own overrides on top of its alg. flow-simplex-detached is the flow model with both knobs
-#: of results/study/followups (simplex projection, no gradient through the flow-matching target); the
-#: -entropy twins add an entropy bonus to the actor's objective, which keeps its tanh out of saturation
-#: (see PWM's actor_entropy_coef).
+#: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults; every
+#: other variant starts from PWM's objective (``+objective=pwm``: no entropy bonus, no data critic, the
+#: spec's dynamics loss; the defaults before these three settings joined them) and adds its knobs, so
+#: each name means what it meant when its committed results were run. flow-simplex-detached is the flow
+#: model with both knobs of results/study/followups (simplex projection, no gradient through the
+#: flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
+#: its tanh out of saturation (see PWM's actor_entropy_coef).
+PWM_OBJECTIVE = "+objective=pwm"
 ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
-VARIANT_OVERRIDES = {"flow-simplex-detached": ["alg.world_model_config.latent_projection=simplex",
-                                               "alg.world_model_config.detach_velocity_target=true"],
-                     "baseline-entropy": [ENTROPY_BONUS], "flow-entropy": [ENTROPY_BONUS]}
-VARIANT_OVERRIDES["flow-simplex-detached-entropy"] = [*VARIANT_OVERRIDES["flow-simplex-detached"], ENTROPY_BONUS]
 #: The -normalized twins divide the dynamics loss by the latent variance (world_model_config.normalize_dynamics_loss).
 NORMALIZED_DYNAMICS = "alg.world_model_config.normalize_dynamics_loss=true"
-VARIANT_OVERRIDES.update({"baseline-normalized": [NORMALIZED_DYNAMICS], "flow-normalized": [NORMALIZED_DYNAMICS],
-                          "baseline-normalized-entropy": [NORMALIZED_DYNAMICS, ENTROPY_BONUS],
-                          "flow-normalized-entropy": [NORMALIZED_DYNAMICS, ENTROPY_BONUS]})
+SIMPLEX_DETACHED = ["alg.world_model_config.latent_projection=simplex", "alg.world_model_config.detach_velocity_target=true"]
+VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE],
+                     "flow-simplex-detached": [PWM_OBJECTIVE, *SIMPLEX_DETACHED],
+                     "baseline-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS], "flow-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS],
+                     "flow-simplex-detached-entropy": [PWM_OBJECTIVE, *SIMPLEX_DETACHED, ENTROPY_BONUS],
+                     "baseline-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
+                     "flow-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
+                     "baseline-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
+                     "flow-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS]}
+PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
-VARIANT_NOTES = {"flow-simplex-detached": "see `results/study/followups/README.md`",
+VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
+                 "flow-simplex-detached": "see `results/study/followups/README.md`",
                  "baseline-entropy": ENTROPY_NOTE, "flow-entropy": ENTROPY_NOTE,
                  "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`",
                  "baseline-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
@@ -227,6 +236,9 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
              "evaluation also falls in that window), then mean ± std over seeds.", "",
              *([f"Every PWM run also had the overrides {' '.join(f'`{o}`' for o in args.override)}.", ""]
                if args.override else []),
+             *([f"`baseline`, `flow`: `alg={args.alg}`, `alg={args.alg}_flow` with the configs' defaults "
+                "(`scripts/cfg/alg/pwm_defaults.yaml` at the commit of each run, `learning_runs.csv`).", ""]
+               if {"baseline", "flow"} & set(results.variant) else []),
              *[line for variant, overrides in VARIANT_OVERRIDES.items() if variant in set(results.variant)
                for line in (f"`{variant}`: `alg={PWM_ALGS[variant].format(alg=args.alg)}` with "
                             + " ".join(f"`{o}`" for o in overrides) + f" ({VARIANT_NOTES[variant]}).", "")],
@@ -276,7 +288,8 @@ def plot(results, path: Path) -> None:
     reference = tdmpc2_reference()
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    colors = {"baseline": "tab:blue", "flow": "tab:orange", "flow-simplex-detached": "tab:red", "sac": "tab:green",
+    colors = {"baseline": "tab:blue", "flow": "tab:orange", "baseline-pwm": "navy", "flow-pwm": "goldenrod",
+              "flow-simplex-detached": "tab:red", "sac": "tab:green",
               "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown", "flow-simplex-detached-entropy": "tab:purple",
               "baseline-normalized": "tab:olive", "flow-normalized": "tab:pink",
               "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta"}

@@ -35,11 +35,12 @@ from pwm.utils.common import die_with_parent
 REPO = Path(__file__).resolve().parent.parent
 CFG_DIR = REPO / "scripts" / "cfg" / "alg"
 NORMALIZED = "world_model_config.normalize_dynamics_loss=true"
+SPEC_DYNAMICS_LOSS = "world_model_config.normalize_dynamics_loss=false"  # the configs' default is the normalised one
 #: name -> (alg config, overrides of it). ``flow-detached``: no gradient into z_s through the FM target.
 VARIANTS = {
-    "baseline": ("{alg}", []),
-    "flow": ("{alg}_flow", []),
-    "flow-detached": ("{alg}_flow", ["world_model_config.detach_velocity_target=true"]),
+    "baseline": ("{alg}", [SPEC_DYNAMICS_LOSS]),
+    "flow": ("{alg}_flow", [SPEC_DYNAMICS_LOSS]),
+    "flow-detached": ("{alg}_flow", [SPEC_DYNAMICS_LOSS, "world_model_config.detach_velocity_target=true"]),
     "baseline-normalized": ("{alg}", [NORMALIZED]),
     "flow-normalized": ("{alg}_flow", [NORMALIZED]),
 }

@@ -48,6 +48,28 @@ def test_a_run_folder_of_another_model_size_is_refused(tmp_path):
         check_run_model(legacy, tiny)
 
 
+def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
+    current = compose_ab("alg=pwm_small").alg
+    check_run_model(tmp_path / "run", current)
+    check_run_model(tmp_path / "run", compose_ab("alg=pwm_small", "alg.compile_wm_loss=true").alg)  # speed only
+    with pytest.raises(ValueError, match=r"other alg settings \(alg.horizon: 16 -> 10\).*general.root"):
+        check_run_model(tmp_path / "run", compose_ab("alg=pwm_small", "alg.horizon=10").alg)
+    # a finished run from before three settings existed ran them at their constructor defaults (off):
+    # reused under today's defaults it is refused, under +objective=pwm it is the same run
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    old = OmegaConf.to_container(compose_ab("alg=pwm_small", "+objective=pwm").alg, resolve=True)
+    for key in ("actor_entropy_coef", "critic_data_coef", "critic_data_loss"):
+        del old[key]
+    del old["world_model_config"]["normalize_dynamics_loss"]
+    (legacy / "summary.json").write_text(json.dumps({"alg": old}))
+    with pytest.raises(ValueError) as refused:
+        check_run_model(legacy, current)
+    assert ("alg.actor_entropy_coef: 0.0 -> 0.1; alg.critic_data_coef: 0.0 -> 0.1; alg.critic_data_loss: 'mse' -> "
+            "'lower_bound'; alg.world_model_config.normalize_dynamics_loss: False -> True") in str(refused.value)
+    check_run_model(legacy, compose_ab("alg=pwm_small", "+objective=pwm").alg)
+
+
 @pytest.mark.parametrize("preset, axis, values", [
     ("integrate_steps", "flow.integrate_steps", "2,4,8"), ("tau_sampling", "flow.fm_tau_sampling", "uniform,midpoint"),
     ("horizon", "alg.horizon", "10,20"), ("finetune", "train.train_world_model", "True")])

@@ -106,7 +106,7 @@ def test_the_table_names_the_overrides_and_the_variant_knobs_and_judges_the_targ
     assert "| 50 ± 0 |" in rows["flow-simplex-detached"] and "met" not in rows["flow-simplex-detached"]
 
 
-@pytest.mark.parametrize("variant, twin", [("baseline-entropy", "baseline"), ("flow-entropy", "flow"),
+@pytest.mark.parametrize("variant, twin", [("baseline-entropy", "baseline-pwm"), ("flow-entropy", "flow-pwm"),
                                            ("flow-simplex-detached-entropy", "flow-simplex-detached")])
 def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_path, monkeypatch, variant, twin):
     from hydra import compose, initialize_config_dir
@@ -119,7 +119,8 @@ def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_pat
     learning.run_pwm(args, "cup-catch", twin, 0)
     learning.run_pwm(args, "cup-catch", variant, 0)
     with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
-        plain, bonus = (compose("config", overrides=[a for a in c if a.startswith(("alg", "env"))]).alg for c in commands)
+        plain, bonus = (compose("config", overrides=[a for a in c if a.startswith(("alg", "env", "+"))]).alg
+                        for c in commands)
     assert plain.actor_entropy_coef == 0.0 and bonus.actor_entropy_coef == 0.01
     bonus.actor_entropy_coef = 0.0
     assert bonus == plain  # nothing else differs
@@ -193,3 +194,25 @@ if __name__ == "__main__":
         main.kill()
         if pid_file.exists() and pid_file.read_text() and not _is_gone(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_pwms_objective(learning, tmp_path, monkeypatch):
+    """The committed results of the older variants were run when PWM's objective was the default; their
+    names must keep meaning that, whatever the defaults are now."""
+    from hydra import compose, initialize_config_dir
+
+    commands = []
+    monkeypatch.setattr(learning.subprocess, "run",
+                        lambda command, **kwargs: commands.append(command) or argparse.Namespace(returncode=0))
+    args = argparse.Namespace(runs_dir=str(tmp_path), steps=10_000, eval_every=5_000, eval_episodes=2,
+                              alg="pwm_small", override=[])
+    for variant in ("baseline", "baseline-pwm", "baseline-normalized-entropy"):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        command = commands[-1]
+        with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
+            alg = compose("config", overrides=[a for a in command if a.startswith(("alg", "env", "+"))]).alg
+        settings = (alg.actor_entropy_coef, alg.critic_data_coef, alg.world_model_config.normalize_dynamics_loss)
+        assert settings == {"baseline": (0.1, 0.1, True), "baseline-pwm": (0.0, 0.0, False),
+                            "baseline-normalized-entropy": (0.01, 0.0, True)}[variant]
+    assert all(learning.PWM_OBJECTIVE in overrides for overrides in learning.VARIANT_OVERRIDES.values())
+    assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -63,3 +64,57 @@ def variant_name(alg_cfg: DictConfig | Mapping[str, Any]) -> str:
     """``flow`` or ``baseline``: which dynamics the config's world model has (the A/B names a flow
     variant further by its knobs, :func:`pwm.experiments.ab.variant_label`)."""
     return "flow" if is_flow_config(alg_cfg) else "baseline"
+
+
+#: Settings that change speed or memory, not what a run computes (up to float rounding): a run may
+#: resume, or be reused, under another value of these.
+SPEED_ONLY_KEYS = {"compile_wm_loss", "world_model_config.recompute_substeps"}
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _constructor_default(flat_config: Mapping[str, Any], key: str) -> Any:
+    """The value a setting took before configs spelled it: its constructor's default (``inspect.Parameter.empty``
+    if it has none). Settings join the code off, i.e. at the spec's behaviour, so this is what older runs ran."""
+    section, _, name = key.rpartition(".")
+    if not section:
+        cls = PWM
+    else:
+        target = flat_config.get(f"{section}._target_")
+        if target is None:
+            return inspect.Parameter.empty
+        module_name, _, class_name = str(target).rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+    for base in cls.__mro__:  # a subclass may pass the setting on to its parent in **kwargs
+        parameter = inspect.signature(base.__init__).parameters.get(name)
+        if parameter is not None:
+            return parameter.default
+    return inspect.Parameter.empty
+
+
+def alg_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The ``alg`` settings in which ``current`` differs from a run's ``recorded`` config, as
+    ``"alg.key: recorded -> current"`` (empty: the run is this config's; :data:`SPEED_ONLY_KEYS` aside).
+
+    A key ``recorded`` lacks predates that setting: the run ran with the setting's constructor default.
+    """
+    old, new = _flatten(recorded), _flatten(current)
+    changes = []
+    for key in sorted(new):
+        if key in SPEED_ONLY_KEYS:
+            continue
+        value = old[key] if key in old else _constructor_default(old, key)
+        if value is inspect.Parameter.empty:
+            continue  # a required setting the record lacks: nothing to compare against
+        if value != new[key] and not (isinstance(value, (int, float)) and isinstance(new[key], (int, float))
+                                      and float(value) == float(new[key])):
+            changes.append(f"alg.{key}: {value!r} -> {new[key]!r}")
+    return changes

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pwm.algorithms.build import build_pwm, is_flow_config, variant_name
+from pwm.algorithms.build import alg_changes, build_pwm, is_flow_config, variant_name
 from pwm.data.collect import CollectConfig, collect_dataset
 from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
@@ -105,25 +105,29 @@ def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
 
 
 def check_run_model(run_dir: Path, alg: DictConfig) -> None:
-    """Refuse a run folder that holds (or held) a run of other network sizes.
+    """Refuse a run folder that holds (or held) a run of other network sizes or other algorithm settings.
 
-    The folder name says task, setting, variant and seed but not the model size, so without this a
-    job of ``alg=pwm_5M`` under a root where ``pwm_small`` already ran would return the small run's
-    summary as its own (or fail to load its checkpoint). The size is recorded in ``job.json`` when a
-    job starts; runs from before that record it in their summary.
+    The folder name says task, setting, variant and seed but not the model size or the ``alg`` settings
+    left at their defaults, so without this a job of ``alg=pwm_5M``, or one run after a default changed,
+    would return (or resume) the older run as its own. Size and settings are recorded in ``job.json``
+    when a job starts; older runs record them in their summary (sizes only in older ``job.json`` files).
     """
-    current = model_size({"alg": OmegaConf.to_container(alg, resolve=True)})
+    resolved = OmegaConf.to_container(alg, resolve=True)
+    current = model_size({"alg": resolved})
     job_path, summary_path = run_dir / "job.json", run_dir / "summary.json"
-    recorded = None
-    if job_path.exists():
-        recorded = json.loads(job_path.read_text()).get("model")
-    elif summary_path.exists():
-        recorded = model_size(json.loads(summary_path.read_text()))
+    job = json.loads(job_path.read_text()) if job_path.exists() else {}
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    recorded = job.get("model") or (model_size(summary) if summary else None)
     if recorded not in (None, "unknown") and recorded != current:
         raise ValueError(f"{run_dir} holds a run of model {recorded}, but this job's alg is {current}; "
                          "use another general.root, or delete the folder")
-    if not job_path.exists():
-        atomic_write_text(json.dumps({"model": current}, indent=2), job_path)
+    recorded_alg = job.get("alg") or summary.get("alg")
+    changes = alg_changes(recorded_alg, resolved) if recorded_alg else []
+    if changes:
+        raise ValueError(f"{run_dir} holds a run of other alg settings ({'; '.join(changes)}); "
+                         "use another general.root, or delete the folder")
+    if "alg" not in job:
+        atomic_write_text(json.dumps({"model": current, "alg": resolved}, indent=2), job_path)
 
 
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
