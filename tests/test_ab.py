@@ -51,7 +51,7 @@ def test_a_run_folder_of_another_model_size_is_refused(tmp_path):
 def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
     current = compose_ab("alg=pwm_small").alg
     check_run_model(tmp_path / "run", current)
-    check_run_model(tmp_path / "run", compose_ab("alg=pwm_small", "alg.compile_wm_loss=true").alg)  # speed only
+    check_run_model(tmp_path / "run", compose_ab("alg=pwm_small", "alg.compile_wm_loss=true", "alg.esnr_every=5").alg)
     with pytest.raises(ValueError, match=r"other alg settings \(alg.horizon: 16 -> 10\).*general.root"):
         check_run_model(tmp_path / "run", compose_ab("alg=pwm_small", "alg.horizon=10").alg)
     # a finished run from before three settings existed ran them at their constructor defaults (off):
@@ -68,6 +68,21 @@ def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
     assert ("alg.actor_entropy_coef: 0.0 -> 0.1; alg.critic_data_coef: 0.0 -> 0.1; alg.critic_data_loss: 'mse' -> "
             "'lower_bound'; alg.world_model_config.normalize_dynamics_loss: False -> True") in str(refused.value)
     check_run_model(legacy, compose_ab("alg=pwm_small", "+objective=pwm").alg)
+
+
+@pytest.mark.parametrize("alg, label", [("pwm_small", "baseline"), ("pwm_small_flow", "flow-K4-uniform")])
+def test_the_committed_study_runs_are_the_study_presets_runs(alg, label, tmp_path):
+    """``bash scripts/run_study.sh`` restores the archived runs and skips them: they must be what the preset
+    would run today, or the guard refuses them (a changed default needs pinning in study/cpu.yaml)."""
+    cfg = compose_ab("+study=cpu", f"alg={alg}")
+    current = variant_alg(cfg.alg, cfg.flow)
+    summaries = sorted((REPO / "results" / "study" / "runs").glob(f"*/default/{label}/seed*/summary.json"))
+    assert len(summaries) == 18  # 6 tasks x 3 seeds
+    for number, summary in enumerate(summaries):
+        restored = tmp_path / str(number)  # a copy: the guard records job.json in the folder it checks
+        restored.mkdir()
+        (restored / "summary.json").write_text(summary.read_text())
+        check_run_model(restored, current)
 
 
 @pytest.mark.parametrize("preset, axis, values", [

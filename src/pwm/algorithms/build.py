@@ -66,9 +66,9 @@ def variant_name(alg_cfg: DictConfig | Mapping[str, Any]) -> str:
     return "flow" if is_flow_config(alg_cfg) else "baseline"
 
 
-#: Settings that change speed or memory, not what a run computes (up to float rounding): a run may
-#: resume, or be reused, under another value of these.
-SPEED_ONLY_KEYS = {"compile_wm_loss", "world_model_config.recompute_substeps"}
+#: Settings that change a run's cost or how often it measures diagnostics, not its algorithm (results equal up
+#: to float rounding and the order of random draws): a run may resume, or be reused, under other values.
+COST_AND_DIAGNOSTIC_KEYS = {"compile_wm_loss", "world_model_config.recompute_substeps", "esnr_every", "esnr_splits"}
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,14 +102,14 @@ def _constructor_default(flat_config: Mapping[str, Any], key: str) -> Any:
 
 def alg_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The ``alg`` settings in which ``current`` differs from a run's ``recorded`` config, as
-    ``"alg.key: recorded -> current"`` (empty: the run is this config's; :data:`SPEED_ONLY_KEYS` aside).
+    ``"alg.key: recorded -> current"`` (empty: the run is this config's; :data:`COST_AND_DIAGNOSTIC_KEYS` aside).
 
     A key ``recorded`` lacks predates that setting: the run ran with the setting's constructor default.
     """
     old, new = _flatten(recorded), _flatten(current)
     changes = []
     for key in sorted(new):
-        if key in SPEED_ONLY_KEYS:
+        if key in COST_AND_DIAGNOSTIC_KEYS:
             continue
         value = old[key] if key in old else _constructor_default(old, key)
         if value is inspect.Parameter.empty:
