@@ -549,8 +549,26 @@ def test_the_lower_bound_data_loss_counts_only_critics_below_their_target():
     inputs = torch.zeros(10, 16)
     for target, mse, bound in ((5.0, 4.0, 4.0), (1.0, 4.0, 0.0)):
         targets = torch.full((10,), target)
-        assert agent._sampled_critic_loss(inputs, targets).item() == pytest.approx(mse)
-        assert agent._sampled_critic_loss(inputs, targets, lower_bound=True).item() == pytest.approx(bound)
+        assert agent._sampled_critic_losses((inputs, targets, False))[0].item() == pytest.approx(mse)
+        assert agent._sampled_critic_losses((inputs, targets, True))[0].item() == pytest.approx(bound)
+
+
+def test_one_critic_pass_gives_each_sample_its_own_loss():
+    """The imagined and the data losses from one pass over both samples equal those of a pass each, on the
+    same draws (the data sample smaller than a batch: its own size, not the batch's)."""
+    agent = make_pwm(critic_batch_size=6)
+    agent.critic = lambda x: torch.stack([x[:, 0], 2 * x[:, 1]])  # two critics whose values tell inputs apart
+    g = torch.Generator().manual_seed(0)
+    imagined = (torch.randn(20, 16, generator=g), torch.randn(20, generator=g) * 3)
+    data = (torch.randn(4, 16, generator=g), torch.randn(4, generator=g) * 3)
+    torch.manual_seed(1)
+    joint = agent._sampled_critic_losses((*imagined, False), (*data, True))
+    torch.manual_seed(1)
+    index, data_index = torch.randint(20, (6,)), torch.randint(4, (4,))
+    separate = [(imagined[1][index] - agent.critic(imagined[0][index])).pow(2).mean(),
+                (data[1][data_index] - agent.critic(data[0][data_index])).clamp(min=0.0).pow(2).mean()]
+    assert [loss.item() for loss in joint] == pytest.approx([loss.item() for loss in separate], rel=1e-5)
+    assert joint[0].item() != pytest.approx(joint[1].item(), rel=1e-3)  # distinct samples, distinct losses
 
 
 def test_real_returns_below_the_imagined_ones_lower_values_only_as_a_regression():
