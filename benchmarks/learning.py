@@ -237,7 +237,7 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
              *([f"Every PWM run also had the overrides {' '.join(f'`{o}`' for o in args.override)}.", ""]
                if args.override else []),
              *([f"`baseline`, `flow`: `alg={args.alg}`, `alg={args.alg}_flow` with the configs' defaults "
-                "(`scripts/cfg/alg/pwm_defaults.yaml` at the commit of each run, `learning_runs.csv`).", ""]
+                "(`scripts/cfg/alg/pwm_defaults.yaml`).", ""]
                if {"baseline", "flow"} & set(results.variant) else []),
              *[line for variant, overrides in VARIANT_OVERRIDES.items() if variant in set(results.variant)
                for line in (f"`{variant}`: `alg={PWM_ALGS[variant].format(alg=args.alg)}` with "
