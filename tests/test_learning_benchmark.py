@@ -106,11 +106,17 @@ def test_the_table_names_the_overrides_and_the_variant_knobs_and_judges_the_targ
     assert "| 50 ± 0 |" in rows["flow-simplex-detached"] and "met" not in rows["flow-simplex-detached"]
 
 
+def composed_alg(learning, command):
+    """The ``alg`` config a ``train_singletask.py`` command line of ``run_pwm`` composes."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
+        return compose("config", overrides=[a for a in command if a.startswith(("alg", "env", "+"))]).alg
+
+
 @pytest.mark.parametrize("variant, twin", [("baseline-entropy", "baseline-pwm"), ("flow-entropy", "flow-pwm"),
                                            ("flow-simplex-detached-entropy", "flow-simplex-detached")])
 def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_path, monkeypatch, variant, twin):
-    from hydra import compose, initialize_config_dir
-
     commands = []
     monkeypatch.setattr(learning.subprocess, "run",
                         lambda command, **kwargs: commands.append(command) or argparse.Namespace(returncode=0))
@@ -118,9 +124,7 @@ def test_an_entropy_variant_is_its_twin_plus_the_entropy_bonus(learning, tmp_pat
                               alg="pwm_small", override=[])
     learning.run_pwm(args, "cup-catch", twin, 0)
     learning.run_pwm(args, "cup-catch", variant, 0)
-    with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
-        plain, bonus = (compose("config", overrides=[a for a in c if a.startswith(("alg", "env", "+"))]).alg
-                        for c in commands)
+    plain, bonus = (composed_alg(learning, command) for command in commands)
     assert plain.actor_entropy_coef == 0.0 and bonus.actor_entropy_coef == 0.01
     bonus.actor_entropy_coef = 0.0
     assert bonus == plain  # nothing else differs
@@ -199,8 +203,6 @@ if __name__ == "__main__":
 def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_pwms_objective(learning, tmp_path, monkeypatch):
     """The committed results of the older variants were run when PWM's objective was the default; their
     names must keep meaning that, whatever the defaults are now."""
-    from hydra import compose, initialize_config_dir
-
     commands = []
     monkeypatch.setattr(learning.subprocess, "run",
                         lambda command, **kwargs: commands.append(command) or argparse.Namespace(returncode=0))
@@ -208,9 +210,7 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_pwms_o
                               alg="pwm_small", override=[])
     for variant in ("baseline", "baseline-pwm", "baseline-normalized-entropy"):
         learning.run_pwm(args, "cup-catch", variant, 0)
-        command = commands[-1]
-        with initialize_config_dir(config_dir=str(learning.REPO / "scripts" / "cfg"), version_base="1.3"):
-            alg = compose("config", overrides=[a for a in command if a.startswith(("alg", "env", "+"))]).alg
+        alg = composed_alg(learning, commands[-1])
         settings = (alg.actor_entropy_coef, alg.critic_data_coef, alg.world_model_config.normalize_dynamics_loss)
         assert settings == {"baseline": (0.1, 0.1, True), "baseline-pwm": (0.0, 0.0, False),
                             "baseline-normalized-entropy": (0.01, 0.0, True)}[variant]
