@@ -45,15 +45,18 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
             "baseline-pwm": "{alg}", "flow-pwm": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
             "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow", "flow-simplex-detached-entropy": "{alg}_flow",
             "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow",
-            "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow"}
-#: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults; every
-#: other variant starts from PWM's objective (``+objective=pwm``: no entropy bonus, no data critic, the
-#: spec's dynamics loss; the defaults before these three settings joined them) and adds its knobs, so
-#: each name means what it meant when its committed results were run. flow-simplex-detached is the flow
+            "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow",
+            "baseline-fixed-alpha": "{alg}", "flow-fixed-alpha": "{alg}_flow"}
+#: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
+#: other variant names the defaults of the day its committed results were run, so each name keeps its
+#: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
+#: (0.1; the defaults from 2026-12-02 until the weight was tuned); the rest start from PWM's objective
+#: (``+objective=pwm``: no entropy bonus, no data critic, the spec's dynamics loss) and add their knobs. flow-simplex-detached is the flow
 #: model with both knobs of results/study/followups (simplex projection, no gradient through the
 #: flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
 #: its tanh out of saturation (see PWM's actor_entropy_coef).
 PWM_OBJECTIVE = "+objective=pwm"
+FIXED_ALPHA = "alg.actor_entropy_target=null"
 ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
 #: The -normalized twins divide the dynamics loss by the latent variance (world_model_config.normalize_dynamics_loss).
 NORMALIZED_DYNAMICS = "alg.world_model_config.normalize_dynamics_loss=true"
@@ -65,9 +68,12 @@ VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE
                      "baseline-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
                      "flow-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
                      "baseline-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
-                     "flow-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS]}
+                     "flow-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
+                     "baseline-fixed-alpha": [FIXED_ALPHA], "flow-fixed-alpha": [FIXED_ALPHA]}
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
+FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
+                    "the defaults from 2026-12-02 until it was tuned")
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
 VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "flow-simplex-detached": "see `results/study/followups/README.md`",
@@ -76,7 +82,8 @@ VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "baseline-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
                  "flow-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
                  "baseline-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
-                 "flow-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus"}
+                 "flow-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
+                 "baseline-fixed-alpha": FIXED_ALPHA_NOTE, "flow-fixed-alpha": FIXED_ALPHA_NOTE}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]

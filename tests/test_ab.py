@@ -59,13 +59,14 @@ def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     old = OmegaConf.to_container(compose_ab("alg=pwm_small", "+objective=pwm").alg, resolve=True)
-    for key in ("actor_entropy_coef", "critic_data_coef", "critic_data_loss"):
+    for key in ("actor_entropy_coef", "actor_entropy_target", "actor_entropy_lr", "critic_data_coef", "critic_data_loss"):
         del old[key]
     del old["world_model_config"]["normalize_dynamics_loss"]
     (legacy / "summary.json").write_text(json.dumps({"alg": old}))
     with pytest.raises(ValueError) as refused:
         check_run_model(legacy, current)
-    assert ("alg.actor_entropy_coef: 0.0 -> 0.1; alg.critic_data_coef: 0.0 -> 0.1; alg.critic_data_loss: 'mse' -> "
+    assert ("alg.actor_entropy_coef: 0.0 -> 0.1; alg.actor_entropy_target: None -> -0.5; alg.critic_data_coef: 0.0 -> "
+            "0.1; alg.critic_data_loss: 'mse' -> "
             "'lower_bound'; alg.world_model_config.normalize_dynamics_loss: False -> True") in str(refused.value)
     check_run_model(legacy, compose_ab("alg=pwm_small", "+objective=pwm").alg)
 

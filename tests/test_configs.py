@@ -73,10 +73,12 @@ def test_objective_pwm_turns_off_exactly_the_three_added_settings(entry):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         ours = OmegaConf.to_container(compose(entry, overrides=["alg=pwm_small_flow"]).alg)
         pwm = OmegaConf.to_container(compose(entry, overrides=["alg=pwm_small_flow", "+objective=pwm"]).alg)
-    assert (ours["actor_entropy_coef"], ours["critic_data_coef"], ours["critic_data_loss"]) == (0.1, 0.1, "lower_bound")
+    assert ((ours["actor_entropy_coef"], ours["actor_entropy_target"], ours["critic_data_coef"], ours["critic_data_loss"])
+            == (0.1, -0.5, 0.1, "lower_bound"))
     assert ours["world_model_config"].pop("normalize_dynamics_loss") is True
     assert pwm["world_model_config"].pop("normalize_dynamics_loss") is False
-    for key, value in {"actor_entropy_coef": 0.0, "critic_data_coef": 0.0, "critic_data_loss": "mse"}.items():
+    for key, value in {"actor_entropy_coef": 0.0, "actor_entropy_target": None, "critic_data_coef": 0.0,
+                       "critic_data_loss": "mse"}.items():
         assert pwm.pop(key) == value
         ours.pop(key)
     assert pwm == ours

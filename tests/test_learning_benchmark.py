@@ -200,7 +200,7 @@ if __name__ == "__main__":
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
-def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_pwms_objective(learning, tmp_path, monkeypatch):
+def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_days_defaults(learning, tmp_path, monkeypatch):
     """The committed results of the older variants were run when PWM's objective was the default; their
     names must keep meaning that, whatever the defaults are now."""
     commands = []
@@ -208,11 +208,18 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_pwms_o
                         lambda command, **kwargs: commands.append(command) or argparse.Namespace(returncode=0))
     args = argparse.Namespace(runs_dir=str(tmp_path), steps=10_000, eval_every=5_000, eval_episodes=2,
                               alg="pwm_small", override=[])
-    for variant in ("baseline", "baseline-pwm", "baseline-normalized-entropy"):
+    composed = {}
+    for variant in ("baseline", "baseline-fixed-alpha", "baseline-pwm", "baseline-normalized-entropy"):
         learning.run_pwm(args, "cup-catch", variant, 0)
-        alg = composed_alg(learning, commands[-1])
-        settings = (alg.actor_entropy_coef, alg.critic_data_coef, alg.world_model_config.normalize_dynamics_loss)
-        assert settings == {"baseline": (0.1, 0.1, True), "baseline-pwm": (0.0, 0.0, False),
-                            "baseline-normalized-entropy": (0.01, 0.0, True)}[variant]
-    assert all(learning.PWM_OBJECTIVE in overrides for overrides in learning.VARIANT_OVERRIDES.values())
+        composed[variant] = alg = composed_alg(learning, commands[-1])
+        settings = (alg.actor_entropy_coef, alg.actor_entropy_target, alg.critic_data_coef,
+                    alg.world_model_config.normalize_dynamics_loss)
+        assert settings == {"baseline": (0.1, -0.5, 0.1, True), "baseline-fixed-alpha": (0.1, None, 0.1, True),
+                            "baseline-pwm": (0.0, None, 0.0, False),
+                            "baseline-normalized-entropy": (0.01, None, 0.0, True)}[variant]
+    composed["baseline-fixed-alpha"].actor_entropy_target = -0.5
+    assert composed["baseline-fixed-alpha"] == composed["baseline"]  # nothing else differs
+    fixed_alpha = {"baseline-fixed-alpha", "flow-fixed-alpha"}
+    assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
+               if variant not in fixed_alpha)
     assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}

@@ -425,6 +425,78 @@ def test_entropy_is_logged_by_the_actor_update():
     assert math.isnan(make_pwm().update_actor_critic(obs[0])["actor/entropy"])
 
 
+def test_tuned_entropy_coef_steps_log_alpha_on_the_entropy_excess_over_the_target():
+    """With SGD at rate 1 in place of Adam, one step is ``log alpha -= mean(H - target * dims)``, by hand: the
+    entropies [[1, 3], [-2, 0]] of samples with 2 and 1 unpadded action dimensions against a target of
+    -0.5 per dimension (-1 and -0.5): mean(2, 3.5, -1, 0.5) = 1.25."""
+    agent = make_pwm(actor_entropy_coef=0.1, actor_entropy_target=-0.5)
+    agent.entropy_coef_optim = torch.optim.SGD([agent.log_entropy_coef], lr=1.0)
+    agent._update_entropy_coef(torch.tensor([[1.0, 3.0], [-2.0, 0.0]]), torch.tensor([2.0, 1.0]))
+    assert agent.log_entropy_coef.item() == pytest.approx(math.log(0.1) - 1.25, abs=1e-6)
+    assert agent.entropy_coef == pytest.approx(0.1 * math.exp(-1.25), rel=1e-5)
+    agent._update_entropy_coef(torch.tensor([[float("nan"), 0.0]]), torch.tensor([2.0, 2.0]))
+    assert agent.nan_counts["entropy_coef"] == 1 and agent.entropy_coef == pytest.approx(0.1 * math.exp(-1.25), rel=1e-5)
+
+
+@pytest.mark.parametrize("target, direction", [(-10.0, -1), (10.0, 1)])
+def test_tuned_entropy_coef_falls_above_the_target_entropy_and_rises_below_it(target, direction):
+    """Adam's first step moves log alpha by its learning rate, against the sign of the entropy's excess."""
+    torch.manual_seed(0)
+    agent = make_pwm(actor_entropy_coef=0.1, actor_entropy_target=target, actor_entropy_lr=0.01)
+    obs, _, _ = batch()
+    metrics = agent.update_actor_critic(obs[0])
+    assert agent.log_entropy_coef.item() == pytest.approx(math.log(0.1) + direction * 0.01, abs=1e-5)
+    assert metrics["actor/entropy_coef"] == pytest.approx(math.exp(math.log(0.1) + direction * 0.01), rel=1e-4)
+    fixed = make_pwm(actor_entropy_coef=0.1)
+    fixed.update_actor_critic(obs[0])
+    assert fixed.entropy_coef == pytest.approx(0.1) and fixed.entropy_coef_optim is None
+
+
+def test_the_rollout_objective_uses_the_current_tuned_alpha():
+    """A tuned agent whose alpha has moved to 0.3 gives the objective of an agent with alpha fixed at 0.3
+    (same weights, same noise), not that of its starting 0.1."""
+    torch.manual_seed(0)
+    tuned = make_pwm(horizon=3, gamma=0.5, actor_entropy_coef=0.1, actor_entropy_target=-0.5)
+    fixed = make_pwm(horizon=3, gamma=0.5, actor_entropy_coef=0.3)
+    for name in ("wm", "actor", "target_critic"):
+        getattr(fixed, name).load_state_dict(getattr(tuned, name).state_dict())
+    with torch.no_grad():
+        tuned.log_entropy_coef.fill_(math.log(0.3))
+    z0 = tuned.wm.encode(torch.randn(5, 6))
+    objectives = []
+    for agent in (tuned, fixed):
+        torch.manual_seed(1)
+        objectives.append(agent.rollout(z0)[2])
+    assert torch.allclose(objectives[0], objectives[1], atol=1e-6)
+
+
+def test_the_tuned_alpha_and_its_optimizer_round_trip_through_a_checkpoint():
+    obs, _, _ = batch()
+    torch.manual_seed(0)
+    agent = make_pwm(actor_entropy_coef=0.1, actor_entropy_target=-0.5)
+    for _ in range(3):
+        agent.update_actor_critic(obs[0])
+    restored = make_pwm(actor_entropy_coef=0.1, actor_entropy_target=-0.5)
+    restored.load_state_dict(agent.state_dict())
+    assert restored.entropy_coef == pytest.approx(agent.entropy_coef) and restored.entropy_coef != pytest.approx(0.1)
+    assert restored.entropy_coef_optim.state_dict()["state"][0]["step"] == 3
+    old = agent.state_dict()
+    del old["log_entropy_coef"], old["entropy_coef_optim"]  # a checkpoint from before the tuned alpha
+    fresh = make_pwm(actor_entropy_coef=0.1, actor_entropy_target=-0.5)
+    fresh.load_state_dict(old)
+    assert fresh.entropy_coef == pytest.approx(0.1)
+
+
+def test_entropy_target_settings_are_checked():
+    with pytest.raises(ValueError, match=r"alg.actor_entropy_target=-0.5 tunes the entropy bonus, which needs "
+                                         r"alg.actor_entropy_coef > 0"):
+        make_pwm(actor_entropy_target=-0.5)
+    with pytest.raises(ValueError, match="alg.actor_entropy_target has an invalid value: nan"):
+        make_pwm(actor_entropy_coef=0.1, actor_entropy_target=float("nan"))
+    with pytest.raises(ValueError, match="alg.actor_entropy_lr has an invalid value: 0.0"):
+        make_pwm(actor_entropy_coef=0.1, actor_entropy_target=-0.5, actor_entropy_lr=0.0)
+
+
 def test_saturated_fraction_counts_real_action_dimensions_at_the_bound():
     agent = make_pwm()
     obs, _, _ = batch()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -202,7 +203,23 @@ class PWM:
             (``benchmarks/results/entropy/`` and ``benchmarks/results/normalized/``). 0.01 is small
             against values near 130-200 (DMC rewards), and on reacher-easy two of three baseline seeds
             still drifted to 25-39% saturated actions, stopped exploring and stalled (255 and 334 at 100k
-            steps); at 0.1 both learned (808 and 774; ``benchmarks/results/entropy01/``).
+            steps); at 0.1 both learned (808 and 774; ``benchmarks/results/entropy01/``). With
+            ``actor_entropy_target`` set, this is only alpha's starting value.
+        actor_entropy_target: None keeps ``alpha`` fixed at ``actor_entropy_coef``. A number tunes it, as
+            SAC does (Haarnoja et al., 2018, "SAC: algorithms and applications"): ``log alpha`` takes an
+            Adam step on ``log alpha * mean(H_t - target)`` after each actor step, so alpha falls while
+            the policy's entropy is above ``target`` times its number of (unpadded) action dimensions
+            and rises while it is below. Why: a fixed alpha counts for more the smaller the values are.
+            On cup-catch (baseline, seed 0, alpha 0.1) the policy found catches at 60-70k steps, its
+            entropy down to -0.5; while the critic's values were still small (mean target 21-67) the
+            bonus pushed the entropy back to 1.2 and the catches were lost (93 at 100k steps). At
+            alpha 0.01 that seed learned (914), but two reacher-easy seeds saturated their tanh
+            (25-39% of actions) and stalled. A target entropy holds neither extreme, whatever the value
+            scale. SAC's rule is -1 per dimension; the runs that learned at alpha 0.1 held -0.5 to 0.3 per
+            dimension (``benchmarks/results/entropy01/``, ``benchmarks/results/learning_notes.md``).
+        actor_entropy_lr: Adam learning rate of ``log alpha`` under ``actor_entropy_target``. SAC uses
+            3e-4 with one update per environment step; the online loop here makes about one update per
+            ten steps, so the same reaction per environment step needs about ten times the rate.
         critic_data_coef: weight of a second critic loss on the replay's own windows: each critic step
             also regresses the critics on TD(lambda) targets of the batch's real transitions (encoder
             latents of the observations, the data's rewards, the target critic at the next latents).
@@ -289,6 +306,8 @@ class PWM:
         wm_rho: float | None = None,
         detach_actor_input: bool = False,
         actor_entropy_coef: float = 0.0,
+        actor_entropy_target: float | None = None,
+        actor_entropy_lr: float = 3e-3,
         critic_data_coef: float = 0.0,
         critic_data_loss: str = "mse",
         critic_data_latents: str = "encoded",
@@ -312,6 +331,8 @@ class PWM:
             "wm_normalized_dynamics_coef": wm_normalized_dynamics_coef > 0,
             "wm_rho": wm_rho is None or 0.0 < wm_rho <= 1.0,
             "actor_entropy_coef": actor_entropy_coef >= 0.0,
+            "actor_entropy_target": actor_entropy_target is None or math.isfinite(actor_entropy_target),
+            "actor_entropy_lr": actor_entropy_lr > 0,
             "critic_data_coef": critic_data_coef >= 0.0,
             "critic_data_loss": critic_data_loss in CRITIC_DATA_LOSSES,
             "critic_data_latents": critic_data_latents in CRITIC_DATA_LATENTS,
@@ -344,6 +365,17 @@ class PWM:
         self.lr_schedule, self.lr_final = lr_schedule, float(lr_final)
         self.detach_actor_input = bool(detach_actor_input)
         self.actor_entropy_coef = float(actor_entropy_coef)
+        self.actor_entropy_target = None if actor_entropy_target is None else float(actor_entropy_target)
+        if self.actor_entropy_target is not None and self.actor_entropy_coef <= 0:
+            raise ValueError(f"alg.actor_entropy_target={actor_entropy_target} tunes the entropy bonus, which "
+                             f"needs alg.actor_entropy_coef > 0 as its starting value (got {actor_entropy_coef})")
+        #: ``log alpha``, learned under ``actor_entropy_target`` (otherwise fixed at log actor_entropy_coef).
+        self.log_entropy_coef = torch.tensor(math.log(self.actor_entropy_coef) if self.actor_entropy_coef > 0
+                                             else -math.inf, device=self.device)
+        self.entropy_coef_optim = None
+        if self.actor_entropy_target is not None:
+            self.log_entropy_coef.requires_grad_(True)
+            self.entropy_coef_optim = torch.optim.Adam([self.log_entropy_coef], lr=actor_entropy_lr)
         self.critic_data_coef = float(critic_data_coef)
         self.critic_data_lower_bound = critic_data_loss == "lower_bound"
         self.critic_data_on_predicted_latents = critic_data_latents == "predicted"
@@ -354,6 +386,8 @@ class PWM:
         for group in self._param_groups():
             group["initial_lr"] = group["lr"]
         self.nan_counts = {"wm": 0, "actor": 0, "critic": 0}
+        if self.entropy_coef_optim is not None:
+            self.nan_counts["entropy_coef"] = 0
 
     # ------------------------------------------------------------------ helpers
     def _param_groups(self) -> Iterator[dict[str, Any]]:
@@ -459,7 +493,7 @@ class PWM:
             terminal_value = self.target_critic.value(self.policy_input(zs[-1], task))
         rewards_t = torch.stack(rewards)
         entropies_t = torch.stack(entropies) if entropies else None
-        per_step = rewards_t if entropies_t is None else rewards_t + self.actor_entropy_coef * entropies_t
+        per_step = rewards_t if entropies_t is None else rewards_t + self.entropy_coef * entropies_t
         objective = (discount_weights(self.horizon, self.gamma, z0.device)[:, None] * per_step).sum(0)
         objective = objective + self.gamma**self.horizon * terminal_value
         return torch.stack(zs), rewards_t, objective, entropies_t
@@ -504,6 +538,9 @@ class PWM:
             mean_action = self.actor(self.policy_input(z0, task), deterministic=True)
             valid = self.wm.mask_action(torch.ones_like(mean_action), task)
             saturated = ((mean_action.abs() > SATURATED_ACTION) * valid).sum() / valid.sum()
+        entropy = torch.cat(entropies, dim=1) if entropies else None  # [H, B]
+        if entropy is not None and self.entropy_coef_optim is not None:
+            self._update_entropy_coef(entropy, valid.sum(-1))
         latent_norms = zs.norm(dim=-1)  # [H + 1, B]
         metrics = {
             "critic/value_latent_grad": self.value_latent_grad(zs[-1], task) if diagnose else float("nan"),
@@ -513,7 +550,8 @@ class PWM:
             "actor/predicted_reward": rewards.mean().item(),
             "actor/log_std": _mean_log_std(self.actor),
             "actor/saturated_fraction": saturated.item(),
-            "actor/entropy": torch.cat(entropies, dim=1).mean().item() if entropies else float("nan"),
+            "actor/entropy": entropy.mean().item() if entropy is not None else float("nan"),
+            "actor/entropy_coef": self.entropy_coef,
             "rollout/latent_norm_mean": latent_norms.mean().item(),
             "rollout/latent_norm_max": latent_norms.max().item(),
             "rollout/latent_norm_final": latent_norms[-1].mean().item(),
@@ -522,6 +560,24 @@ class PWM:
         }
         metrics.update(self.update_critic(zs, rewards, task, data_targets))
         return metrics
+
+    @property
+    def entropy_coef(self) -> float:
+        """The entropy bonus's current weight ``alpha`` (0 without a bonus)."""
+        return math.exp(self.log_entropy_coef.item())
+
+    def _update_entropy_coef(self, entropy: torch.Tensor, action_dims: torch.Tensor) -> None:
+        """One Adam step of ``log alpha`` on ``log alpha * mean(H - target * action_dims)``: alpha falls while the
+        entropy estimates ``entropy [H, B]`` exceed the target entropy of each sample's ``action_dims [B]``
+        (its unpadded action dimensions) and rises while they fall short. Non-finite estimates skip the step
+        (counted under ``nan_counts["entropy_coef"]``)."""
+        excess = (entropy - self.actor_entropy_target * action_dims).mean()
+        if not torch.isfinite(excess):
+            self.nan_counts["entropy_coef"] += 1
+            return
+        self.entropy_coef_optim.zero_grad(set_to_none=True)
+        (self.log_entropy_coef * excess.detach()).backward()
+        self.entropy_coef_optim.step()
 
     def value_latent_grad(self, z: torch.Tensor, task: TaskLike = None) -> float:
         """Mean over ``z [B, latent_dim]`` of ``||dV'(z)/dz||``, the slope of the value the actor's objective
@@ -660,6 +716,8 @@ class PWM:
             "critic_optim": self.critic_optim.state_dict(),
             "nan_counts": dict(self.nan_counts),
             "actor_updates": self.actor_updates,
+            "log_entropy_coef": self.log_entropy_coef.detach().clone(),
+            **({"entropy_coef_optim": self.entropy_coef_optim.state_dict()} if self.entropy_coef_optim else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -672,6 +730,11 @@ class PWM:
         self.critic_optim.load_state_dict(state["critic_optim"])
         self.nan_counts.update(state.get("nan_counts", {}))
         self.actor_updates = int(state.get("actor_updates", 0))
+        if "log_entropy_coef" in state:  # checkpoints before the tuned alpha hold none: alpha stays at its start
+            with torch.no_grad():
+                self.log_entropy_coef.copy_(state["log_entropy_coef"])
+        if self.entropy_coef_optim is not None and "entropy_coef_optim" in state:
+            self.entropy_coef_optim.load_state_dict(state["entropy_coef_optim"])
 
 
 def _mean_log_std(actor: nn.Module) -> float:
