@@ -452,6 +452,17 @@ def test_tuned_entropy_coef_falls_above_the_target_entropy_and_rises_below_it(ta
     assert fixed.entropy_coef == pytest.approx(0.1) and fixed.entropy_coef_optim is None
 
 
+def test_the_target_entropy_counts_each_samples_unpadded_action_dimensions():
+    torch.manual_seed(0)
+    wm = WorldModel(**{**TINY, "act_dim": 4}, tasks=["a", "b"], action_dims=[4, 2], task_dim=8)
+    agent = PWM(wm, ActorStochasticMLP(24, 4, units=[32]), CriticEnsemble(24, units=[32]), horizon=2,
+                esnr_splits=1, critic_iterations=1, actor_entropy_coef=0.1, actor_entropy_target=-0.5)
+    seen = []
+    agent._update_entropy_coef = lambda entropy, action_dims: seen.append((entropy.shape, action_dims.tolist()))
+    agent.update_actor_critic(torch.randn(3, 6), torch.tensor([1, 0, 1]))
+    assert seen == [((2, 3), [2.0, 4.0, 2.0])]
+
+
 def test_the_rollout_objective_uses_the_current_tuned_alpha():
     """A tuned agent whose alpha has moved to 0.3 gives the objective of an agent with alpha fixed at 0.3
     (same weights, same noise), not that of its starting 0.1."""
