@@ -201,8 +201,8 @@ if __name__ == "__main__":
 
 
 def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_days_defaults(learning, tmp_path, monkeypatch):
-    """The committed results of the older variants were run when PWM's objective was the default; their
-    names must keep meaning that, whatever the defaults are now."""
+    """Each older variant's committed results were run under the defaults of its day (PWM's objective, or the
+    entropy weight fixed at 0.1); its name must keep meaning that, whatever the defaults are now."""
     commands = []
     monkeypatch.setattr(learning.subprocess, "run",
                         lambda command, **kwargs: commands.append(command) or argparse.Namespace(returncode=0))
