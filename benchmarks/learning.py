@@ -52,8 +52,8 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
 #: (0.1; the defaults from 2026-12-02 until the weight was tuned); the rest start from PWM's objective
 #: (``+objective=pwm``: no entropy bonus, no data critic, the spec's dynamics loss) and add their knobs.
-#: flow-simplex-detached is the flow model with both knobs of results/study/followups (simplex projection, no gradient through the
-#: flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
+#: flow-simplex-detached is the flow model with both knobs of results/study/followups (simplex projection,
+#: no gradient through the flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
 #: its tanh out of saturation (see PWM's actor_entropy_coef).
 PWM_OBJECTIVE = "+objective=pwm"
 FIXED_ALPHA = "alg.actor_entropy_target=null"

@@ -209,7 +209,8 @@ class PWM:
             SAC does (Haarnoja et al., 2018, "Soft actor-critic algorithms and applications"): after each
             actor step ``log alpha`` takes an Adam step on ``log alpha * mean(H_t - target * d)``, ``d``
             a sample's number of (unpadded) action dimensions, so alpha falls while the policy's entropy
-            is above ``target`` per dimension and rises while it is below. Why: a fixed alpha counts for more the smaller the values are.
+            is above ``target`` per dimension and rises while it is below. Why: a fixed alpha counts for
+            more the smaller the values are.
             On cup-catch (baseline, seed 0, alpha 0.1) the policy found catches at 60-70k steps, its
             entropy down to -0.5; while the critic's values were still small (mean target 21-67) the
             bonus pushed the entropy back to 1.2 and the catches were lost (93 at 100k steps). At
