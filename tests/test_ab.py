@@ -97,9 +97,12 @@ def test_sweep_presets_add_their_axis_to_the_ab_grid(preset, axis, values):
 
 
 def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
-    params = compose_ab("+study=cpu").hydra.sweeper.params
+    study = compose_ab("+study=cpu")
+    params = study.hydra.sweeper.params
     assert list(params)[:3] == ["seed", "task", "alg"] and params["seed"] == "0,1,2"
     assert len(params["task"].split(",")) == 6 and params["alg"] == "pwm_small,pwm_small_flow"
+    # its archived runs learned from 25k-step SAC replays; the default A/B's shorter replay must not leak in
+    assert study.data.sac_steps == 25000
 
 
 def test_launcher_configs_compose():
