@@ -52,7 +52,7 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
 #: (0.1; the defaults from 2026-12-02 until the weight was tuned); the rest start from PWM's objective
 #: (``+objective=pwm``: no entropy bonus, no data critic, the spec's dynamics loss) and add their knobs.
-#: flow-simplex-detached is the flow model with both knobs of results/study/followups (simplex projection,
+#: flow-simplex-detached is the flow model with both knobs of results/study_pwm_objective/followups (simplex projection,
 #: no gradient through the flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
 #: its tanh out of saturation (see PWM's actor_entropy_coef).
 PWM_OBJECTIVE = "+objective=pwm"
@@ -76,7 +76,7 @@ FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, 
                     "the defaults from 2026-12-02 until it was tuned")
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
 VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
-                 "flow-simplex-detached": "see `results/study/followups/README.md`",
+                 "flow-simplex-detached": "see `results/study_pwm_objective/followups/README.md`",
                  "baseline-entropy": ENTROPY_NOTE, "flow-entropy": ENTROPY_NOTE,
                  "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`",
                  "baseline-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",

@@ -1,42 +1,59 @@
 #!/usr/bin/env bash
 # The CPU-scale study of H1 and H2 (scripts/cfg/study/cpu.yaml): the A/B on 6 MT30 DMC tasks x 3 seeds,
 # then the spec section 9 sweeps on two of those tasks. Resumable: re-run it and finished jobs are skipped,
-# interrupted ones resume from their checkpoints. Each stage rebuilds results/study/report.md over every
-# run so far and archives the finished runs in results/study/runs (summaries and gzipped metrics, no
+# interrupted ones resume from their checkpoints. Each stage rebuilds the study's report.md over every
+# run so far and archives the finished runs in <report dir>/runs (summaries and gzipped metrics, no
 # checkpoints or data; commit them): on a fresh checkout they are restored first, so only the rest runs.
-#   bash scripts/run_study.sh                      # everything (main grid + sweeps: about 5-6 hours on 2 CPU cores)
-#   STAGES=main bash scripts/run_study.sh          # the main A/B only (36 runs: about 2.5 hours, measured)
+#   bash scripts/run_study.sh                      # everything: main grid + sweeps (time: see study/cpu.yaml)
+#   STAGES=main bash scripts/run_study.sh          # the main A/B only (36 runs)
+#   STUDY=cpu_pwm_objective bash scripts/run_study.sh   # another preset of scripts/cfg/study/
 #   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
+study="${STUDY:-cpu}"
 stages="${STAGES:-main integrate_steps tau_sampling horizon finetune}"
-sweep_tasks="${SWEEP_TASKS:-cartpole-swingup,finger-spin}"
-mkdir -p results/study
-log=results/study/commands.md
-[ -f "$log" ] || printf '# Commands that made this study\n\nEach line: when a stage ended, the commit it ran on, its command.\n\n' >"$log"
-
 python=.venv/bin/python
-"$python" -m pwm.experiments.archive restore results/study/runs runs/study
+
+# the preset is the one source of the study's folders, sweep tasks and seeds, and flow variant
+read -r root report_dir sweep_tasks sweep_seeds flow_alg < <("$python" - "$study" <<'EOF'
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+with initialize_config_dir(config_dir=str(Path("scripts/cfg").resolve()), version_base=None):
+    cfg = compose("ab", overrides=[f"+study={sys.argv[1]}"], return_hydra_config=True)
+flow_alg = next(alg for alg in str(cfg.hydra.sweeper.params.alg).split(",") if alg.endswith("_flow"))
+print(cfg.general.root, cfg.report.dir, cfg.sweeps.tasks, cfg.sweeps.seeds, flow_alg)
+EOF
+)
+[ -n "$flow_alg" ] || { echo "run_study.sh: cannot compose scripts/cfg/study/$study.yaml (STUDY=$study)" >&2; exit 2; }
+sweep_tasks="${SWEEP_TASKS:-$sweep_tasks}"
+mkdir -p "$report_dir"
+log="$report_dir/commands.md"
+[ -f "$log" ] || printf '# Commands that made this study\n\nEach line: when a stage ended, the commit it ran on, its command.\n\n' >"$log"
+"$python" -m pwm.experiments.archive restore "$report_dir/runs" "$root"
 
 stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, uniform tau, H=16, frozen WM) are shared
   local name=$1; shift
-  local command=("$python" scripts/ab_compare.py -m +study=cpu "$@")
+  local command=("$python" scripts/ab_compare.py -m "+study=$study" "$@")
   "${command[@]}"
-  "$python" -m pwm.experiments.archive save runs/study results/study/runs
+  "$python" -m pwm.experiments.archive save "$root" "$report_dir/runs"
   local commit
   commit=$("$python" -c "from pwm.utils.common import git_commit; print(git_commit('.') or 'unknown')")
   echo "- $(date -u +%Y-%m-%dT%H:%MZ) \`$commit\` $name: \`${command[*]:1}\`" >>"$log"
 }
 
+sweep=(seed="$sweep_seeds" task="$sweep_tasks")
 for name in $stages; do
   case $name in
     main) stage main "$@" ;;
-    integrate_steps) stage "$name" task="$sweep_tasks" alg=pwm_small_flow flow.integrate_steps=2,8 "$@" ;;
-    tau_sampling) stage "$name" task="$sweep_tasks" alg=pwm_small_flow flow.fm_tau_sampling=midpoint "$@" ;;
-    horizon) stage "$name" task="$sweep_tasks" +sweep=horizon "$@" ;;
-    finetune) stage "$name" task="$sweep_tasks" +sweep=finetune "$@" ;;
+    integrate_steps) stage "$name" "${sweep[@]}" alg="$flow_alg" flow.integrate_steps=2,8 "$@" ;;
+    tau_sampling) stage "$name" "${sweep[@]}" alg="$flow_alg" flow.fm_tau_sampling=midpoint "$@" ;;
+    horizon) stage "$name" "${sweep[@]}" +sweep=horizon "$@" ;;
+    finetune) stage "$name" "${sweep[@]}" +sweep=finetune "$@" ;;
     *) echo "unknown stage '$name' (main, integrate_steps, tau_sampling, horizon, finetune)" >&2; exit 2 ;;
   esac
 done

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -72,12 +74,13 @@ def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
 
 
 @pytest.mark.parametrize("alg, label", [("pwm_small", "baseline"), ("pwm_small_flow", "flow-K4-uniform")])
-def test_the_committed_study_runs_are_the_study_presets_runs(alg, label, tmp_path):
-    """``bash scripts/run_study.sh`` restores the archived runs and skips them: they must be what the preset
-    would run today, or the guard refuses them (a changed default needs pinning in study/cpu.yaml)."""
-    cfg = compose_ab("+study=cpu", f"alg={alg}")
+def test_the_first_studys_archived_runs_are_its_presets_runs(alg, label, tmp_path):
+    """``STUDY=cpu_pwm_objective bash scripts/run_study.sh`` restores the archived runs and skips them: they
+    must be what that preset would run today, or the guard refuses them (a changed default needs pinning in
+    study/cpu_pwm_objective.yaml)."""
+    cfg = compose_ab("+study=cpu_pwm_objective", f"alg={alg}")
     current = variant_alg(cfg.alg, cfg.flow)
-    summaries = sorted((REPO / "results" / "study" / "runs").glob(f"*/default/{label}/seed*/summary.json"))
+    summaries = sorted((REPO / cfg.report.dir / "runs").glob(f"*/default/{label}/seed*/summary.json"))
     assert len(summaries) == 18  # 6 tasks x 3 seeds
     for number, summary in enumerate(summaries):
         restored = tmp_path / str(number)  # a copy: the guard records job.json in the folder it checks
@@ -100,9 +103,39 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
     study = compose_ab("+study=cpu")
     params = study.hydra.sweeper.params
     assert list(params)[:3] == ["seed", "task", "alg"] and params["seed"] == "0,1,2"
-    assert len(params["task"].split(",")) == 6 and params["alg"] == "pwm_small,pwm_small_flow"
-    # its archived runs learned from 25k-step SAC replays; the default A/B's shorter replay must not leak in
+    assert len(set(params["task"].split(","))) == 6 and params["alg"] == "pwm_tiny,pwm_tiny_flow"
+    assert study.alg.batch_size == compose_ab("alg=pwm_tiny").alg.batch_size  # a job outside the sweep too
+    # the configs' defaults, not PWM's objective (the first study's preset keeps that one)
+    assert study.alg.actor_entropy_coef == compose_ab().alg.actor_entropy_coef > 0
+    assert (study.general.root, study.report.dir) == ("runs/study", "results/study")
+    # 25k-step SAC replays, 50k where SAC is still poor at 25k; the default A/B's shorter replay must not leak in
     assert study.data.sac_steps == 25000
+    assert compose_ab("+study=cpu", "task=reacher-easy").data.sac_steps == 50000
+    assert study.sweeps.tasks == "cartpole-swingup,cup-catch" and str(study.sweeps.seeds) == "0"
+    assert set(study.sweeps.tasks.split(",")) <= set(params["task"].split(","))
+
+
+def test_first_study_preset_keeps_its_recipe():
+    first = compose_ab("+study=cpu_pwm_objective")
+    assert first.alg.actor_entropy_coef == 0 and first.data.sac_steps == 25000
+    assert first.hydra.sweeper.params["alg"] == "pwm_small,pwm_small_flow"
+    assert (first.general.root, first.report.dir) == ("runs/study_pwm_objective", "results/study_pwm_objective")
+
+
+def test_run_study_reads_its_folders_and_sweeps_from_the_preset(tmp_path):
+    """run_study.sh's only source of the study's folders, sweep grid and flow variant is the preset; an
+    unknown preset stops it with a message naming the preset, before any job."""
+    script = (REPO / "scripts" / "run_study.sh").read_text()
+    snippet = script.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    (tmp_path / "read_preset.py").write_text(snippet)
+    def read(study):
+        return subprocess.run([sys.executable, str(tmp_path / "read_preset.py"), study], cwd=REPO, text=True,
+                              capture_output=True)
+
+    assert read("cpu").stdout.split() == ["runs/study", "results/study", "cartpole-swingup,cup-catch", "0",
+                                          "pwm_tiny_flow"]
+    assert read("cpu_pwm_objective").stdout.split()[:2] == ["runs/study_pwm_objective", "results/study_pwm_objective"]
+    assert read("no_such_study").returncode != 0
 
 
 def test_launcher_configs_compose():

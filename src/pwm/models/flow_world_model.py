@@ -46,7 +46,7 @@ class FlowWorldModel(LatentWorldModel):
             gets it only through its dynamics MLP. If false (the spec read literally), the term
             ``- z_s`` also pulls ``z_s`` straight towards ``z_tgt``: the encoder is rewarded for mapping
             consecutive observations close together, and with nothing else holding the latents apart
-            their spread across states shrinks during pretraining (see ``results/study/NOTES.md``).
+            their spread across states shrinks during pretraining (see ``results/study_pwm_objective/NOTES.md``).
         recompute_substeps: in world-model updates, keep only each environment step's input latent for
             the backward pass and recompute the K Euler sub-steps there (activation checkpointing):
             the same gradients, less activation memory, one more forward pass of the dynamics.

@@ -1,6 +1,6 @@
 """How well can each dynamics form fit one-step transitions of a trained encoder's latents?
 
-    python results/study/followups/detach_velocity_target/fit_check.py <checkpoint.pt> <data_dir> [--steps 3000]
+    python results/study_pwm_objective/followups/detach_velocity_target/fit_check.py <checkpoint.pt> <data_dir> [--steps 3000]
 
 The encoder of ``checkpoint.pt`` is frozen. Two fresh MLPs of the study's widths (128x128) are trained
 on its latents of ``data_dir``'s training windows, side by side on the same batches:
