@@ -123,11 +123,12 @@ def test_first_study_preset_keeps_its_recipe():
 
 
 def test_run_study_reads_its_folders_and_sweeps_from_the_preset(tmp_path):
-    """run_study.sh's only source of the study's folders, sweep grid and flow variant is the preset; an
-    unknown preset stops it with a message naming the preset, before any job."""
+    """run_study.sh's only source of the study's folders, sweep grid and flow variant is the preset (read by
+    the script's inline reader, run here as it is); an unknown preset makes the reader fail."""
     script = (REPO / "scripts" / "run_study.sh").read_text()
     snippet = script.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
     (tmp_path / "read_preset.py").write_text(snippet)
+
     def read(study):
         return subprocess.run([sys.executable, str(tmp_path / "read_preset.py"), study], cwd=REPO, text=True,
                               capture_output=True)
