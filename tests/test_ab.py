@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -118,6 +119,7 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
 def test_first_study_preset_keeps_its_recipe():
     first = compose_ab("+study=cpu_pwm_objective")
     assert first.alg.actor_entropy_coef == 0 and first.data.sac_steps == 25000
+    assert first.data.random_mix_episodes == 0 and compose_ab("+study=cpu").data.random_mix_episodes == 20
     assert first.hydra.sweeper.params["alg"] == "pwm_small,pwm_small_flow"
     assert (first.general.root, first.report.dir) == ("runs/study_pwm_objective", "results/study_pwm_objective")
 
@@ -163,3 +165,21 @@ def test_ab_multirun_with_integrate_steps_sweep_shares_the_baseline(tmp_path):
     summaries = [json.loads((tmp_path / "runs" / r / "summary.json").read_text()) for r in runs]
     assert len({(s["params/actor"], s["params/critic"]) for s in summaries}) == 1
     assert (tmp_path / "report" / "report.md").exists() and os.listdir(tmp_path / "data" / "pendulum-swingup")
+
+
+def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
+    """A SAC replay collected without random-action episodes is not reused as one with them (nor the reverse);
+    without them the recipe is the one datasets collected before the option recorded."""
+    from pwm.data.tdmpc2_format import write_episodes
+    from pwm.experiments.ab import ensure_dataset
+
+    data_dir = tmp_path / "data" / "cartpole-balance"
+    obs, action, reward = torch.zeros(1, 3, 5), torch.zeros(1, 3, 1), torch.zeros(1, 3)
+    write_episodes(data_dir / "0.pt", obs, action, reward, torch.zeros(1, 3, dtype=torch.long))
+    (data_dir / "collect.json").write_text(json.dumps({"task": "cartpole-balance", "policy": "sac", "seed": 12345,
+                                                        "sac_steps": 20000}))
+    cfg = compose_ab(f"general.root={tmp_path}", "data.random_episodes=1")
+    with pytest.raises(ValueError, match="random_mix_episodes"):
+        ensure_dataset(cfg)
+    cfg.data.random_mix_episodes = 0
+    assert ensure_dataset(cfg)[0] == data_dir

@@ -1,11 +1,14 @@
 """TD-MPC2 dataset format (writer, validating reader) and window sampling."""
 
+import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
 
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import DatasetError, load_dataset, read_chunk, write_episodes
+from pwm.envs.rollout import COLLECT_SEED_OFFSET, random_policy, run_episode
+from pwm.envs.tasks import make_env
 
 
 def episodes(num=3, length=6, obs_dim=4, act_dim=2, task=0, episode_offset=0):
@@ -123,13 +126,18 @@ def test_buffer_grows_and_round_trips():
 
 
 def test_sac_replay_collection_writes_every_episode_in_tdmpc2_format(tmp_path):
-    """policy=sac keeps the whole replay of a (here very short) SAC run, in the order it was lived."""
+    """policy=sac keeps the whole replay of a (here very short) SAC run, in the order it was lived, then
+    the random-action episodes of ``random_mix_episodes``."""
     from pwm.data.collect import CollectConfig, collect_dataset
 
     (path,) = collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path), policy="sac",
-                                            sac_steps=1000, seed=3))
+                                            sac_steps=1000, random_mix_episodes=1, seed=3))
     chunk = read_chunk(path, num_tasks=1)
-    assert chunk["obs"].shape == (2, 501, 5) and chunk["action"].shape == (2, 501, 1)
+    assert chunk["obs"].shape == (3, 501, 5) and chunk["action"].shape == (3, 501, 1)
+    env = make_env("cartpole-balance", seed=3)
+    mixed = run_episode(env, random_policy(1, np.random.default_rng([3, 0, 1])), seed=COLLECT_SEED_OFFSET + 3000)
+    assert torch.equal(chunk["action"][2, 1:], mixed.action[1:].to(chunk["action"].dtype))
+    assert torch.allclose(chunk["obs"][2], mixed.obs.to(chunk["obs"].dtype))
     assert torch.isnan(chunk["action"][:, 0]).all() and torch.isnan(chunk["reward"][:, 0]).all()
     assert chunk["action"][:, 1:].abs().max() <= 1.0 and (chunk["reward"][:, 1:] >= 0).all()
     # consecutive positions (cart x, pole cos/sin) of an episode are one trajectory: no reset inside
@@ -194,3 +202,20 @@ def test_recent_windows_start_within_the_last_steps_only():
     assert set(buffer.sample(200, generator, recent_steps=12).obs[0, :, 0].tolist()) == {1.0, 2.0}
     with pytest.raises(ValueError, match="in the last 2 steps"):
         buffer.sample(4, generator, recent_steps=2)
+
+
+def test_random_action_episodes_follow_a_checkpoint_policys_on_new_reset_seeds(tmp_path):
+    """``random_mix_episodes`` after ``checkpoint`` episodes: uniform actions, and reset seeds that continue
+    the policy's (a duplicate start state would hold out or weight one state twice)."""
+    from pwm.data.collect import CollectConfig, collect_dataset
+
+    config = CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path), policy="checkpoint", episodes=2,
+                           random_mix_episodes=2, seed=1)
+    (path,) = collect_dataset(config, policies={"cartpole-balance": lambda obs: np.zeros(1)})
+    chunk = read_chunk(path, num_tasks=1)
+    assert chunk["action"].shape == (4, 501, 1)
+    assert chunk["action"][:2, 1:].abs().max() == 0 and chunk["action"][2:, 1:].abs().mean() > 0.3
+    starts = chunk["obs"][:, 0]
+    assert len({tuple(row.tolist()) for row in starts}) == 4
+    with pytest.raises(ValueError, match="random_mix_episodes must be >= 0"):
+        collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path), random_mix_episodes=-1))

@@ -37,6 +37,7 @@ class CollectConfig:
     episodes_per_file: int = 50
     policy: str = "random"
     sac_steps: int = 30_000
+    random_mix_episodes: int = 0
     checkpoints: dict[str, str] | None = None
     deterministic: bool = False
     pad_obs_dim: int | None = None
@@ -52,7 +53,11 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
     random actions or the trained policy ``policies[task]`` (built by the caller from
     ``cfg.checkpoints``, e.g. with :func:`pwm.training.evaluation.checkpoint_policy`); ``sac`` keeps
     the whole replay of a SAC agent that learns the task for ``cfg.sac_steps`` steps (data that
-    covers everything from random to good behaviour, as TD-MPC2's datasets do). Episodes of one task with equal length share files of
+    covers everything from random to good behaviour, as TD-MPC2's datasets do). With ``sac`` or
+    ``checkpoint``, ``cfg.random_mix_episodes`` episodes of uniform random actions follow that policy's
+    episodes: actions the policy never took, so a world model learns what they do rather than
+    extrapolating (a policy trained in the model otherwise finds rewards there that the task does not
+    pay). Episodes of one task with equal length share files of
     up to ``episodes_per_file`` episodes, in the order they were collected (terminating tasks
     produce several lengths). Returns the written paths.
     """
@@ -70,6 +75,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
         raise ValueError("collecting several tasks needs task_set (mt30 or mt80) to assign task ids")
     if cfg.policy not in COLLECT_POLICIES:
         raise ValueError(f"policy must be one of {COLLECT_POLICIES}, got {cfg.policy!r}")
+    if cfg.random_mix_episodes < 0:
+        raise ValueError(f"random_mix_episodes must be >= 0, got {cfg.random_mix_episodes}")
     envs = [make_env(t, seed=cfg.seed) for t in tasks]
     # padded to the task set's widest task, as TD-MPC2's datasets are (so any set member fits a model)
     obs_dim = cfg.pad_obs_dim or set_obs_width(members)
@@ -93,6 +100,12 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
                 policy = random_policy(env.act_dim, np.random.default_rng([cfg.seed, task_index]))
             collected = [run_episode(env, policy, seed=COLLECT_SEED_OFFSET + 1000 * cfg.seed + i)
                          for i in tqdm(range(cfg.episodes), desc=f"collect {task}", dynamic_ncols=True)]
+        if cfg.policy != "random" and cfg.random_mix_episodes:
+            mix_policy = random_policy(env.act_dim, np.random.default_rng([cfg.seed, task_index, 1]))
+            first = COLLECT_SEED_OFFSET + 1000 * cfg.seed + (cfg.episodes if cfg.policy == "checkpoint" else 0)
+            collected += [run_episode(env, mix_policy, seed=first + i)
+                          for i in tqdm(range(cfg.random_mix_episodes), desc=f"collect {task} (random actions)",
+                                        dynamic_ncols=True)]
         by_length: dict[int, list[Episode]] = {}
         for episode in collected:
             by_length.setdefault(episode.length, []).append(pad_episode(episode, obs_dim, act_dim))
