@@ -168,7 +168,7 @@ def test_ab_multirun_with_integrate_steps_sweep_shares_the_baseline(tmp_path):
 
 
 def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
-    """A SAC replay collected without random-action episodes is not reused as one with them (nor the reverse);
+    """A SAC replay collected without random-action episodes is not reused as one with them;
     without them the recipe is the one datasets collected before the option recorded."""
     from pwm.data.tdmpc2_format import write_episodes
     from pwm.experiments.ab import ensure_dataset
