@@ -109,6 +109,8 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
     # the configs' defaults, not PWM's objective (the first study's preset keeps that one)
     assert study.alg.actor_entropy_coef == compose_ab().alg.actor_entropy_coef > 0
     assert (study.general.root, study.report.dir) == ("runs/study", "results/study")
+    # every world model pretrains to the cap (the plateau rule alone stopped them too early), the default A/B does not
+    assert study.pretrain.min_iterations == study.pretrain.iterations > compose_ab().pretrain.min_iterations
     # 25k-step SAC replays, 50k where SAC is still poor at 25k; the default A/B's shorter replay must not leak in
     assert study.data.sac_steps == 25000
     assert compose_ab("+study=cpu", "task=reacher-easy").data.sac_steps == 50000

@@ -1,5 +1,6 @@
 """PWM algorithm: WM loss branches, TD(lambda), actor objective, guards, configs, a short training run."""
 
+import copy
 import math
 import os
 import shutil
@@ -716,3 +717,67 @@ def test_recent_data_windows_are_refused_offline_and_when_negative():
     check_offline_agent(make_pwm(critic_data_recent_steps=500))  # no data term: nothing to refuse
     with pytest.raises(ValueError, match="alg.critic_data_recent_steps=500: a fixed dataset"):
         check_offline_agent(make_pwm(critic_data_coef=0.1, critic_data_recent_steps=500))
+
+
+def test_bc_penalty_gradient_matches_td3_bc_loss_by_hand():
+    """The actor's gradient under actor_bc_coef=c is that of -mean(J) / mean|J| + c * mean_i ||tanh(mu(z_i)) - a_i||^2 / d,
+    with the same rollout noise (J: the rollout objective per start state)."""
+    torch.manual_seed(0)
+    agent = make_pwm(horizon=3, gamma=0.5, esnr_splits=1, actor_grad_norm=1e9, actor_bc_coef=0.7)
+    with torch.no_grad():  # zero-initialised reward and value heads would leave J flat in the action
+        for param in [*agent.wm.parameters(), *agent.target_critic.parameters()]:
+            param.add_(0.3 * torch.randn_like(param))
+    reference = copy.deepcopy(agent)
+    obs0, data_action = torch.randn(6, 6), torch.rand(6, 2) * 2 - 1
+    applied, adam_step = {}, agent.actor_optim.step
+
+    def recording_step(*args, **kwargs):  # the gradients the actor's Adam step receives
+        applied.update({name: param.grad.clone() for name, param in agent.actor.named_parameters()})
+        return adam_step(*args, **kwargs)
+
+    agent.actor_optim.step = recording_step
+    torch.manual_seed(1)
+    metrics = agent.update_actor_critic(obs0, data_action=data_action)
+    z0 = reference.wm.encode(obs0).detach()
+    torch.manual_seed(1)
+    _, _, objective, _ = reference.rollout(z0)
+    mean_action = torch.tanh(reference.actor.net(z0))
+    assert objective.std() > 0.1  # J depends on the state, so its gradient is not negligible beside the penalty's
+    by_hand = -objective.mean() / objective.detach().abs().mean() + 0.7 * (mean_action - data_action).pow(2).mean()
+    expected = torch.autograd.grad(by_hand, list(reference.actor.parameters()), allow_unused=True)
+    for (name, param), grad in zip(reference.actor.named_parameters(), expected):
+        torch.testing.assert_close(applied[name], grad if grad is not None else torch.zeros_like(param))
+    with torch.no_grad():  # the metric is the error after the step
+        after = (torch.tanh(agent.actor.net(z0)) - data_action).pow(2).mean().item()
+    assert metrics["actor/data_action_error"] == pytest.approx(after, rel=1e-5)
+
+
+def test_bc_penalty_pulls_the_policy_to_the_data_actions_and_skips_padded_dims():
+    """A strong penalty makes the policy's mean action approach the data's; padded action dims do not count."""
+    torch.manual_seed(0)
+    wm = WorldModel(**{**TINY, "act_dim": 4}, tasks=["a", "b"], action_dims=[4, 2], task_dim=8)
+    agent = PWM(wm, ActorStochasticMLP(24, 4, units=[32]), CriticEnsemble(24, units=[32]), horizon=2,
+                esnr_splits=1, critic_iterations=1, critic_batch_size=16, actor_lr=3e-3, actor_bc_coef=50.0)
+    obs0, task = torch.randn(8, 6), torch.tensor([0, 1] * 4)
+    data_action = torch.rand(8, 4) * 1.6 - 0.8
+    data_action[task == 1, 2:] = 0.0  # padded dims of task b
+    errors = [agent.update_actor_critic(obs0, task, data_action=data_action)["actor/data_action_error"]
+              for _ in range(150)]
+    assert errors[-1] < 0.1 * errors[0]
+    with torch.no_grad():
+        mean_action = agent.actor(agent.policy_input(agent.wm.encode(obs0, task), task), deterministic=True)
+    valid = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]]).repeat(4, 1)
+    by_hand = (((mean_action - data_action) ** 2 * valid).sum(-1) / valid.sum(-1)).mean()
+    shifted = data_action.clone()
+    shifted[task == 1, 2:] = 5.0  # what the padded dims hold must not matter
+    assert agent._data_action_error(agent.wm.encode(obs0, task), shifted, task).item() == pytest.approx(
+        by_hand.item(), rel=1e-5)
+
+
+def test_bc_coef_is_checked_and_needs_the_data_actions():
+    with pytest.raises(ValueError, match="alg.actor_bc_coef"):
+        make_pwm(actor_bc_coef=-0.1)
+    with pytest.raises(ValueError, match="alg.actor_bc_coef=0.4 needs the data's actions"):
+        make_pwm(actor_bc_coef=0.4).update_actor_critic(torch.randn(4, 6))
+    agent = make_pwm(actor_bc_coef=0.4)  # update() passes the batch's first actions
+    assert math.isfinite(agent.update(*batch())["actor/data_action_error"])

@@ -5,7 +5,8 @@ One training iteration on a batch of ``H + 1``-step windows ``(obs, action, rewa
 1. World model: :func:`compute_wm_loss` (dynamics + reward), Adam step with grad clipping.
 2. Actor: from encoded start states, roll the *frozen* world model ``H`` steps with the policy and
    maximise ``sum_{t<H} gamma^t r_t + gamma^H V'(z_H)`` by backpropagation through the rollout
-   (``V'`` is the target critic, reduced over the ensemble).
+   (``V'`` is the target critic, reduced over the ensemble); with ``actor_bc_coef``, that objective
+   in units of its batch mean, minus a penalty on the distance to the batch's own actions.
 3. Critic: regress every critic on TD(lambda) targets built from the rollout's rewards and target
    critic values (with ``critic_data_coef``, also on those of the batch's real windows), then
    Polyak-average the target critic.
@@ -272,6 +273,22 @@ class PWM:
             (``critic/value_model_gap``), so the imagined targets kept what the real ones took away
             (``benchmarks/results/data_critic/recent/``). The entropy bonus at 0.1 fixed that seed
             instead (``actor_entropy_coef``).
+        actor_bc_coef: weight of a behaviour-cloning penalty in the actor's loss, TD3+BC's form (Fujimoto &
+            Gu, 2021): ``-J / mean|J| + actor_bc_coef * mean_i ||tanh(mu(z_i)) - a_i||^2 / d``, ``J`` the rollout
+            objective per start state, ``(z_i, a_i)`` the batch's encoded first states and real actions and
+            ``d`` their (unpadded) action dimensions; dividing by ``mean|J|`` (no gradient) makes the weight mean
+            the same at every value scale. TD3+BC's alpha of 2.5 is 0.4 here. 0 is PWM's and the spec's
+            actor. Why: in offline policy extraction nothing corrects a model where the policy leaves the
+            data. On the study's replays (``pwm_tiny``) policies of both variants found actions the model
+            paid and the task did not: the baseline imagined 1.5-1.8 reward per step on cartpole-balance
+            where the task paid 0.66, and on cup-catch both variants ended holding the ball still (198)
+            while their critics overvalued the states they visited by +99..+109 (``results/study_short_pretraining/NOTES.md``).
+            The penalty keeps the policy near the data's actions, where the model was trained. It did not
+            rescue cup-catch there (seed 0, one run each): at 0.4 the baseline stayed at 198 (value bias
+            +106) and flow reached 888 at 400 updates, then fell to 199; at 2.5 the baseline reached 750 at
+            500 updates, then 198. The model's rewards along the data's own actions were right (0.06-0.07
+            per step against 0.00-0.07 from states without the ball in the cup); along the policy's, they
+            rose to 0.45 in 16 steps. ``actor/data_action_error`` logs the distance at every update.
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
             decays linearly from its initial value to ``lr_final`` over a training run; the loops call
             :meth:`set_training_progress` (world-model pretraining keeps its rate constant, as PWM's).
@@ -313,6 +330,7 @@ class PWM:
         critic_data_loss: str = "mse",
         critic_data_latents: str = "encoded",
         critic_data_recent_steps: int = 0,
+        actor_bc_coef: float = 0.0,
         lr_schedule: str = "constant",
         lr_final: float = 1e-5,
         compile_wm_loss: bool = False,
@@ -338,6 +356,7 @@ class PWM:
             "critic_data_loss": critic_data_loss in CRITIC_DATA_LOSSES,
             "critic_data_latents": critic_data_latents in CRITIC_DATA_LATENTS,
             "critic_data_recent_steps": critic_data_recent_steps >= 0,
+            "actor_bc_coef": actor_bc_coef >= 0.0 and math.isfinite(actor_bc_coef),
             "lr_schedule": lr_schedule in LR_SCHEDULES,
             "lr_final": lr_final >= 0,
         }
@@ -381,6 +400,7 @@ class PWM:
         self.critic_data_lower_bound = critic_data_loss == "lower_bound"
         self.critic_data_on_predicted_latents = critic_data_latents == "predicted"
         self.critic_data_recent_steps = int(critic_data_recent_steps)
+        self.actor_bc_coef = float(actor_bc_coef)
         if self.actor_entropy_coef > 0 and not hasattr(self.actor, "sample_with_log_prob"):
             raise ValueError(f"alg.actor_entropy_coef={actor_entropy_coef} needs an actor with sample_with_log_prob "
                              f"(a stochastic one); {type(self.actor).__name__} has none")
@@ -500,9 +520,13 @@ class PWM:
         return torch.stack(zs), rewards_t, objective, entropies_t
 
     def update_actor_critic(self, obs0: torch.Tensor, task: TaskLike = None,
-                            data_targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+                            data_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+                            data_action: torch.Tensor | None = None) -> dict[str, float]:
         """Actor step through ``H``-step latent rollouts from ``obs0`` ``[B, obs_dim]``, then critic steps
-        (``data_targets``: see :meth:`update_critic`)."""
+        (``data_targets``: see :meth:`update_critic`). ``data_action [B, act_dim]``: the actions the data
+        took at ``obs0``, which ``actor_bc_coef``'s penalty pulls the policy towards (required when it is > 0)."""
+        if self.actor_bc_coef > 0 and data_action is None:
+            raise ValueError(f"alg.actor_bc_coef={self.actor_bc_coef} needs the data's actions at the start states")
         start = self._sync()
         self.actor.train()
         with torch.no_grad():
@@ -517,7 +541,13 @@ class PWM:
         for index in index_splits:
             task_split = task[index] if torch.is_tensor(task) and task.dim() > 0 else task
             zs, rewards, objective, entropy = self.rollout(z0[index], task_split)
-            loss = -objective.mean() / self.horizon
+            if self.actor_bc_coef > 0:
+                # TD3+BC's normalisation: the objective in units of its own batch mean, so that the penalty's
+                # weight means the same whatever the task's value scale
+                loss = (-objective.mean() / objective.detach().abs().mean().clamp_min(1e-6)
+                        + self.actor_bc_coef * self._data_action_error(z0[index], data_action[index], task_split))
+            else:
+                loss = -objective.mean() / self.horizon
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             split_grads.append(torch.cat([
                 (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
@@ -539,6 +569,8 @@ class PWM:
             mean_action = self.actor(self.policy_input(z0, task), deterministic=True)
             valid = self.wm.mask_action(torch.ones_like(mean_action), task)
             saturated = ((mean_action.abs() > SATURATED_ACTION) * valid).sum() / valid.sum()
+            data_action_error = (self._data_action_error(z0, data_action, task, mean_action).item()
+                                 if data_action is not None else float("nan"))
         entropy = torch.cat(entropies, dim=1) if entropies else None  # [H, B]
         if entropy is not None and self.entropy_coef_optim is not None:
             self._update_entropy_coef(entropy, valid.sum(-1))
@@ -551,6 +583,7 @@ class PWM:
             "actor/predicted_reward": rewards.mean().item(),
             "actor/log_std": _mean_log_std(self.actor),
             "actor/saturated_fraction": saturated.item(),
+            "actor/data_action_error": data_action_error,
             "actor/entropy": entropy.mean().item() if entropy is not None else float("nan"),
             "actor/entropy_coef": self.entropy_coef,
             "rollout/latent_norm_mean": latent_norms.mean().item(),
@@ -561,6 +594,17 @@ class PWM:
         }
         metrics.update(self.update_critic(zs, rewards, task, data_targets))
         return metrics
+
+    def _data_action_error(self, z: torch.Tensor, data_action: torch.Tensor, task: TaskLike,
+                           mean_action: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over the batch of ``||tanh(mu(z)) - a||^2 / d``: the squared distance of the policy's mean
+        action at latents ``z [B, latent_dim]`` from the data's actions ``a [B, act_dim]``, per unpadded
+        action dimension (``d``). ``mean_action`` reuses an already computed ``tanh(mu(z))``."""
+        if mean_action is None:
+            mean_action = self.actor(self.policy_input(z, task), deterministic=True)
+        valid = self.wm.mask_action(torch.ones_like(mean_action), task)
+        squared = (mean_action - data_action.to(mean_action.device)).pow(2) * valid
+        return (squared.sum(-1) / valid.sum(-1)).mean()
 
     @property
     def entropy_coef(self) -> float:
@@ -700,7 +744,7 @@ class PWM:
         if self.critic_data_coef > 0:
             data_targets = self.data_value_targets(*(data_windows or (obs, action, reward)), task)
         diagnose = self._diagnoses_next_actor_update()
-        metrics.update(self.update_actor_critic(obs[0], task, data_targets))
+        metrics.update(self.update_actor_critic(obs[0], task, data_targets, data_action=action[0]))
         metrics["critic/value_model_gap"] = self.value_model_gap(obs[:2], action[0], task) if diagnose else float("nan")
         metrics.update({f"nan/{name}_skipped_steps": float(count) for name, count in self.nan_counts.items()})
         return metrics
