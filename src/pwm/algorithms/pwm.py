@@ -283,10 +283,12 @@ class PWM:
             paid and the task did not: the baseline imagined 1.5-1.8 reward per step on cartpole-balance
             where the task paid 0.66, and on cup-catch both variants ended holding the ball still (198)
             while their critics overvalued the states they visited by +99..+109 (``results/study_short_pretraining/NOTES.md``).
-            The penalty keeps the policy near the data's actions, where the model was trained. It did not
-            rescue cup-catch there (seed 0, one run each): at 0.4 the baseline stayed at 198 (value bias
-            +106) and flow reached 888 at 400 updates, then fell to 199; at 2.5 the baseline reached 750 at
-            500 updates, then 198. The model's rewards along the data's own actions were right (0.06-0.07
+            The penalty keeps the policy near the data's actions, where the model was trained. On cup-catch
+            there (seed 0, one run each, mean of the last 3 of 10 evaluations) 0.4 did not help: the baseline
+            stayed at 198 (value bias +106), flow reached 888 at 400 updates and ended at 199. At 2.5 the
+            baseline ended at 712 (750 at 500 updates, 198 for the next 200, then 591-790). Pretraining the
+            world models longer did more for both variants (``scripts/cfg/study/cpu.yaml``), so the study
+            leaves this off. The model's rewards along the data's own actions were right (0.06-0.07
             per step against 0.00-0.07 from states without the ball in the cup); along the policy's, they
             rose to 0.45 in 16 steps. ``actor/data_action_error`` logs the distance at every update.
         lr_schedule: ``"constant"``, or ``"linear"``: PWM's (and SHAC's) schedule, every learning rate
