@@ -14,6 +14,7 @@ def main() -> None:
     parser.add_argument("--bootstrap-reps", type=int, default=2000)
     parser.add_argument("--learned-std-margin", type=float, default=2.0)
     parser.add_argument("--learned-min-gain", type=float, default=0.1)
+    parser.add_argument("--learned-min-scale", type=float, default=0.05)
     defaults = Criteria()
     parser.add_argument("--final-evals", type=int, default=defaults.final_evals)
     parser.add_argument("--hold-evals", type=int, default=defaults.hold_evals)
@@ -22,7 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     criteria = Criteria(args.final_evals, args.hold_evals, args.tie_tolerance, args.confidence)
     report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps,
-                          args.learned_std_margin, args.learned_min_gain, criteria)
+                          args.learned_std_margin, args.learned_min_gain, criteria,
+                          learned_min_scale=args.learned_min_scale)
     for c in report["comparisons"]:
         print(f"{c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: {c['verdict'].upper()}")
 

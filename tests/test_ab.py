@@ -113,6 +113,7 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
     assert study.pretrain.min_iterations == study.pretrain.iterations > compose_ab().pretrain.min_iterations
     # 25k-step SAC replays, 50k where SAC is still poor at 25k; the default A/B's shorter replay must not leak in
     assert study.data.sac_steps == 25000
+    assert study.train.iterations == 1000 != compose_ab().train.iterations  # what its archived runs ran with
     assert compose_ab("+study=cpu", "task=reacher-easy").data.sac_steps == 50000
     assert study.sweeps.tasks == "cartpole-swingup,cup-catch" and str(study.sweeps.seeds) == "0"
     assert set(study.sweeps.tasks.split(",")) <= set(params["task"].split(","))
@@ -121,6 +122,7 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
 def test_first_study_preset_keeps_its_recipe():
     first = compose_ab("+study=cpu_pwm_objective")
     assert first.alg.actor_entropy_coef == 0 and first.data.sac_steps == 25000
+    assert first.train.iterations == 1000
     assert first.data.random_mix_episodes == 0 and compose_ab("+study=cpu").data.random_mix_episodes == 20
     assert first.hydra.sweeper.params["alg"] == "pwm_small,pwm_small_flow"
     assert (first.general.root, first.report.dir) == ("runs/study_pwm_objective", "results/study_pwm_objective")
@@ -178,9 +180,9 @@ def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
     data_dir = tmp_path / "data" / "cartpole-balance"
     obs, action, reward = torch.zeros(1, 3, 5), torch.zeros(1, 3, 1), torch.zeros(1, 3)
     write_episodes(data_dir / "0.pt", obs, action, reward, torch.zeros(1, 3, dtype=torch.long))
-    (data_dir / "collect.json").write_text(json.dumps({"task": "cartpole-balance", "policy": "sac", "seed": 12345,
-                                                        "sac_steps": 20000}))
     cfg = compose_ab(f"general.root={tmp_path}", "data.random_episodes=1")
+    (data_dir / "collect.json").write_text(json.dumps({"task": "cartpole-balance", "policy": "sac", "seed": 12345,
+                                                        "sac_steps": cfg.data.sac_steps}))
     with pytest.raises(ValueError, match="random_mix_episodes"):
         ensure_dataset(cfg)
     cfg.data.random_mix_episodes = 0

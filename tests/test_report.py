@@ -194,6 +194,28 @@ def test_learning_margin_hand_computation(tmp_path):
     assert comparison["runs_below_random_bar"] == []
 
 
+def test_learning_margin_floor_of_the_task_reward_scale(tmp_path):
+    """Where a random policy scores about 0 with a tiny spread (finger-spin: 0.4 +- 1.2), 2 std and 10% of
+    random would count 3.2 as learned; the floor of 5% of the task's reward scale (TD-MPC2's published
+    reward) calls a policy at 7 what it is, a failure."""
+    from pwm.experiments.published import tdmpc2_final
+
+    scale = tdmpc2_final()["finger-spin"][1]
+    for seed in range(2):
+        write_run(tmp_path, "finger-spin", "baseline", seed, [50, 90, 100], 1.0, [1.0], random_reward=0.4,
+                  random_std=1.2)
+        write_run(tmp_path, "finger-spin", "flow-K4-uniform", seed, [5, 7, 7], 1.0, [1.0], random_reward=0.4,
+                  random_std=1.2)
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50)["comparisons"]  # learned_min_scale=0.05
+    (task,) = comparison["per_task"]
+    assert task["learned_margin"] == pytest.approx(0.05 * scale)  # max(2.4, 0.04, 0.05 * 991) = 49.6
+    assert task["baseline_learned"] and not task["flow_learned"] and comparison["verdict"] == "invalid"
+    assert (f"finger-spin: flow-K4-uniform did not learn (final reward 6.3 < random 0.4 + margin {0.05 * scale:.1f})"
+            in comparison["invalid_reasons"][0])
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50, learned_min_scale=0.0)["comparisons"]
+    assert comparison["per_task"][0]["learned_margin"] == pytest.approx(2.4) and comparison["per_task"][0]["flow_learned"]
+
+
 def test_a_single_seed_below_the_random_bar_is_named_in_the_report(tmp_path):
     for seed, final in enumerate([90.0, 20.0]):  # flow: (46.7 + 23.3) / 2 clears 25 + 4, seed 1 alone does not
         write_run(tmp_path, "task-a", "baseline", seed, [10, 40, 60], 1.0, [1.0], random_reward=25.0, random_std=2.0)
@@ -207,16 +229,17 @@ def test_a_single_seed_below_the_random_bar_is_named_in_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("baseline_final, converged, reason", [
-    (28.0, True, "task-a: baseline did not learn (final reward 19.3 < random 25.0 + margin 4.0)"),
+    (28.0, True, "task-a: baseline did not learn (final reward 19.3 < random 25.0 + margin 6.0)"),
     (90.0, False, "flow-K4-uniform: world model did not converge in 2 of 2 runs"),
     (90.0, None, "flow-K4-uniform: world-model convergence unchecked in 2 of 2 runs"),
 ])
 def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_final, converged, reason):
+    # margin = max(2 * 3, 10% of 25, 5% of the observed reward range 10..95) = 6
     for seed in range(2):
         write_run(tmp_path, "task-a", "baseline", seed, [10, 20, baseline_final], 1.0, [1.0, 3.0], random_reward=25.0,
-                  random_std=2.0)
+                  random_std=3.0)
         write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [20, 40, 95], 2.0, [1.0, 1.5], random_reward=25.0,
-                  random_std=2.0, converged=converged)
+                  random_std=3.0, converged=converged)
     report = build_report(tmp_path, bootstrap_reps=50)
     (comparison,) = report["comparisons"]
     assert comparison["verdict"] == "invalid"

@@ -25,7 +25,8 @@ class ABReportCallback(Callback):
                               config.report.bootstrap_reps, config.report.learned_std_margin,
                               config.report.learned_min_gain, Criteria(
                                   final_evals=config.report.final_evals, hold_evals=config.report.hold_evals,
-                                  tie_tolerance=config.report.tie_tolerance, confidence=config.report.confidence))
+                                  tie_tolerance=config.report.tie_tolerance, confidence=config.report.confidence),
+                              learned_min_scale=config.report.learned_min_scale)
         for comparison in report["comparisons"]:
             log.info("A/B %s vs baseline [%s, %s]: %s", comparison["flow_variant"], comparison["setting"],
                      comparison["model"], comparison["verdict"].upper())

@@ -27,8 +27,9 @@ last ``final_evals`` evaluations. Its verdict checks the design spec's acceptanc
    higher mean ESNR, or fewer skipped (non-finite) updates than the baseline.
 
 The verdict is ``invalid`` (reasons named) when a variant did not learn a task (its reward does not
-beat the random policy's by ``learned_std_margin`` random-episode standard deviations and
-``learned_min_gain`` of the random reward's magnitude) or a world model did not converge; else
+beat the random policy's by the largest of ``learned_std_margin`` random-episode standard deviations,
+``learned_min_gain`` of the random reward's magnitude and ``learned_min_scale`` of the task's reward
+scale, the one the thresholds use) or a world model did not converge; else
 ``reject`` when a criterion fails, ``inconclusive`` when one cannot be decided at this number of
 seeds, and ``accept`` when all hold.
 """
@@ -56,7 +57,8 @@ def _slug(*parts: str) -> str:
 
 def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = (0.5, 0.8),
                  bootstrap_reps: int = 2000, learned_std_margin: float = 2.0, learned_min_gain: float = 0.1,
-                 criteria: Criteria | None = None, reference_dir: str | Path | None = None) -> dict[str, Any]:
+                 criteria: Criteria | None = None, reference_dir: str | Path | None = None,
+                 learned_min_scale: float = 0.05) -> dict[str, Any]:
     """Build the A/B report for every run under ``root``; returns the ``report.json`` content.
 
     ``thresholds`` are fractions of each task's published TD-MPC2 reward (``reference_dir``, default
@@ -84,9 +86,10 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
     for (setting, model), group in table.groupby(["setting", "model"]):
         for flow_variant in sorted(group[group.is_flow].variant.unique()):
             comparisons.append(compare(runs, table, setting, model, flow_variant, task_targets, criteria,
-                                       bootstrap_reps, learned_std_margin, learned_min_gain))
+                                       bootstrap_reps, learned_std_margin, learned_min_gain, learned_min_scale))
     parity_table = parity(table)
-    learned_bars = {task: sum(random_bar(rows, learned_std_margin, learned_min_gain))
+    learned_bars = {task: sum(random_bar(rows, learned_std_margin, learned_min_gain, learned_min_scale,
+                                         task_targets[task][1]))
                     for task, rows in table.groupby("task")}
     figures = []
     for (task, setting), _ in table.groupby(["task", "setting"]):
