@@ -8,13 +8,18 @@ import socket
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from conftest import run_script
 from pwm.data.tdmpc2_format import load_dataset, read_chunk
+from pwm.experiments.crosscheck import crosscheck as cross_table
+from pwm.experiments.crosscheck import main as crosscheck
+from pwm.experiments.crosscheck import policy_episodes
 from pwm.experiments.probe import main as probe
+from pwm.training.evaluation import episode_diagnostics, load_agent
 
 pytestmark = pytest.mark.slow
 TINY_PRETRAIN = ("pretrain.iterations=6", "pretrain.log_every=3", "pretrain.checkpoint_every=3",
@@ -130,3 +135,23 @@ def test_train_singletask_runs_and_resumes(tmp_path, capsys):
                f"checkpoints={{pendulum-swingup:'{tmp_path / 'checkpoint.pt'}'}}", f"out_dir={tmp_path / 'data'}")
     (chunk,) = [read_chunk(path) for path in (tmp_path / "data").glob("*.pt")]
     assert chunk["obs"].shape == (2, 501, 3)
+    # the world-model cross-check: one run given twice scores alike in both columns, on its policy's
+    # episodes (one per run) and on the dataset's held-out episode
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    crosscheck([checkpoint, checkpoint, "--episodes", "1", "--windows", "16", "--data", str(tmp_path / "data"),
+                "--heldout-fraction", "0.5", "--out", str(tmp_path / "crosscheck.csv")])
+    table = pd.read_csv(tmp_path / "crosscheck.csv")
+    assert len(table) == 3 * 2 and table.episodes.iloc[-1] == "held-out data"
+    columns = [table[table.model == model].drop(columns="model").reset_index(drop=True)
+               for model in table.model.unique()]
+    assert len(columns) == 2 and columns[0][["latent_nmse_1", "latent_nmse_H"]].notna().all().all()
+    pd.testing.assert_frame_equal(*columns)
+    # each column is its own model: a copy whose velocity field is pushed off scores worse in its column only
+    good, pushed = load_agent(checkpoint, device="cpu"), load_agent(checkpoint, device="cpu")
+    with torch.no_grad():
+        pushed.agent.wm._velocity[-1].bias += 1.0
+    episodes = policy_episodes(good, 1, seed=1000)
+    table = cross_table({"good": good, "pushed": pushed}, {"episodes": episodes}, windows=16, seed=0).set_index("model")
+    direct = episode_diagnostics(good.agent, episodes, 16, 0)["wm_eval/latent_nmse_H"]
+    assert table.loc["good", "latent_nmse_H"] == pytest.approx(direct)
+    assert table.loc["pushed", "latent_nmse_H"] > direct + 1.0
