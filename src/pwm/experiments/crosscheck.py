@@ -1,6 +1,7 @@
 """Which world model is wrong where? Every run's world model scored on every run's policy episodes.
 
-    python -m pwm.experiments.crosscheck runs/study/runs/reacher-easy/default/{baseline,flow-K4-uniform}/seed1/checkpoint.pt \\
+    python -m pwm.experiments.crosscheck \\
+        runs/study/runs/reacher-easy/default/{baseline,flow-K4-uniform}/seed1/checkpoint.pt \\
         --data runs/study/data/reacher-easy
 
 Rows: the episodes of each run's deterministic policy (the same reset seeds for every run) and, with
