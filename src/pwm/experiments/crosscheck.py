@@ -52,9 +52,9 @@ def score(trained: TrainedAgent, source: list[Episode] | WindowBatch, windows: i
     """:func:`world_model_quality` of ``trained``'s world model on ``windows`` windows of episodes, or
     on a ready batch of windows (``obs [H + 1, B, obs_dim]``)."""
     if isinstance(source, WindowBatch):
-        agent = trained.agent
-        task = None if not agent.wm.multitask else torch.full((source.obs.shape[1],), int(trained.task_id))
-        metrics = world_model_quality(agent.wm, source.obs, source.action, source.reward, task, gamma=agent.gamma)
+        agent = trained.agent  # the batch's own task ids, as pretraining's held-out evaluation passes them
+        metrics = world_model_quality(agent.wm, source.obs, source.action, source.reward,
+                                      source.task if agent.wm.multitask else None, gamma=agent.gamma)
     else:
         metrics = episode_diagnostics(trained.agent, source, windows, seed, trained.task_id)
     return {name: metrics.get(f"wm_eval/{name}", float("nan")) for name in METRICS}
