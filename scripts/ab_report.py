@@ -2,7 +2,7 @@
 
 import argparse
 
-from pwm.experiments.report import build_report
+from pwm.experiments.report import LearnedBar, build_report
 from pwm.experiments.statistics import Criteria
 
 
@@ -12,9 +12,10 @@ def main() -> None:
     parser.add_argument("out_dir", nargs="?", default=None, help="default: <root>/report")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8])
     parser.add_argument("--bootstrap-reps", type=int, default=2000)
-    parser.add_argument("--learned-std-margin", type=float, default=2.0)
-    parser.add_argument("--learned-min-gain", type=float, default=0.1)
-    parser.add_argument("--learned-min-scale", type=float, default=0.05)
+    bar = LearnedBar()
+    parser.add_argument("--learned-std-margin", type=float, default=bar.std_margin)
+    parser.add_argument("--learned-min-gain", type=float, default=bar.min_gain)
+    parser.add_argument("--learned-min-scale", type=float, default=bar.min_scale)
     defaults = Criteria()
     parser.add_argument("--final-evals", type=int, default=defaults.final_evals)
     parser.add_argument("--hold-evals", type=int, default=defaults.hold_evals)
@@ -22,9 +23,8 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=defaults.confidence)
     args = parser.parse_args()
     criteria = Criteria(args.final_evals, args.hold_evals, args.tie_tolerance, args.confidence)
-    report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps,
-                          args.learned_std_margin, args.learned_min_gain, criteria,
-                          learned_min_scale=args.learned_min_scale)
+    bar = LearnedBar(args.learned_std_margin, args.learned_min_gain, args.learned_min_scale)
+    report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps, bar, criteria)
     for c in report["comparisons"]:
         print(f"{c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: {c['verdict'].upper()}")
 

@@ -37,6 +37,25 @@ def test_flow_knobs_apply_only_to_flow_variants():
     assert variant_label(detached) == "flow-K4-uniform-detached"
 
 
+def test_report_code_defaults_equal_the_ab_config():
+    """ab.yaml's ``report`` section is where a user sets the verdict's rules; scripts/ab_report.py and
+    build_report called without them fall back to the code's defaults, which must say the same."""
+    import dataclasses
+    import inspect
+
+    from pwm.experiments.report import LearnedBar, build_report
+    from pwm.experiments.statistics import Criteria
+
+    report = compose_ab().report
+    assert LearnedBar() == LearnedBar(report.learned_std_margin, report.learned_min_gain, report.learned_min_scale)
+    assert Criteria() == Criteria(**{f.name: report[f.name] for f in dataclasses.fields(Criteria)})
+    defaults = inspect.signature(build_report).parameters
+    assert defaults["thresholds"].default == tuple(report.thresholds)
+    assert defaults["bootstrap_reps"].default == report.bootstrap_reps
+    with pytest.raises(ValueError, match="report.learned_min_scale"):
+        LearnedBar(min_scale=-0.05)
+
+
 def test_a_run_folder_of_another_model_size_is_refused(tmp_path):
     small, tiny = compose_ab("alg=pwm_small").alg, compose_ab("alg=pwm_tiny").alg
     check_run_model(tmp_path / "run", small)  # a new folder records the size

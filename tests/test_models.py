@@ -378,6 +378,47 @@ def test_recomputed_substeps_give_the_same_rollout_and_gradients():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_plain, g_recomputed))
 
 
+def test_flow_rollout_evaluates_loss_and_first_substep_in_one_call_exactly():
+    """The training rollout stacks the flow-matching query and the first Euler sub-step into one call of
+    the field; its latents, loss and gradients must equal one call each, written out by hand here
+    (multi-task, so per-row task ids and action masks have to follow the stacked rows)."""
+    from pwm.models import FlowWorldModel
+
+    torch.manual_seed(0)
+    wm = FlowWorldModel(obs_dim=5, act_dim=3, latent_dim=16, encoder_units=[16], units=[16, 16], num_bins=11,
+                        integrate_steps=3, tasks=["a", "b"], action_dims=[3, 2], task_dim=4)
+    horizon, batch, gamma = 4, 6, 0.9
+    obs, action = torch.randn(horizon + 1, batch, 5), torch.rand(horizon, batch, 3) * 2 - 1
+    task = torch.tensor([0, 1, 1, 0, 1, 0])
+
+    def loss_and_grads(rollout):
+        wm.zero_grad()
+        torch.manual_seed(1)  # the same flow times tau
+        z0, next_z = wm.encode(obs[0], task), wm.encode(obs[1:], task)
+        zs, loss = rollout(z0, action, next_z, horizon, gamma, task)
+        (loss + zs.pow(2).sum()).backward()
+        return zs.detach(), loss.detach(), [p.grad.clone() for p in wm.parameters() if p.grad is not None]
+
+    def one_call_each(z0, act_seq, next_z_seq, horizon, gamma, task):
+        zs, loss, dt = [z0], 0.0, 1.0 / wm.integrate_steps
+        for t in range(horizon):
+            tau = torch.rand(batch, 1)
+            z_tau = (1 - tau) * zs[-1] + tau * next_z_seq[t]
+            velocity = wm.velocity(z_tau, act_seq[t], tau, task)
+            loss = loss + gamma**t * (velocity - (next_z_seq[t] - zs[-1])).pow(2).mean()
+            z = zs[-1]
+            for k in range(wm.integrate_steps):
+                z = z + dt * wm.velocity(z, act_seq[t], torch.full((1,), (k + 0.5) * dt), task)
+            zs.append(z)
+        return torch.stack(zs), loss / horizon
+
+    fused, by_hand = loss_and_grads(wm.latent_rollout_and_dynamics_loss), loss_and_grads(one_call_each)
+    assert torch.allclose(fused[0], by_hand[0], atol=1e-6)
+    assert torch.allclose(fused[1], by_hand[1], atol=1e-6)
+    assert len(fused[2]) == len(by_hand[2]) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused[2], by_hand[2]))
+
+
 def test_recomputation_runs_inside_full_agent_updates():
     from omegaconf import OmegaConf
 

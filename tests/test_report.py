@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pwm.experiments.report import Run, build_report, decide, load_runs
+from pwm.experiments.report import LearnedBar, Run, build_report, decide, load_runs
 from pwm.experiments.runs import run_table
 from pwm.experiments.statistics import time_to_threshold
 
@@ -212,7 +212,7 @@ def test_learning_margin_floor_of_the_task_reward_scale(tmp_path):
     assert task["baseline_learned"] and not task["flow_learned"] and comparison["verdict"] == "invalid"
     assert (f"finger-spin: flow-K4-uniform did not learn (final reward 6.3 < random 0.4 + margin {0.05 * scale:.1f})"
             in comparison["invalid_reasons"][0])
-    (comparison,) = build_report(tmp_path, bootstrap_reps=50, learned_min_scale=0.0)["comparisons"]
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50, learned_bar=LearnedBar(min_scale=0.0))["comparisons"]
     assert comparison["per_task"][0]["learned_margin"] == pytest.approx(2.4) and comparison["per_task"][0]["flow_learned"]
 
 

@@ -18,15 +18,15 @@ class ABReportCallback(Callback):
     """
 
     def _report(self, config: DictConfig) -> None:
-        from pwm.experiments.report import build_report
+        from pwm.experiments.report import LearnedBar, build_report
         from pwm.experiments.statistics import Criteria
 
-        report = build_report(config.general.root, config.report.dir, tuple(config.report.thresholds),
-                              config.report.bootstrap_reps, config.report.learned_std_margin,
-                              config.report.learned_min_gain, Criteria(
-                                  final_evals=config.report.final_evals, hold_evals=config.report.hold_evals,
-                                  tie_tolerance=config.report.tie_tolerance, confidence=config.report.confidence),
-                              learned_min_scale=config.report.learned_min_scale)
+        report_cfg = config.report
+        report = build_report(
+            config.general.root, report_cfg.dir, tuple(report_cfg.thresholds), report_cfg.bootstrap_reps,
+            LearnedBar(report_cfg.learned_std_margin, report_cfg.learned_min_gain, report_cfg.learned_min_scale),
+            Criteria(final_evals=report_cfg.final_evals, hold_evals=report_cfg.hold_evals,
+                     tie_tolerance=report_cfg.tie_tolerance, confidence=report_cfg.confidence))
         for comparison in report["comparisons"]:
             log.info("A/B %s vs baseline [%s, %s]: %s", comparison["flow_variant"], comparison["setting"],
                      comparison["model"], comparison["verdict"].upper())

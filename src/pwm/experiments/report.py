@@ -27,9 +27,9 @@ last ``final_evals`` evaluations. Its verdict checks the design spec's acceptanc
    higher mean ESNR, or fewer skipped (non-finite) updates than the baseline.
 
 The verdict is ``invalid`` (reasons named) when a variant did not learn a task (its reward does not
-beat the random policy's by the largest of ``learned_std_margin`` random-episode standard deviations,
-``learned_min_gain`` of the random reward's magnitude and ``learned_min_scale`` of the task's reward
-scale, the one the thresholds use) or a world model did not converge; else
+beat the random policy's by :class:`~pwm.experiments.verdict.LearnedBar`'s margin: the largest of
+``std_margin`` random-episode standard deviations, ``min_gain`` of the random reward's magnitude and
+``min_scale`` of the task's reward scale, the one the thresholds use) or a world model did not converge; else
 ``reject`` when a criterion fails, ``inconclusive`` when one cannot be decided at this number of
 seeds, and ``accept`` when all hold.
 """
@@ -45,10 +45,10 @@ from pwm.experiments.plots import plot_aggregate, plot_curves, plot_diagnostics
 from pwm.experiments.published import pwm_published, tdmpc2_final
 from pwm.experiments.runs import Run, load_runs, run_table, select_runs
 from pwm.experiments.statistics import Criteria
-from pwm.experiments.verdict import compare, decide, parity, random_bar, task_thresholds
+from pwm.experiments.verdict import LearnedBar, compare, decide, parity, random_bar, task_thresholds
 from pwm.utils.common import atomic_write_text
 
-__all__ = ["Run", "build_report", "decide", "load_runs"]
+__all__ = ["LearnedBar", "Run", "build_report", "decide", "load_runs"]
 
 
 def _slug(*parts: str) -> str:
@@ -56,15 +56,14 @@ def _slug(*parts: str) -> str:
 
 
 def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = (0.5, 0.8),
-                 bootstrap_reps: int = 2000, learned_std_margin: float = 2.0, learned_min_gain: float = 0.1,
-                 criteria: Criteria | None = None, reference_dir: str | Path | None = None,
-                 learned_min_scale: float = 0.05) -> dict[str, Any]:
+                 bootstrap_reps: int = 2000, learned_bar: LearnedBar | None = None,
+                 criteria: Criteria | None = None, reference_dir: str | Path | None = None) -> dict[str, Any]:
     """Build the A/B report for every run under ``root``; returns the ``report.json`` content.
 
     ``thresholds`` are fractions of each task's published TD-MPC2 reward (``reference_dir``, default
     the repository's ``benchmarks/reference``), or of its observed reward range where none is published.
     """
-    criteria = criteria or Criteria()
+    criteria, learned_bar = criteria or Criteria(), learned_bar or LearnedBar()
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,10 +85,9 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
     for (setting, model), group in table.groupby(["setting", "model"]):
         for flow_variant in sorted(group[group.is_flow].variant.unique()):
             comparisons.append(compare(runs, table, setting, model, flow_variant, task_targets, criteria,
-                                       bootstrap_reps, learned_std_margin, learned_min_gain, learned_min_scale))
+                                       bootstrap_reps, learned_bar))
     parity_table = parity(table)
-    learned_bars = {task: sum(random_bar(rows, learned_std_margin, learned_min_gain, learned_min_scale,
-                                         task_targets[task][1]))
+    learned_bars = {task: sum(random_bar(rows, learned_bar, task_targets[task][1]))
                     for task, rows in table.groupby("task")}
     figures = []
     for (task, setting), _ in table.groupby(["task", "setting"]):

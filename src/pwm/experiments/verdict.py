@@ -5,6 +5,7 @@ confidence intervals, the learned/converged checks and the acceptance criteria (
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,23 +59,38 @@ def probability_of_improvement(flow: np.ndarray, baseline: np.ndarray, reps: int
             "ci_high": float(interval["flow>baseline"][1][0])}
 
 
-def learned_margin(random_reward: float, random_std: float, std_margin: float, min_gain: float,
-                   min_scale: float = 0.0, scale: float = 0.0) -> float:
-    """How far above the random policy's mean reward a policy must score to count as having learned:
-    the largest of ``std_margin`` random-episode standard deviations, ``min_gain`` of the random
-    reward's magnitude and ``min_scale`` of the task's reward ``scale`` (the last keeps the bar clear
-    where a random policy scores about 0 with a tiny spread, as on finger-spin: 0.4 +- 1.2)."""
-    scale_gain = min_scale * scale if np.isfinite(scale) else 0.0
-    return max(std_margin * random_std, min_gain * abs(random_reward), scale_gain)
+@dataclass(frozen=True)
+class LearnedBar:
+    """When a variant counts as having learned a task (``report.learned_*`` of ``scripts/cfg/ab.yaml``,
+    whose values these defaults equal; a test keeps them equal).
+
+    A policy has learned when its final reward beats the random policy's mean reward by
+    :meth:`margin`: the largest of ``std_margin`` random-episode standard deviations, ``min_gain`` of the
+    random reward's magnitude and ``min_scale`` of the task's reward scale (the last keeps the bar clear
+    where a random policy scores about 0 with a tiny spread, as on finger-spin: 0.4 +- 1.2).
+    """
+
+    std_margin: float = 2.0
+    min_gain: float = 0.1
+    min_scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("std_margin", "min_gain", "min_scale"):
+            value = getattr(self, name)
+            if not (value >= 0.0 and math.isfinite(value)):
+                raise ValueError(f"report.learned_{name} must be a finite number >= 0, got {value}")
+
+    def margin(self, random_reward: float, random_std: float, scale: float) -> float:
+        """How far above ``random_reward`` a policy must score on a task of reward ``scale``."""
+        scale_gain = self.min_scale * scale if np.isfinite(scale) else 0.0
+        return max(self.std_margin * random_std, self.min_gain * abs(random_reward), scale_gain)
 
 
-def random_bar(task_rows: pd.DataFrame, std_margin: float, min_gain: float, min_scale: float = 0.0,
-               scale: float = 0.0) -> tuple[float, float]:
-    """A task's random-policy reward and :func:`learned_margin` from its runs' rows (``random_reward``,
+def random_bar(task_rows: pd.DataFrame, bar: LearnedBar, scale: float) -> tuple[float, float]:
+    """A task's random-policy reward and :meth:`LearnedBar.margin` from its runs' rows (``random_reward``,
     ``random_reward_std``) and reward ``scale``: a policy learned when it scores at least their sum."""
     random_reward = float(task_rows.random_reward.mean())
-    return random_reward, learned_margin(random_reward, float(task_rows.random_reward_std.mean()), std_margin, min_gain,
-                                         min_scale, scale)
+    return random_reward, bar.margin(random_reward, float(task_rows.random_reward_std.mean()), scale)
 
 
 def _not_learned_detail(runs: pd.DataFrame, task: str, variant: str) -> str:
@@ -195,11 +211,11 @@ def _duration(run: Run) -> float:
 
 def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow_variant: str,
             thresholds: dict[str, tuple[dict[str, float], float, str]], criteria: Criteria, reps: int,
-            learned_std_margin: float = 2.0, learned_min_gain: float = 0.1,
-            learned_min_scale: float = 0.05) -> dict[str, Any]:
+            learned_bar: LearnedBar | None = None) -> dict[str, Any]:
     """All statistics of one comparison (``flow_variant`` vs baseline within ``setting`` at one model
     size); ``thresholds`` maps each task to :func:`task_thresholds` (whose reward scale also sets the
-    learned bar's ``learned_min_scale`` part, :func:`learned_margin`)."""
+    ``learned_bar``'s scale part, :meth:`LearnedBar.margin`; default :class:`LearnedBar` ())."""
+    learned_bar = learned_bar or LearnedBar()
     sub = table[(table.setting == setting) & (table.model == model) & table.variant.isin(["baseline", flow_variant])]
     tasks = sorted(set(sub[sub.variant == "baseline"].task) & set(sub[sub.variant == flow_variant].task))
     per_task, unpaired_runs = [], []
@@ -214,8 +230,7 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow
         task_rows = sub[sub.task == task]
         entry: dict[str, Any] = {"task": task, "seeds": [int(b.summary["seed"]) for b, _ in pairs],
                                  "targets": targets, "threshold_source": source, "scale": scale}
-        entry["random_reward"], entry["learned_margin"] = random_bar(task_rows, learned_std_margin, learned_min_gain,
-                                                                     learned_min_scale, scale)
+        entry["random_reward"], entry["learned_margin"] = random_bar(task_rows, learned_bar, scale)
         budgets = [min(_duration(b), _duration(f)) for b, f in pairs]
         entry["wall_budget_s"] = float(np.mean(budgets)) if budgets else math.nan
         no_policy = entry["random_reward"] if np.isfinite(entry["random_reward"]) else 0.0

@@ -105,24 +105,42 @@ class FlowWorldModel(LatentWorldModel):
         self.latent_clip_count += too_large.sum()
         return torch.where(too_large, z * (self.latent_clip_norm / norm.clamp_min(1e-12)), z)
 
-    def next(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike = None) -> torch.Tensor:
+    def next(
+        self, z: torch.Tensor, action: torch.Tensor, task: TaskLike = None, first_velocity: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Integrate ``v`` from t=0 to 1: ``z <- z + dt * v(z, a, (k + 0.5) dt)`` for ``k = 0..K-1``,
-        then apply the optional projection and norm clip."""
-        # Only while the model itself trains: under a freeze (the actor's rollouts) the parameters'
-        # requires_grad flags change before the backward pass, and a recomputation must match the forward.
-        if self.recompute_substeps and torch.is_grad_enabled() and self._velocity[0].weight.requires_grad:
-            z = torch.utils.checkpoint.checkpoint(self._integrate, z, action, task, use_reentrant=False)
+        then apply the optional projection and norm clip.
+
+        ``first_velocity``: ``v(z, a, 0.5 dt)`` ``[..., latent_dim]`` if the caller has computed it
+        already (the training rollout evaluates it in one call with the flow-matching prediction).
+        """
+        if self._recomputes_substeps():
+            z = torch.utils.checkpoint.checkpoint(self._integrate, z, action, task, first_velocity, use_reentrant=False)
         else:
-            z = self._integrate(z, action, task)
+            z = self._integrate(z, action, task, first_velocity)
         if self.latent_projection == "simplex":
             z = project_onto_simplices(z, self.simnorm_dim)
         return self._clip(z)
 
-    def _integrate(self, z: torch.Tensor, action: torch.Tensor, task: TaskLike) -> torch.Tensor:
+    def _recomputes_substeps(self) -> bool:
+        # Only while the model itself trains: under a freeze (the actor's rollouts) the parameters'
+        # requires_grad flags change before the backward pass, and a recomputation must match the forward.
+        return self.recompute_substeps and torch.is_grad_enabled() and self._velocity[0].weight.requires_grad
+
+    def _substep_time(self, k: int, like: torch.Tensor) -> torch.Tensor:
+        """Flow time ``[1]`` of Euler sub-step ``k``: the midpoint ``(k + 0.5) / K``."""
+        return torch.full((1,), (k + 0.5) / self.integrate_steps, device=like.device, dtype=like.dtype)
+
+    def _integrate(
+        self, z: torch.Tensor, action: torch.Tensor, task: TaskLike, first_velocity: torch.Tensor | None = None
+    ) -> torch.Tensor:
         dt = 1.0 / self.integrate_steps
         for k in range(self.integrate_steps):
-            t = torch.full((1,), (k + 0.5) * dt, device=z.device, dtype=z.dtype)
-            z = z + dt * self.velocity(z, action, t, task)
+            if k == 0 and first_velocity is not None:
+                velocity = first_velocity
+            else:
+                velocity = self.velocity(z, action, self._substep_time(k, z), task)
+            z = z + dt * velocity
         return z
 
     def sample_tau(self, like: torch.Tensor) -> torch.Tensor:
@@ -168,13 +186,32 @@ class FlowWorldModel(LatentWorldModel):
         self._check_rollout_lengths(act_seq, next_z_seq, horizon)
         zs = [z0]
         dynamics_loss = z0.new_zeros(())
+        # The field is evaluated at z_tau (the loss) and at z_source (the first Euler sub-step) with the
+        # same action: one call on both stacked along the batch is exact (every layer acts per row) and
+        # saves a call per step (0.94x the update at pwm_small). Not when the sub-steps are recomputed:
+        # that option trades speed for memory.
+        fuse_first_substep = not self._recomputes_substeps()
         for t in range(horizon):
             z_source, z_target = zs[-1], next_z_seq[t]
             tau = self.sample_tau(z_source)
             z_tau = (1.0 - tau) * z_source + tau * z_target
-            predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
+            first_velocity = None
+            if fuse_first_substep:
+                first_time = self._substep_time(0, tau).expand_as(tau)
+                both = self.velocity(torch.cat([z_tau, z_source]), torch.cat([act_seq[t], act_seq[t]]),
+                                     torch.cat([tau, first_time]), _stacked_twice(task))
+                predicted_velocity, first_velocity = both.chunk(2)
+            else:
+                predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
             source = z_source.detach() if self.detach_velocity_target else z_source
             step_loss = (predicted_velocity - (z_target - source)).pow(2).mean() / self.dynamics_loss_scale(z_source)
             dynamics_loss = dynamics_loss + gamma**t * step_loss
-            zs.append(self.next(z_source, act_seq[t], task))
+            zs.append(self.next(z_source, act_seq[t], task, first_velocity))
         return torch.stack(zs), dynamics_loss / horizon
+
+
+def _stacked_twice(task: TaskLike) -> TaskLike:
+    """Task ids for a batch stacked twice along its first axis (an int or a 0-d id applies to every row)."""
+    if torch.is_tensor(task) and task.dim() > 0:
+        return torch.cat([task, task])
+    return task
