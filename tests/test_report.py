@@ -271,7 +271,7 @@ def test_a_shrinking_latent_spread_shows_first_and_kept_values(tmp_path):
     table = pd.read_csv(report_dir / "runs.csv")
     assert table.first_latent_spread.item() == pytest.approx(0.08)
     assert table.heldout_latent_spread.item() == pytest.approx(0.02) and table.heldout_latent_nmse_1.item() == 0.3
-    assert "| task-a | default | flow-K4-uniform | 1 | 1/1 | 0.3000 |" in (report_dir / "report.md").read_text()
+    assert "| task-a | default | flow-K4-uniform | 1 | 1/1 | n/a | 0.3000 |" in (report_dir / "report.md").read_text()
     assert "| 0.0800 -> 0.0200 |" in (report_dir / "report.md").read_text()
 
 
@@ -369,3 +369,19 @@ def test_report_shows_the_share_of_saturated_actions(tmp_path):
     assert "| imagined / real | saturated | critic overvaluation |" in text and "| 67% |" in text
     # value_bias logs the iteration at each evaluation (9, 19, 29); the report's final_evals is 3
     assert "| 67% | 19.0 |" in text
+
+
+def test_heldout_trend_fits_the_last_iterations_of_pretraining_on_a_log_scale():
+    from pwm.experiments.markdown import _trend
+    from pwm.experiments.runs import heldout_trend
+
+    iterations = np.arange(99, 10_000, 100)
+    falling = 0.2 * 0.9 ** (iterations / 1000)  # 10% less per 1,000 iterations, throughout
+    rows = pd.DataFrame({"iteration": iterations, "wm_eval/heldout_error": falling})
+    logged = pd.DataFrame({"iteration": iterations - 50, "wm_eval/heldout_error": np.nan})  # rows of other metrics
+    assert heldout_trend(pd.concat([rows, logged]).sort_values("iteration")) == pytest.approx(-0.10, abs=1e-9)
+    # steep at first, flat over the last 2,000 iterations: only the end counts
+    late_flat = np.where(iterations < 7_900, 5.0 * 0.5 ** (iterations / 1000), 5.0 * 0.5 ** 7.9)
+    assert heldout_trend(rows.assign(**{"wm_eval/heldout_error": late_flat})) == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(heldout_trend(rows.tail(2))) and math.isnan(heldout_trend(None))
+    assert _trend(pd.Series([-0.1, -0.3, np.nan])) == "-20% [-30, -10]"

@@ -7,6 +7,18 @@ from typing import Any
 
 import pandas as pd
 
+from pwm.experiments.runs import HELDOUT_TREND_ITERATIONS
+
+
+def _trend(trends: pd.Series) -> str:
+    """Mean and range of :func:`~pwm.experiments.runs.heldout_trend` values as signed percentages."""
+    trends = trends.dropna()
+    if trends.empty:
+        return "n/a"
+    if len(trends) == 1:
+        return f"{100 * trends.iloc[0]:+.0f}%"
+    return f"{100 * trends.mean():+.0f}% [{100 * trends.min():+.0f}, {100 * trends.max():+.0f}]"
+
 
 def _fmt(value: float, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -166,13 +178,18 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "1 = no better than the batch mean), and rewards predicted along them. Latent spread: the mean "
               "per-dimension standard deviation of the encoder's latents across the held-out batch, at the first "
               "evaluation and at the kept one; a spread that shrinks while the errors stay high is a "
-              "representation collapsing, not a model getting better. Mean over runs.", "",
-              "| task | setting | variant | runs | converged | 1-step latent error | H-step latent error "
+              "representation collapsing, not a model getting better. Trend: how fast the held-out error was "
+              "still changing when pretraining ended, per 1,000 iterations (a line fitted to its log over the "
+              f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): the converged flag is one noisy comparison, "
+              "the trend says how much more training would have bought. Mean over runs.", "",
+              "| task | setting | variant | runs | converged | held-out error trend per 1k iterations "
+              "| 1-step latent error | H-step latent error "
               "| reward correlation | reward error (normalised) | latent spread: first -> kept |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
         converged = sum(f is True for f in group.pretrain_converged)
         lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
+                     f"| {_trend(group.heldout_trend_per_1k)} "
                      f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} | {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "
                      f"| {_fmt(group.heldout_reward_corr.mean(), 3)} | {_fmt(group.heldout_reward_nmse.mean(), 4)} "
                      f"| {_fmt(group.first_latent_spread.mean(), 4)} -> {_fmt(group.heldout_latent_spread.mean(), 4)} |")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pwm.experiments.statistics import REWARD, coefficient_of_variation, final_reward
@@ -101,6 +102,31 @@ def _best_heldout(pretrain: pd.DataFrame | None) -> dict[str, float]:
     return scores
 
 
+#: Span of the last pretraining iterations over which :func:`heldout_trend` fits the held-out error.
+HELDOUT_TREND_ITERATIONS = 2_000
+
+
+def heldout_trend(pretrain: pd.DataFrame | None, span: int = HELDOUT_TREND_ITERATIONS) -> float:
+    """Relative change of the held-out error per 1,000 iterations at the end of pretraining: a
+    least-squares line through ``log(wm_eval/heldout_error)`` against the iteration, over the evaluations
+    of the last ``span`` iterations; -0.10 = still falling by 10% per 1,000 iterations.
+
+    Why: the plateau rule's converged flag compares window means with a threshold once, at the end, and
+    on a held-out error that moves by tens of per cent between evaluations; a fitted slope over 20
+    evaluations says how fast the error was still falling. NaN with fewer than 3 evaluations in the span
+    or a non-positive error.
+    """
+    if pretrain is None or "wm_eval/heldout_error" not in pretrain:
+        return math.nan
+    evaluations = pretrain[pretrain["wm_eval/heldout_error"].notna()]
+    evaluations = evaluations[evaluations["iteration"] >= evaluations["iteration"].max() - span]
+    errors = evaluations["wm_eval/heldout_error"].to_numpy(dtype=float)
+    if len(errors) < 3 or not (errors > 0).all():
+        return math.nan
+    slope = np.polyfit(evaluations["iteration"].to_numpy(dtype=float) / 1000.0, np.log(errors), 1)[0]
+    return float(math.expm1(slope))
+
+
 def model_size(summary: dict[str, Any]) -> str:
     """A run's network sizes, e.g. ``latent64-wm128x128-actor128x128`` (only runs of one size are compared)."""
     alg = summary.get("alg") or {}
@@ -156,6 +182,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "random_reward_std": float(s.get("random_reward_std", math.nan)),
             "pretrain_iterations": float(s.get("pretrain_iterations", math.nan)),
             "pretrain_converged": s.get("pretrain_converged"),
+            "heldout_trend_per_1k": heldout_trend(run.pretrain),
             "commit": s.get("commit"),
             **_best_heldout(run.pretrain),
             "dynamics_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
