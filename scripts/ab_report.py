@@ -2,7 +2,7 @@
 
 import argparse
 
-from pwm.experiments.report import LearnedBar, build_report
+from pwm.experiments.report import BOOTSTRAP_REPS, THRESHOLDS, LearnedBar, build_report
 from pwm.experiments.statistics import Criteria
 
 
@@ -10,8 +10,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("root", help="general.root of the A/B runs (holds runs/)")
     parser.add_argument("out_dir", nargs="?", default=None, help="default: <root>/report")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8])
-    parser.add_argument("--bootstrap-reps", type=int, default=2000)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--bootstrap-reps", type=int, default=BOOTSTRAP_REPS)
     bar = LearnedBar()
     parser.add_argument("--learned-std-margin", type=float, default=bar.std_margin)
     parser.add_argument("--learned-min-gain", type=float, default=bar.min_gain)

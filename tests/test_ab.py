@@ -43,15 +43,15 @@ def test_report_code_defaults_equal_the_ab_config():
     import dataclasses
     import inspect
 
-    from pwm.experiments.report import LearnedBar, build_report
+    from pwm.experiments.report import BOOTSTRAP_REPS, THRESHOLDS, LearnedBar, build_report
     from pwm.experiments.statistics import Criteria
 
     report = compose_ab().report
     assert LearnedBar() == LearnedBar(report.learned_std_margin, report.learned_min_gain, report.learned_min_scale)
     assert Criteria() == Criteria(**{f.name: report[f.name] for f in dataclasses.fields(Criteria)})
     defaults = inspect.signature(build_report).parameters
-    assert defaults["thresholds"].default == tuple(report.thresholds)
-    assert defaults["bootstrap_reps"].default == report.bootstrap_reps
+    assert defaults["thresholds"].default == THRESHOLDS == tuple(report.thresholds)
+    assert defaults["bootstrap_reps"].default == BOOTSTRAP_REPS == report.bootstrap_reps
     with pytest.raises(ValueError, match="report.learned_min_scale"):
         LearnedBar(min_scale=-0.05)
 

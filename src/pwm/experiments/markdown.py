@@ -180,8 +180,8 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "evaluation and at the kept one; a spread that shrinks while the errors stay high is a "
               "representation collapsing, not a model getting better. Trend: how fast the held-out error was "
               "still changing when pretraining ended, per 1,000 iterations (a line fitted to its log over the "
-              f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): the converged flag is one noisy comparison, "
-              "the trend says how much more training would have bought. Mean over runs.", "",
+              f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): the converged flag is one "
+              "noisy comparison, the trend says how much more training would have bought. Mean over runs.", "",
               "| task | setting | variant | runs | converged | held-out error trend per 1k iterations "
               "| 1-step latent error | H-step latent error "
               "| reward correlation | reward error (normalised) | latent spread: first -> kept |",

@@ -48,15 +48,20 @@ from pwm.experiments.statistics import Criteria
 from pwm.experiments.verdict import LearnedBar, compare, decide, parity, random_bar, task_thresholds
 from pwm.utils.common import atomic_write_text
 
-__all__ = ["LearnedBar", "Run", "build_report", "decide", "load_runs"]
+__all__ = ["BOOTSTRAP_REPS", "THRESHOLDS", "LearnedBar", "Run", "build_report", "decide", "load_runs"]
+
+#: Defaults of :func:`build_report` (equal to ``report.thresholds`` and ``report.bootstrap_reps`` of
+#: ``scripts/cfg/ab.yaml``; a test keeps them equal).
+THRESHOLDS = (0.5, 0.8)
+BOOTSTRAP_REPS = 2000
 
 
 def _slug(*parts: str) -> str:
     return "_".join(p.replace("/", "-").replace("=", "-").replace(",", "-") for p in parts)
 
 
-def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = (0.5, 0.8),
-                 bootstrap_reps: int = 2000, learned_bar: LearnedBar | None = None,
+def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = THRESHOLDS,
+                 bootstrap_reps: int = BOOTSTRAP_REPS, learned_bar: LearnedBar | None = None,
                  criteria: Criteria | None = None, reference_dir: str | Path | None = None) -> dict[str, Any]:
     """Build the A/B report for every run under ``root``; returns the ``report.json`` content.
 
