@@ -88,14 +88,21 @@ HELDOUT_COLUMNS = {"heldout_latent_nmse_1": "wm_eval/latent_nmse_1", "heldout_la
                    "heldout_latent_spread": "wm_eval/latent_spread"}
 
 
+def _heldout_evaluations(pretrain: pd.DataFrame | None) -> pd.DataFrame:
+    """The pretraining metrics rows of held-out evaluations (``wm_eval/heldout_error`` set); may be empty."""
+    if pretrain is None or "wm_eval/heldout_error" not in pretrain:
+        return pd.DataFrame({"iteration": [], "wm_eval/heldout_error": []})
+    return pretrain[pretrain["wm_eval/heldout_error"].notna()]
+
+
 def _best_heldout(pretrain: pd.DataFrame | None) -> dict[str, float]:
     """Held-out diagnostics of the pretraining evaluation with the lowest ``heldout_error`` (the
     weights pretraining kept), and ``first_latent_spread``, the latent spread at the first evaluation
     (against the kept one's: a representation that shrinks while it trains)."""
     names = [*HELDOUT_COLUMNS, "first_latent_spread"]
-    if pretrain is None or "wm_eval/heldout_error" not in pretrain or pretrain["wm_eval/heldout_error"].isna().all():
+    evaluations = _heldout_evaluations(pretrain)
+    if evaluations.empty:
         return {name: math.nan for name in names}
-    evaluations = pretrain[pretrain["wm_eval/heldout_error"].notna()]
     best = evaluations.loc[evaluations["wm_eval/heldout_error"].idxmin()]
     scores = {name: float(best.get(column, math.nan)) for name, column in HELDOUT_COLUMNS.items()}
     scores["first_latent_spread"] = float(evaluations.iloc[0].get("wm_eval/latent_spread", math.nan))
@@ -116,9 +123,7 @@ def heldout_trend(pretrain: pd.DataFrame | None, span: int = HELDOUT_TREND_ITERA
     evaluations says how fast the error was still falling. NaN with fewer than 3 evaluations in the span
     or a non-positive error.
     """
-    if pretrain is None or "wm_eval/heldout_error" not in pretrain:
-        return math.nan
-    evaluations = pretrain[pretrain["wm_eval/heldout_error"].notna()]
+    evaluations = _heldout_evaluations(pretrain)
     evaluations = evaluations[evaluations["iteration"] >= evaluations["iteration"].max() - span]
     errors = evaluations["wm_eval/heldout_error"].to_numpy(dtype=float)
     if len(errors) < 3 or not (errors > 0).all():
