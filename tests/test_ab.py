@@ -109,6 +109,33 @@ def test_the_first_studys_archived_runs_are_its_presets_runs(alg, label, tmp_pat
         check_run_model(restored, current)
 
 
+def test_the_cpu_studys_archived_runs_are_its_presets_runs(tmp_path):
+    """``bash scripts/run_study.sh`` restores ``results/study/runs`` on a fresh clone and skips those runs: each
+    must be what its stage would run today (the main grid, or a sweep's setting and flow knobs), or the guard
+    refuses it and the study stops. A changed default must be pinned in study/cpu.yaml."""
+    root = REPO / compose_ab("+study=cpu").report.dir / "runs"
+    summaries = sorted(root.glob("*/*/*/seed*/summary.json"))
+    assert len(summaries) == 36 + 18  # main grid: 6 tasks x 3 seeds x 2 variants; sweeps: 18 runs on 2 tasks
+    # the main grid's runs carry the labels its jobs get today (a changed flow default would rename them)
+    flow = compose_ab("+study=cpu", "alg=pwm_tiny_flow")
+    main_labels = [path.parts[-3] for path in root.glob("*/default/*/seed*/summary.json")]
+    assert main_labels.count("baseline") == main_labels.count(variant_label(variant_alg(flow.alg, flow.flow))) == 18
+    for number, summary in enumerate(summaries):
+        task, setting, label, _ = summary.relative_to(root).parts[:4]
+        overrides = ["+study=cpu", f"task={task}"] + ([] if setting == "default" else setting.split(","))
+        if label == "baseline":
+            overrides.append("alg=pwm_tiny")
+        else:
+            _, steps, tau = label.split("-")  # flow-K<integrate_steps>-<fm_tau_sampling>
+            overrides += ["alg=pwm_tiny_flow", f"flow.integrate_steps={steps[1:]}", f"flow.fm_tau_sampling={tau}"]
+        cfg = compose_ab(*overrides)
+        assert variant_label(variant_alg(cfg.alg, cfg.flow)) == label
+        restored = tmp_path / str(number)  # a copy: the guard records job.json in the folder it checks
+        restored.mkdir()
+        (restored / "summary.json").write_text(summary.read_text())
+        check_run_model(restored, variant_alg(cfg.alg, cfg.flow))
+
+
 @pytest.mark.parametrize("preset, axis, values", [
     ("integrate_steps", "flow.integrate_steps", "2,4,8"), ("tau_sampling", "flow.fm_tau_sampling", "uniform,midpoint"),
     ("horizon", "alg.horizon", "10,20"), ("finetune", "train.train_world_model", "True")])
