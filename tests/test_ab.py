@@ -93,6 +93,14 @@ def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
     check_run_model(legacy, compose_ab("alg=pwm_small", "+objective=pwm").alg)
 
 
+def _restored_run_passes_the_guard(summary, alg, folder):
+    """Restore an archived run's ``summary`` into ``folder`` (a copy: the guard records job.json in the folder
+    it checks) and check it against the job's ``alg``; raises what a re-run of the study would."""
+    folder.mkdir()
+    (folder / "summary.json").write_text(summary.read_text())
+    check_run_model(folder, alg)
+
+
 @pytest.mark.parametrize("alg, label", [("pwm_small", "baseline"), ("pwm_small_flow", "flow-K4-uniform")])
 def test_the_first_studys_archived_runs_are_its_presets_runs(alg, label, tmp_path):
     """``STUDY=cpu_pwm_objective bash scripts/run_study.sh`` restores the archived runs and skips them: they
@@ -103,10 +111,7 @@ def test_the_first_studys_archived_runs_are_its_presets_runs(alg, label, tmp_pat
     summaries = sorted((REPO / cfg.report.dir / "runs").glob(f"*/default/{label}/seed*/summary.json"))
     assert len(summaries) == 18  # 6 tasks x 3 seeds
     for number, summary in enumerate(summaries):
-        restored = tmp_path / str(number)  # a copy: the guard records job.json in the folder it checks
-        restored.mkdir()
-        (restored / "summary.json").write_text(summary.read_text())
-        check_run_model(restored, current)
+        _restored_run_passes_the_guard(summary, current, tmp_path / str(number))
 
 
 def test_the_cpu_studys_archived_runs_are_its_presets_runs(tmp_path):
@@ -129,11 +134,9 @@ def test_the_cpu_studys_archived_runs_are_its_presets_runs(tmp_path):
             _, steps, tau = label.split("-")  # flow-K<integrate_steps>-<fm_tau_sampling>
             overrides += ["alg=pwm_tiny_flow", f"flow.integrate_steps={steps[1:]}", f"flow.fm_tau_sampling={tau}"]
         cfg = compose_ab(*overrides)
-        assert variant_label(variant_alg(cfg.alg, cfg.flow)) == label
-        restored = tmp_path / str(number)  # a copy: the guard records job.json in the folder it checks
-        restored.mkdir()
-        (restored / "summary.json").write_text(summary.read_text())
-        check_run_model(restored, variant_alg(cfg.alg, cfg.flow))
+        alg = variant_alg(cfg.alg, cfg.flow)
+        assert variant_label(alg) == label
+        _restored_run_passes_the_guard(summary, alg, tmp_path / str(number))
 
 
 @pytest.mark.parametrize("preset, axis, values", [
