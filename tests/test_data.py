@@ -144,6 +144,50 @@ def test_sac_replay_collection_writes_every_episode_in_tdmpc2_format(tmp_path):
     assert (chunk["obs"][:, 1:, :3] - chunk["obs"][:, :-1, :3]).abs().max() < 0.5
 
 
+def test_sac_final_policy_episodes_follow_the_replay_without_learning(tmp_path, monkeypatch):
+    """``sac_final_policy_episodes`` appends whole episodes of the trained agent's sampled actions after
+    its replay: the replay is the one collected without them, and SAC takes no gradient step more."""
+    from stable_baselines3 import SAC
+
+    from pwm.data.collect import CollectConfig, collect_dataset
+
+    taken, sampled = [], []
+    train, predict = SAC.train, SAC.predict
+
+    def counting_train(self, gradient_steps, batch_size=64):
+        taken.append(gradient_steps)
+        return train(self, gradient_steps, batch_size)
+
+    def recording_predict(self, observation, *args, deterministic=False, **kwargs):
+        sampled.append(deterministic)
+        return predict(self, observation, *args, deterministic=deterministic, **kwargs)
+
+    monkeypatch.setattr(SAC, "train", counting_train)
+    monkeypatch.setattr(SAC, "predict", recording_predict)
+    chunks = {}
+    for final in (0, 2):
+        taken.clear()
+        sampled.clear()
+        (path,) = collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / str(final)),
+                                                policy="sac", sac_steps=600, sac_final_policy_episodes=final, seed=3))
+        chunks[final] = (read_chunk(path, num_tasks=1), sum(taken), list(sampled))
+    (replay, replay_steps, replay_sampled), (extended, extended_steps, extended_sampled) = chunks[0], chunks[2]
+    assert replay["obs"].shape[0] == 1 and extended["obs"].shape == (3, 501, 5)
+    assert torch.equal(extended["obs"][:1], replay["obs"])
+    assert torch.equal(extended["reward"][:1, 1:], replay["reward"][:, 1:])
+    assert extended_steps == replay_steps == 500  # learning starts after 100 steps, then one step per env step
+    # the learner's own actions after its 100 random ones, then the final policy's: sampled, one per env step
+    assert len(replay_sampled) == 500 and extended_sampled == replay_sampled + [False] * 1000
+    assert not torch.equal(extended["action"][1, 1:], extended["action"][2, 1:])  # two episodes, not one twice
+    assert (extended["obs"][:, 1:, :3] - extended["obs"][:, :-1, :3]).abs().max() < 0.5  # no reset inside one
+    with pytest.raises(ValueError, match="sac_final_policy_episodes applies to policy=sac only"):
+        collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "r"),
+                                      sac_final_policy_episodes=1))
+    with pytest.raises(ValueError, match="sac_final_policy_episodes must be >= 0"):
+        collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "r"), policy="sac",
+                                      sac_final_policy_episodes=-1))
+
+
 def test_missing_task_is_named_not_numbered(tmp_path):
     write_episodes(tmp_path / "0.pt", *episodes(task=3))
     names = [f"task{i}" for i in range(30)]

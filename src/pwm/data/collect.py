@@ -37,6 +37,7 @@ class CollectConfig:
     episodes_per_file: int = 50
     policy: str = "random"
     sac_steps: int = 30_000
+    sac_final_policy_episodes: int = 0
     random_mix_episodes: int = 0
     checkpoints: dict[str, str] | None = None
     deterministic: bool = False
@@ -53,7 +54,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
     random actions or the trained policy ``policies[task]`` (built by the caller from
     ``cfg.checkpoints``, e.g. with :func:`pwm.training.evaluation.checkpoint_policy`); ``sac`` keeps
     the whole replay of a SAC agent that learns the task for ``cfg.sac_steps`` steps (data that
-    covers everything from random to good behaviour, as TD-MPC2's datasets do). With ``sac`` or
+    covers everything from random to good behaviour, as TD-MPC2's datasets do), then
+    ``cfg.sac_final_policy_episodes`` episodes of its final policy acting without learning. With ``sac`` or
     ``checkpoint``, ``cfg.random_mix_episodes`` episodes of uniform random actions follow that policy's
     episodes: actions the policy never took, so a world model learns what they do rather than
     extrapolating (a policy trained in the model otherwise finds rewards there that the task does not
@@ -75,6 +77,10 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
         raise ValueError("collecting several tasks needs task_set (mt30 or mt80) to assign task ids")
     if cfg.policy not in COLLECT_POLICIES:
         raise ValueError(f"policy must be one of {COLLECT_POLICIES}, got {cfg.policy!r}")
+    if cfg.sac_final_policy_episodes < 0:
+        raise ValueError(f"sac_final_policy_episodes must be >= 0, got {cfg.sac_final_policy_episodes}")
+    if cfg.sac_final_policy_episodes and cfg.policy != "sac":
+        raise ValueError(f"sac_final_policy_episodes applies to policy=sac only, got policy={cfg.policy!r}")
     if cfg.random_mix_episodes < 0:
         raise ValueError(f"random_mix_episodes must be >= 0, got {cfg.random_mix_episodes}")
     envs = [make_env(t, seed=cfg.seed) for t in tasks]
@@ -90,7 +96,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
             from pwm.data.sac import train_sac  # stable-baselines3 takes seconds to import: only when used
 
             collected = train_sac(task, cfg.seed, cfg.sac_steps, eval_every=0, eval_episodes=0, record_episodes=True,
-                                  progress=f"collect {task} (SAC replay)")[1]
+                                  progress=f"collect {task} (SAC replay)",
+                                  final_policy_episodes=cfg.sac_final_policy_episodes)[1]
         else:
             if cfg.policy == "checkpoint":
                 if task not in (policies or {}):

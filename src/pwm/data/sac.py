@@ -89,6 +89,20 @@ def _progress_bar(env: RecordingGymEnv, total_steps: int, desc: str):
     return ProgressBar(), bar
 
 
+def _record_policy_episodes(env: RecordingGymEnv, policy: Callable[[np.ndarray], np.ndarray], episodes: int,
+                            desc: str | None) -> None:
+    """Run ``episodes`` whole episodes of ``policy`` in ``env`` (which records them), continuing its
+    reset stream (the episode a learner may have left unfinished is dropped: only finished ones are kept)."""
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(episodes), desc=desc, disable=desc is None, dynamic_ncols=True):
+        obs, _ = env.reset()
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(policy(obs))
+            done = terminated or truncated
+
+
 def train_sac(
     task: str,
     seed: int,
@@ -98,6 +112,7 @@ def train_sac(
     record_episodes: bool = False,
     on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
     progress: str | None = None,
+    final_policy_episodes: int = 0,
 ) -> tuple[list[dict[str, float]], list[Episode]]:
     """Train SAC (stable-baselines3 defaults) on ``task`` for ``total_steps`` environment steps.
 
@@ -105,11 +120,19 @@ def train_sac(
     episodes on the reset seeds PWM's evaluations use (``EVAL_SEED_OFFSET + seed + i``), calling
     ``on_evaluation(env_steps, metrics)`` after each; ``eval_every=0`` trains without evaluating.
     ``progress``: if given, the description of a progress bar over the environment steps.
+    ``final_policy_episodes`` (with ``record_episodes``): episodes of the trained agent's stochastic
+    policy (actions sampled as in training) recorded after the training episodes, with no further
+    gradient steps. Once SAC has solved a task its later replay is much the same, so these extend the
+    good part of a replay at the cost of environment steps alone (SAC's updates are most of its time).
 
     Returns:
         The evaluation rows (``train/env_steps`` plus ``eval/*``) and, with ``record_episodes``, every
-        training episode in the order the agent lived them.
+        training episode in the order the agent lived them, then the final policy's episodes.
     """
+    if final_policy_episodes < 0:
+        raise ValueError(f"final_policy_episodes must be >= 0, got {final_policy_episodes}")
+    if final_policy_episodes and not record_episodes:
+        raise ValueError("final_policy_episodes needs record_episodes=True (they are only recorded)")
     from stable_baselines3 import SAC
 
     env = RecordingGymEnv(make_env(task, seed=seed), record=record_episodes)
@@ -132,6 +155,9 @@ def train_sac(
             on_evaluation(steps, metrics)
     if bar is not None:
         bar.close()
+    if final_policy_episodes:
+        _record_policy_episodes(env, lambda obs: model.predict(obs, deterministic=False)[0], final_policy_episodes,
+                                desc=f"{progress}, final policy" if progress else None)
     env.close()
     eval_env.close()
     return rows, env.episodes
