@@ -17,8 +17,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from pwm.envs.rollout import EVAL_SEED_OFFSET, Episode, evaluate_policy
+from pwm.envs.rollout import EVAL_SEED_OFFSET, Episode, evaluate_policy, run_episode
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
 
@@ -74,7 +75,6 @@ def _progress_bar(env: RecordingGymEnv, total_steps: int, desc: str):
     """A stable-baselines3 callback that advances a tqdm bar per environment step and shows the
     return of the last finished training episode (SAC collection runs for tens of minutes)."""
     from stable_baselines3.common.callbacks import BaseCallback
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
 
@@ -87,20 +87,6 @@ def _progress_bar(env: RecordingGymEnv, total_steps: int, desc: str):
             return True
 
     return ProgressBar(), bar
-
-
-def _record_policy_episodes(env: RecordingGymEnv, policy: Callable[[np.ndarray], np.ndarray], episodes: int,
-                            desc: str | None) -> None:
-    """Run ``episodes`` whole episodes of ``policy`` in ``env`` (which records them), continuing its
-    reset stream (the episode a learner may have left unfinished is dropped: only finished ones are kept)."""
-    from tqdm.auto import tqdm
-
-    for _ in tqdm(range(episodes), desc=desc, disable=desc is None, dynamic_ncols=True):
-        obs, _ = env.reset()
-        done = False
-        while not done:
-            obs, _, terminated, truncated, _ = env.step(policy(obs))
-            done = terminated or truncated
 
 
 def train_sac(
@@ -129,8 +115,6 @@ def train_sac(
         The evaluation rows (``train/env_steps`` plus ``eval/*``) and, with ``record_episodes``, every
         training episode in the order the agent lived them, then the final policy's episodes.
     """
-    if final_policy_episodes < 0:
-        raise ValueError(f"final_policy_episodes must be >= 0, got {final_policy_episodes}")
     if final_policy_episodes and not record_episodes:
         raise ValueError("final_policy_episodes needs record_episodes=True (they are only recorded)")
     from stable_baselines3 import SAC
@@ -155,9 +139,10 @@ def train_sac(
             on_evaluation(steps, metrics)
     if bar is not None:
         bar.close()
-    if final_policy_episodes:
-        _record_policy_episodes(env, lambda obs: model.predict(obs, deterministic=False)[0], final_policy_episodes,
-                                desc=f"{progress}, final policy" if progress else None)
+    # the same environment, so their resets continue the learner's stream (its unfinished episode is dropped)
+    final_episodes = [run_episode(env.env, lambda obs: model.predict(obs, deterministic=False)[0])
+                      for _ in tqdm(range(final_policy_episodes), desc=f"{progress}, final policy" if progress else None,
+                                    disable=not (progress and final_policy_episodes), dynamic_ncols=True)]
     env.close()
     eval_env.close()
-    return rows, env.episodes
+    return rows, env.episodes + final_episodes

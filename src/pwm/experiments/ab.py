@@ -71,12 +71,10 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
     recipe = {"task": cfg.task, "policy": cfg.data.policy, "seed": int(cfg.data.seed),
               **({"sac_steps": int(cfg.data.sac_steps)} if cfg.data.policy == "sac" else
                  {"episodes": int(cfg.data.episodes)})}
-    final_episodes = int(cfg.data.get("sac_final_policy_episodes") or 0) if cfg.data.policy == "sac" else 0
-    if final_episodes:  # recorded only when used, so datasets collected before the option still match
-        recipe["sac_final_policy_episodes"] = final_episodes
-    mix_episodes = int(cfg.data.get("random_mix_episodes") or 0) if cfg.data.policy == "sac" else 0
-    if mix_episodes:  # the same
-        recipe["random_mix_episodes"] = mix_episodes
+    extras = {key: int(cfg.data.get(key) or 0) if cfg.data.policy == "sac" else 0
+              for key in ("sac_final_policy_episodes", "random_mix_episodes")}
+    # recorded only when used, so datasets collected before these options still match
+    recipe.update({key: episodes for key, episodes in extras.items() if episodes})
     with file_lock(data_dir.parent / f".{data_dir.name}.lock"):
         recipe_path, reference_path = data_dir / "collect.json", data_dir / "random_policy.json"
         if list(data_dir.glob("*.pt")):
@@ -89,9 +87,7 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
             try:  # the other jobs wait for this dataset, so collection may use their cores too
                 collect_dataset(CollectConfig(
                     tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
-                    policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, sac_final_policy_episodes=final_episodes,
-                    random_mix_episodes=mix_episodes,
-                    seed=cfg.data.seed,
+                    policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, **extras, seed=cfg.data.seed,
                     threads=cfg.data.threads))
             finally:
                 torch.set_num_threads(job_threads)
