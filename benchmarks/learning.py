@@ -46,7 +46,7 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
             "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow", "flow-simplex-detached-entropy": "{alg}_flow",
             "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow",
             "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow",
-            "baseline-fixed-alpha": "{alg}", "flow-fixed-alpha": "{alg}_flow"}
+            "baseline-fixed-alpha": "{alg}", "flow-fixed-alpha": "{alg}_flow", "flow-simplex": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
 #: other variant names the defaults of the day its committed results were run, so each name keeps its
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
@@ -54,13 +54,15 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
 #: (``+objective=pwm``: no entropy bonus, no data critic, the spec's dynamics loss) and add their knobs.
 #: flow-simplex-detached is the flow model with both knobs of results/study_pwm_objective/followups (simplex projection,
 #: no gradient through the flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
-#: its tanh out of saturation (see PWM's actor_entropy_coef).
+#: its tanh out of saturation (see PWM's actor_entropy_coef). flow-simplex is today's flow with its integrated latents
+#: projected onto SimNorm's simplices, the set the baseline's dynamics head and the encoder map into.
 PWM_OBJECTIVE = "+objective=pwm"
 FIXED_ALPHA = "alg.actor_entropy_target=null"
 ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
 #: The -normalized twins divide the dynamics loss by the latent variance (world_model_config.normalize_dynamics_loss).
 NORMALIZED_DYNAMICS = "alg.world_model_config.normalize_dynamics_loss=true"
-SIMPLEX_DETACHED = ["alg.world_model_config.latent_projection=simplex", "alg.world_model_config.detach_velocity_target=true"]
+SIMPLEX = "alg.world_model_config.latent_projection=simplex"
+SIMPLEX_DETACHED = [SIMPLEX, "alg.world_model_config.detach_velocity_target=true"]
 VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE],
                      "flow-simplex-detached": [PWM_OBJECTIVE, *SIMPLEX_DETACHED],
                      "baseline-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS], "flow-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS],
@@ -69,7 +71,8 @@ VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE
                      "flow-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
                      "baseline-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
                      "flow-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
-                     "baseline-fixed-alpha": [FIXED_ALPHA], "flow-fixed-alpha": [FIXED_ALPHA]}
+                     "baseline-fixed-alpha": [FIXED_ALPHA], "flow-fixed-alpha": [FIXED_ALPHA],
+                     "flow-simplex": [SIMPLEX]}
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
@@ -83,7 +86,9 @@ VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "flow-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
                  "baseline-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
                  "flow-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
-                 "baseline-fixed-alpha": FIXED_ALPHA_NOTE, "flow-fixed-alpha": FIXED_ALPHA_NOTE}
+                 "baseline-fixed-alpha": FIXED_ALPHA_NOTE, "flow-fixed-alpha": FIXED_ALPHA_NOTE,
+                 "flow-simplex": ("the defaults with each integrated latent projected onto SimNorm's simplices "
+                                  "(`flow.latent_projection=simplex`); see `learning_notes.md`")}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -299,7 +304,7 @@ def plot(results, path: Path) -> None:
               "flow-simplex-detached": "tab:red", "sac": "tab:green",
               "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown", "flow-simplex-detached-entropy": "tab:purple",
               "baseline-normalized": "tab:olive", "flow-normalized": "tab:pink",
-              "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta"}
+              "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta", "flow-simplex": "crimson"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -163,6 +163,7 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
     # 25k-step SAC replays, 50k where SAC is still poor at 25k; the default A/B's shorter replay must not leak in
     assert study.data.sac_steps == 25000 and study.data.sac_final_policy_episodes == 0
     assert compose_ab().data.sac_final_policy_episodes > 0
+    assert study.data.sac_stop_return is None and compose_ab().data.sac_stop_return > 0
     assert study.train.iterations == 1000 != compose_ab().train.iterations  # what its archived runs ran with
     assert compose_ab("+study=cpu", "task=reacher-easy").data.sac_steps == 50000
     assert study.sweeps.tasks == "cartpole-swingup,cup-catch" and str(study.sweeps.seeds) == "0"
@@ -174,7 +175,7 @@ def test_first_study_preset_keeps_its_recipe():
     assert first.alg.actor_entropy_coef == 0 and first.data.sac_steps == 25000
     assert first.train.iterations == 1000
     assert first.data.random_mix_episodes == 0 and compose_ab("+study=cpu").data.random_mix_episodes == 20
-    assert first.data.sac_final_policy_episodes == 0
+    assert first.data.sac_final_policy_episodes == 0 and first.data.sac_stop_return is None
     assert first.hydra.sweeper.params["alg"] == "pwm_small,pwm_small_flow"
     assert (first.general.root, first.report.dir) == ("runs/study_pwm_objective", "results/study_pwm_objective")
 
@@ -240,4 +241,7 @@ def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match="sac_final_policy_episodes"):
         ensure_dataset(cfg)
     cfg.data.sac_final_policy_episodes = 0
+    with pytest.raises(ValueError, match="sac_stop_return"):
+        ensure_dataset(cfg)
+    cfg.data.sac_stop_return = None
     assert ensure_dataset(cfg)[0] == data_dir

@@ -188,6 +188,37 @@ def test_sac_final_policy_episodes_follow_the_replay_without_learning(tmp_path, 
                                       sac_final_policy_episodes=-1))
 
 
+def test_sac_stop_return_ends_learning_after_the_first_episode_that_reaches_it(tmp_path, monkeypatch):
+    """With ``sac_stop_return`` the learner stops after its first episode returning at least that much:
+    a bar every episode clears keeps one episode (the first of the full replay) and takes no gradient step
+    after it; a bar no episode clears keeps the whole replay and every gradient step."""
+    from stable_baselines3 import SAC
+
+    from pwm.data.collect import CollectConfig, collect_dataset
+
+    taken = []
+    train = SAC.train
+
+    def counting_train(self, gradient_steps, batch_size=64):
+        taken.append(gradient_steps)
+        return train(self, gradient_steps, batch_size)
+
+    monkeypatch.setattr(SAC, "train", counting_train)
+    runs = {}
+    for name, stop_return in (("reached", 0.0), ("never", 1e9)):
+        taken.clear()
+        (path,) = collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / name),
+                                                policy="sac", sac_steps=1000, sac_stop_return=stop_return, seed=3))
+        runs[name] = (read_chunk(path, num_tasks=1), sum(taken))
+    (reached, reached_steps), (never, never_steps) = runs["reached"], runs["never"]
+    assert reached["obs"].shape[0] == 1 and never["obs"].shape[0] == 2  # 500-step episodes
+    assert torch.equal(reached["obs"][0], never["obs"][0]) and torch.equal(reached["action"][0, 1:], never["action"][0, 1:])
+    # learning starts after 100 steps, then one gradient step per environment step; none after the stopping one
+    assert never_steps == 900 and reached_steps == 399
+    with pytest.raises(ValueError, match="sac_stop_return applies to policy=sac only"):
+        collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "r"), sac_stop_return=1.0))
+
+
 def test_missing_task_is_named_not_numbered(tmp_path):
     write_episodes(tmp_path / "0.pt", *episodes(task=3))
     names = [f"task{i}" for i in range(30)]

@@ -219,7 +219,13 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
                             "baseline-normalized-entropy": (0.01, None, 0.0, True)}[variant]
     composed["baseline-fixed-alpha"].actor_entropy_target = -0.5
     assert composed["baseline-fixed-alpha"] == composed["baseline"]  # nothing else differs
-    fixed_alpha = {"baseline-fixed-alpha", "flow-fixed-alpha"}
+    for variant in ("flow", "flow-simplex"):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        composed[variant] = composed_alg(learning, commands[-1])
+    assert composed["flow-simplex"].world_model_config.latent_projection == "simplex"
+    composed["flow-simplex"].world_model_config.latent_projection = "none"
+    assert composed["flow-simplex"] == composed["flow"]  # today's flow with the projection, nothing else
+    todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex"}
     assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
-               if variant not in fixed_alpha)
+               if variant not in todays_defaults)
     assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}

@@ -38,6 +38,7 @@ class CollectConfig:
     policy: str = "random"
     sac_steps: int = 30_000
     sac_final_policy_episodes: int = 0
+    sac_stop_return: float | None = None
     random_mix_episodes: int = 0
     checkpoints: dict[str, str] | None = None
     deterministic: bool = False
@@ -53,8 +54,9 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
     ``cfg.policy``: ``random`` or ``checkpoint`` run ``cfg.episodes`` episodes per task with uniform
     random actions or the trained policy ``policies[task]`` (built by the caller from
     ``cfg.checkpoints``, e.g. with :func:`pwm.training.evaluation.checkpoint_policy`); ``sac`` keeps
-    the whole replay of a SAC agent that learns the task for ``cfg.sac_steps`` steps (data that
-    covers everything from random to good behaviour, as TD-MPC2's datasets do), then
+    the whole replay of a SAC agent that learns the task for ``cfg.sac_steps`` steps, or until one of
+    its episodes returns ``cfg.sac_stop_return`` (data that covers everything from random to good
+    behaviour, as TD-MPC2's datasets do), then
     ``cfg.sac_final_policy_episodes`` episodes of its final policy acting without learning. With ``sac`` or
     ``checkpoint``, ``cfg.random_mix_episodes`` episodes of uniform random actions follow that policy's
     episodes: actions the policy never took, so a world model learns what they do rather than
@@ -81,6 +83,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
         raise ValueError(f"sac_final_policy_episodes must be >= 0, got {cfg.sac_final_policy_episodes}")
     if cfg.sac_final_policy_episodes and cfg.policy != "sac":
         raise ValueError(f"sac_final_policy_episodes applies to policy=sac only, got policy={cfg.policy!r}")
+    if cfg.sac_stop_return is not None and cfg.policy != "sac":
+        raise ValueError(f"sac_stop_return applies to policy=sac only, got policy={cfg.policy!r}")
     if cfg.random_mix_episodes < 0:
         raise ValueError(f"random_mix_episodes must be >= 0, got {cfg.random_mix_episodes}")
     envs = [make_env(t, seed=cfg.seed) for t in tasks]
@@ -97,7 +101,8 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
 
             collected = train_sac(task, cfg.seed, cfg.sac_steps, eval_every=0, eval_episodes=0, record_episodes=True,
                                   progress=f"collect {task} (SAC replay)",
-                                  final_policy_episodes=cfg.sac_final_policy_episodes)[1]
+                                  final_policy_episodes=cfg.sac_final_policy_episodes,
+                                  stop_at_return=cfg.sac_stop_return)[1]
         else:
             if cfg.policy == "checkpoint":
                 if task not in (policies or {}):

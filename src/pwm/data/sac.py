@@ -71,22 +71,30 @@ class RecordingGymEnv(gym.Env):
         self.env.close()
 
 
-def _progress_bar(env: RecordingGymEnv, total_steps: int, desc: str):
-    """A stable-baselines3 callback that advances a tqdm bar per environment step and shows the
-    return of the last finished training episode (SAC collection runs for tens of minutes)."""
+def _learner_callback(env: RecordingGymEnv, total_steps: int, desc: str | None, stop_at_return: float | None):
+    """A stable-baselines3 callback that advances a tqdm bar per environment step (when ``desc`` is
+    given: SAC collection runs for minutes) and, with ``stop_at_return``, ends learning once a
+    training episode has returned at least that much. Its ``solved`` attribute says whether it did."""
     from stable_baselines3.common.callbacks import BaseCallback
 
-    bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0) if desc else None
 
-    class ProgressBar(BaseCallback):
+    class LearnerCallback(BaseCallback):
+        solved = False
+
         def _on_step(self) -> bool:
-            bar.update(1)
-            if env.episode_returns:
-                bar.set_postfix(episodes=len(env.episode_returns), last_return=f"{env.episode_returns[-1]:.0f}",
-                                refresh=False)
-            return True
+            if bar is not None:
+                bar.update(1)
+                if env.episode_returns:
+                    bar.set_postfix(episodes=len(env.episode_returns), last_return=f"{env.episode_returns[-1]:.0f}",
+                                    refresh=False)
+            # True on the step that ends an episode of at least that return (its return was appended by this step)
+            ended = self.locals.get("dones")
+            if stop_at_return is not None and ended is not None and ended.any() and env.episode_returns:
+                self.solved = self.solved or env.episode_returns[-1] >= stop_at_return
+            return not self.solved
 
-    return ProgressBar(), bar
+    return LearnerCallback(), bar
 
 
 def train_sac(
@@ -99,6 +107,7 @@ def train_sac(
     on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
     progress: str | None = None,
     final_policy_episodes: int = 0,
+    stop_at_return: float | None = None,
 ) -> tuple[list[dict[str, float]], list[Episode]]:
     """Train SAC (stable-baselines3 defaults) on ``task`` for ``total_steps`` environment steps.
 
@@ -110,6 +119,9 @@ def train_sac(
     policy (actions sampled as in training) recorded after the training episodes, with no further
     gradient steps. Once SAC has solved a task its later replay is much the same, so these extend the
     good part of a replay at the cost of environment steps alone (SAC's updates are most of its time).
+    ``stop_at_return``: learning ends early, after the training episode that first returns at least
+    this (``total_steps`` is then a cap). How soon SAC solves a task varies with its seed and with the
+    CPU's floating-point paths, so a fixed step count may stop just before or long after.
 
     Returns:
         The evaluation rows (``train/env_steps`` plus ``eval/*``) and, with ``record_episodes``, every
@@ -126,7 +138,7 @@ def train_sac(
     def policy(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
-    callback, bar = _progress_bar(env, total_steps, progress) if progress else (None, None)
+    callback, bar = _learner_callback(env, total_steps, progress, stop_at_return)
     rows = []
     if eval_every <= 0:
         model.learn(total_timesteps=total_steps, callback=callback, progress_bar=False)
@@ -134,9 +146,11 @@ def train_sac(
         if steps:
             model.learn(total_timesteps=eval_every, reset_num_timesteps=False, callback=callback, progress_bar=False)
         metrics, _ = evaluate_policy(eval_env, policy, eval_episodes, seed=EVAL_SEED_OFFSET + seed)
-        rows.append({"train/env_steps": float(steps), **metrics})
+        rows.append({"train/env_steps": float(model.num_timesteps), **metrics})
         if on_evaluation is not None:
-            on_evaluation(steps, metrics)
+            on_evaluation(model.num_timesteps, metrics)
+        if callback.solved:
+            break
     if bar is not None:
         bar.close()
     # the same environment, so their resets continue the learner's stream (its unfinished episode is dropped)

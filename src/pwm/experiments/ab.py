@@ -73,8 +73,11 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
                  {"episodes": int(cfg.data.episodes)})}
     extras = {key: int(cfg.data.get(key) or 0) if cfg.data.policy == "sac" else 0
               for key in ("sac_final_policy_episodes", "random_mix_episodes")}
+    stop_return = cfg.data.get("sac_stop_return") if cfg.data.policy == "sac" else None
     # recorded only when used, so datasets collected before these options still match
     recipe.update({key: episodes for key, episodes in extras.items() if episodes})
+    if stop_return is not None:
+        recipe["sac_stop_return"] = float(stop_return)
     with file_lock(data_dir.parent / f".{data_dir.name}.lock"):
         recipe_path, reference_path = data_dir / "collect.json", data_dir / "random_policy.json"
         if list(data_dir.glob("*.pt")):
@@ -87,8 +90,8 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
             try:  # the other jobs wait for this dataset, so collection may use their cores too
                 collect_dataset(CollectConfig(
                     tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
-                    policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, **extras, seed=cfg.data.seed,
-                    threads=cfg.data.threads))
+                    policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, **extras, sac_stop_return=stop_return,
+                    seed=cfg.data.seed, threads=cfg.data.threads))
             finally:
                 torch.set_num_threads(job_threads)
             atomic_write_text(json.dumps(recipe, indent=2), recipe_path)
