@@ -88,10 +88,9 @@ def _learner_callback(env: RecordingGymEnv, total_steps: int, desc: str | None, 
                 if env.episode_returns:
                     bar.set_postfix(episodes=len(env.episode_returns), last_return=f"{env.episode_returns[-1]:.0f}",
                                     refresh=False)
-            # True on the step that ends an episode of at least that return (its return was appended by this step)
-            ended = self.locals.get("dones")
-            if stop_at_return is not None and ended is not None and ended.any() and env.episode_returns:
-                self.solved = self.solved or env.episode_returns[-1] >= stop_at_return
+            # a return is appended on the step that ends its episode, so this stops right after that step
+            if stop_at_return is not None and env.episode_returns and env.episode_returns[-1] >= stop_at_return:
+                self.solved = True
             return not self.solved
 
     return LearnerCallback(), bar
