@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pwm.algorithms.diagnostics import imagination_gap, returns_to_go, value_calibration, world_model_quality
+from pwm.algorithms.diagnostics import (
+    imagination_gap,
+    policy_imagination_gap,
+    returns_to_go,
+    value_calibration,
+    world_model_quality,
+)
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.data.tdmpc2_format import heldout_mask
@@ -189,6 +195,34 @@ def test_imagination_gap_follows_the_real_states_the_model_and_the_policy():
     assert torch.allclose(same["imagined_policy"], same["open_loop"])
     with pytest.raises(ValueError, match="fewer than steps=9"):
         imagination_gap(wm, lambda latent: fixed, obs, action, steps=9)
+
+
+def test_policy_imagination_gap_is_the_closed_loop_reward_error_of_the_policy():
+    """State feedback a = -0.5 s on the linear system: the closed loop is s' = 0.65 s and r = w . a + s_0 =
+    0.5 s_1. A model with dynamics bias b drifts by b * sum_{k<t} 0.65^k per dimension after t steps under
+    the policy (0.9^k under the recorded actions), so its imagined reward is off by 0.5 times that."""
+    horizon, gain, bias = 4, -0.5, 0.1
+    start = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    states, real = [start], []
+    for _ in range(horizon):  # the real system under the policy: what an evaluation episode records
+        action = gain * states[-1]
+        real.append(action @ REWARD_WEIGHTS + states[-1][:, 0])
+        states.append(DECAY * states[-1] + ACTION_GAIN * action)
+    real = torch.stack(real)  # [H, B]
+
+    def policy(z):
+        return gain * z
+
+    exact = policy_imagination_gap(OracleModel(), policy, start, real)
+    assert exact["wm_eval/imagined_policy_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["wm_eval/imagined_policy_reward"] == pytest.approx(real.mean().item(), rel=1e-6)
+    biased = policy_imagination_gap(OracleModel(bias=bias), policy, start, real)
+    closed_loop = DECAY + ACTION_GAIN * gain
+    drift = [bias * sum(closed_loop**k for k in range(t)) for t in range(horizon)]
+    assert biased["wm_eval/imagined_policy_gap"] == pytest.approx(0.5 * sum(drift) / horizon, rel=1e-5)
+    assert biased["wm_eval/imagined_policy_gap_final"] == pytest.approx(0.5 * drift[-1], rel=1e-5)
+    assert biased["wm_eval/imagined_policy_reward"] == pytest.approx(
+        real.mean().item() + 0.5 * sum(drift) / horizon, rel=1e-5)
 
 
 def test_returns_to_go_match_hand_computation_with_and_without_bootstrap():

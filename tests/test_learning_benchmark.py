@@ -225,7 +225,20 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
     assert composed["flow-simplex"].world_model_config.latent_projection == "simplex"
     composed["flow-simplex"].world_model_config.latent_projection = "none"
     assert composed["flow-simplex"] == composed["flow"]  # today's flow with the projection, nothing else
-    todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex"}
+    for variant, twin in (("baseline-h5", "baseline"), ("flow-h5", "flow")):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        short = composed_alg(learning, commands[-1])
+        assert short.horizon == 5 and composed[twin].horizon == 16
+        short.horizon = 16
+        assert short == composed[twin]  # today's defaults with the short horizon, nothing else
+    learning.run_pwm(args, "cup-catch", "baseline-h5-updates150", 0)
+    assert "train.updates_per_iteration=150" in commands[-1]
+    more_updates = composed_alg(learning, commands[-1])
+    assert more_updates.horizon == 5
+    more_updates.horizon = 16
+    assert more_updates == composed["baseline"]  # baseline-h5's alg; the updates are a train setting
+    todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
+                       "baseline-h5-updates150"}
     assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
                if variant not in todays_defaults)
     assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}

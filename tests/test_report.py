@@ -32,6 +32,7 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
             row["eval/success"] = 0.0
             row["eval/episode_length"] = 500
             row["critic_eval/value_bias"] = float(it)
+            row["wm_eval/imagined_policy_gap"] = 0.01 * it
         rows.append(row)
     pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
     pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
@@ -249,7 +250,8 @@ def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_fin
     assert "**INVALID**" in text and f"- INVALID: {reason}" in text
     if "did not learn" in reason:  # imagined: iterations 27-29 / 10 = 2.8 per step; real: 19.3 / 500 steps;
         # saturated: the last 3 iterations (the tail mean's 10%) log 0, 1, 1
-        assert (f"{reason}; imagined reward 2.8/step vs real {19.3333 / 500:.3g}/step; policy saturated (|a| > 0.99) "
+        assert (f"{reason}; imagined reward 2.8/step vs real {19.3333 / 500:.3g}/step; on its evaluation states the "
+                "model imagines +0.19 reward/step more than the policy earns; policy saturated (|a| > 0.99) "
                 "in 67% of action dimensions") in comparison["invalid_reasons"]
 
 
@@ -366,9 +368,11 @@ def test_report_shows_the_share_of_saturated_actions(tmp_path):
     table = pd.read_csv(_report_dir(tmp_path) / "runs.csv")
     assert table.saturated_fraction.tolist() == pytest.approx([2 / 3, 2 / 3])
     text = (_report_dir(tmp_path) / "report.md").read_text()
-    assert "| imagined / real | saturated | critic overvaluation |" in text and "| 67% |" in text
-    # value_bias logs the iteration at each evaluation (9, 19, 29); the report's final_evals is 3
-    assert "| 67% | 19.0 |" in text
+    assert "| imagined / real | closed-loop gap | saturated | critic overvaluation |" in text and "| 67% |" in text
+    # value_bias logs the iteration at each evaluation (9, 19, 29), the closed-loop gap 0.01 times it; the
+    # report's final_evals is 3
+    assert "| 0.190 | 67% | 19.0 |" in text
+    assert table.closed_loop_gap_final.tolist() == pytest.approx([0.19, 0.19])
 
 
 def test_heldout_trend_fits_the_last_iterations_of_pretraining_on_a_log_scale():

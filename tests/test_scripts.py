@@ -114,6 +114,7 @@ def test_train_singletask_runs_and_resumes(tmp_path, capsys):
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]
     assert rows[1]["eval/episode_reward"] != "" and float(rows[-1]["train/env_steps"]) == 5 * 500
     assert math.isfinite(float(rows[1]["critic_eval/value_bias"]))  # the critic scored on the evaluation episodes
+    assert math.isfinite(float(rows[1]["wm_eval/imagined_policy_gap"]))  # the policy acting in its imagination
     assert list((tmp_path / "tensorboard").glob("events.*"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["variant"] == "flow"

@@ -143,6 +143,49 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
     return {PREFIX + k: v for k, v in metrics.items()}
 
 
+@torch.no_grad()
+def policy_imagination_gap(wm: LatentWorldModel, actor_action, obs0: torch.Tensor, reward: torch.Tensor,
+                           task: TaskLike = None) -> dict[str, float]:
+    """Model exploitation on windows of the policy's own episodes: the reward the model predicts when
+    the (deterministic) policy acts on the model's own latents, against the reward it really earned.
+
+    The windows must come from episodes of that same deterministic policy in a deterministic
+    environment (evaluation episodes), so ``reward`` is what the policy earns from each start state.
+    :func:`world_model_quality` rolls the model out under the recorded actions; here the policy
+    chooses every action from the imagined latent, as in the actor's training rollouts. A model
+    that tracks the recorded actions can still be exploited: a policy that reacts to the model's
+    errors steers its imagination where the model overrates the reward.
+
+    Args:
+        actor_action: ``latent [B, latent_dim] -> action [B, act_dim]``, the policy on a latent.
+        obs0: the windows' start observations ``[B, obs_dim]``.
+        reward: the real rewards that followed ``[H, B]``.
+        task: task ids ``[B]`` (multi-task) or None.
+
+    Returns (keys prefixed with ``wm_eval/``):
+        imagined_policy_reward: mean predicted reward per step along the closed-loop rollouts.
+        imagined_policy_gap: that minus the mean real reward per step (0: no exploitation; the
+            actor is trained on the imagined one, so a large positive gap is a policy that
+            improves in the model, not in the task).
+        imagined_policy_gap_final: the same gap at the rollouts' last step.
+    """
+    was_training = wm.training
+    wm.eval()
+    try:
+        z = wm.encode(obs0, task)
+        imagined = []
+        for _ in range(reward.shape[0]):
+            action = actor_action(z)
+            imagined.append(wm.predict_reward(z, action, task))
+            z = wm.next(z, action, task)
+    finally:
+        wm.train(was_training)
+    gap = torch.stack(imagined) - reward  # [H, B]
+    return {PREFIX + "imagined_policy_reward": float(torch.stack(imagined).mean()),
+            PREFIX + "imagined_policy_gap": float(gap.mean()),
+            PREFIX + "imagined_policy_gap_final": float(gap[-1].mean())}
+
+
 def returns_to_go(reward: torch.Tensor, gamma: float, final_value: float) -> torch.Tensor:
     """Discounted real returns ``G_t = sum_{k>=1} gamma^(k-1) r[t+k] + gamma^(T-t) final_value`` for
     ``t = 0 .. T-1`` (``[T]``), from an episode's rewards ``[T + 1]`` in the TD-MPC2 layout (row ``t``

@@ -56,7 +56,8 @@ def score(trained: TrainedAgent, source: list[Episode] | WindowBatch, windows: i
         metrics = world_model_quality(agent.wm, source.obs, source.action, source.reward,
                                       source.task if agent.wm.multitask else None, gamma=agent.gamma)
     else:
-        metrics = episode_diagnostics(trained.agent, source, windows, seed, trained.task_id)
+        # another run's policy made these episodes: the closed-loop gap would compare two policies
+        metrics = episode_diagnostics(trained.agent, source, windows, seed, trained.task_id, deterministic_policy=False)
     return {name: metrics.get(f"wm_eval/{name}", float("nan")) for name in METRICS}
 
 

@@ -205,17 +205,21 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "(`alg.actor_entropy_coef` counters it). Critic overvaluation: the critic's value minus the real "
               "discounted return, averaged over every state of the final evaluations' episodes "
               "(`critic_eval/value_bias`); a policy stuck where its critic promises a return it never earns "
-              "shows a large positive one. Mean over runs.", "",
-              "| task | setting | variant | runs | imagined | real | imagined / real | saturated "
+              "shows a large positive one. Closed-loop gap: the same comparison from the same states, without "
+              "the caveat above: from windows of the final evaluations' episodes, the reward per step the model "
+              "predicts when the deterministic policy acts on the model's own latents, minus what the policy "
+              "earned from those states (`wm_eval/imagined_policy_gap`; 0 = no exploitation). Mean over runs.", "",
+              "| task | setting | variant | runs | imagined | real | imagined / real | closed-loop gap | saturated "
               "| critic overvaluation |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
         imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
         ratio = imagined / real if real > 0 else float("nan")
         saturated = group["saturated_fraction"].mean() if "saturated_fraction" in group else float("nan")
         bias = group["value_bias_final"].mean() if "value_bias_final" in group else float("nan")
+        gap = group["closed_loop_gap_final"].mean() if "closed_loop_gap_final" in group else float("nan")
         lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {_fmt(imagined, 3)} | {_fmt(real, 3)} "
-                     f"| {_fmt(ratio, 1)} | {f'{saturated:.0%}' if math.isfinite(saturated) else 'n/a'} "
+                     f"| {_fmt(ratio, 1)} | {_fmt(gap, 3)} | {f'{saturated:.0%}' if math.isfinite(saturated) else 'n/a'} "
                      f"| {_fmt(bias, 1)} |")
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in report["figures"]]

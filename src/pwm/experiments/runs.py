@@ -176,6 +176,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "value_model_gap_mean": _column_stat(m, "critic/value_model_gap", "mean"),
             "value_bias_final": _last_mean(m, "critic_eval/value_bias", final_evals),
             "imagined_reward_per_step": _tail_mean(m, "actor/predicted_reward"),
+            "closed_loop_gap_final": _last_mean(m, "wm_eval/imagined_policy_gap", final_evals),
             "saturated_fraction": _tail_mean(m, "actor/saturated_fraction"),
             "real_reward_per_step": final_reward(run.evals, final_evals) / _column_stat(m, "eval/episode_length", "mean"),
             "latent_norm_max": _column_stat(m, "rollout/latent_norm_max", "max"),

@@ -104,6 +104,8 @@ def _not_learned_detail(runs: pd.DataFrame, task: str, variant: str) -> str:
         imagined, real = group.imagined_reward_per_step.mean(), group.real_reward_per_step.mean()
         if np.isfinite(imagined) and np.isfinite(real):
             parts.append(f"imagined reward {imagined:.3g}/step vs real {real:.3g}/step")
+    if "closed_loop_gap_final" in group and np.isfinite(gap := group.closed_loop_gap_final.mean()):
+        parts.append(f"on its evaluation states the model imagines {gap:+.3g} reward/step more than the policy earns")
     if "saturated_fraction" in group and np.isfinite(saturated := group.saturated_fraction.mean()):
         parts.append(f"policy saturated (|a| > {SATURATED_ACTION}) in {saturated:.0%} of action dimensions")
     return "".join(f"; {part}" for part in parts)

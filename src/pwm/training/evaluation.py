@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pwm.algorithms.build import build_pwm, variant_name
-from pwm.algorithms.diagnostics import value_calibration, world_model_quality
+from pwm.algorithms.diagnostics import policy_imagination_gap, value_calibration, world_model_quality
 from pwm.algorithms.pwm import PWM
 from pwm.data.buffer import EpisodeBuffer
 from pwm.envs.rollout import Episode, Policy, evaluate_policy
@@ -32,12 +32,15 @@ def agent_policy(agent: PWM, task_id: int | None = None, deterministic: bool = F
 
 
 def episode_diagnostics(agent: PWM, episodes: list[Episode], windows: int, seed: int,
-                        task_id: int | None = None) -> dict[str, float]:
+                        task_id: int | None = None, deterministic_policy: bool = True) -> dict[str, float]:
     """World-model quality (:func:`~pwm.algorithms.diagnostics.world_model_quality`) on ``windows``
     ``H + 1``-step windows drawn (seeded) from ``episodes``; empty if no episode is long enough.
 
     Evaluation episodes were never trained on and follow the current policy, so these numbers say
-    how well the model predicts the states the policy actually reaches.
+    how well the model predicts the states the policy actually reaches. With ``deterministic_policy``
+    (the episodes are the agent's deterministic policy's) the closed-loop gap of
+    :func:`~pwm.algorithms.diagnostics.policy_imagination_gap` is added: the policy acting in its
+    imagination from the windows' start states, against what it earned from them.
     """
     if windows < 1 or not episodes:
         return {}
@@ -49,7 +52,11 @@ def episode_diagnostics(agent: PWM, episodes: list[Episode], windows: int, seed:
         return {}
     batch = buffer.sample(windows, torch.Generator().manual_seed(seed)).to(agent.device)
     task = None if not agent.wm.multitask else torch.full((windows,), int(task_id), device=agent.device)
-    return world_model_quality(agent.wm, batch.obs, batch.action, batch.reward, task, gamma=agent.gamma)
+    metrics = world_model_quality(agent.wm, batch.obs, batch.action, batch.reward, task, gamma=agent.gamma)
+    if deterministic_policy:
+        metrics.update(policy_imagination_gap(
+            agent.wm, lambda z: agent.act_latent(z, task, deterministic=True), batch.obs[0], batch.reward, task))
+    return metrics
 
 
 @torch.no_grad()
