@@ -172,16 +172,11 @@ def policy_imagination_gap(wm: LatentWorldModel, actor_action, obs0: torch.Tenso
     was_training = wm.training
     wm.eval()
     try:
-        z = wm.encode(obs0, task)
-        imagined = []
-        for _ in range(reward.shape[0]):
-            action = actor_action(z)
-            imagined.append(wm.predict_reward(z, action, task))
-            z = wm.next(z, action, task)
+        imagined = closed_loop_rewards(wm, actor_action, wm.encode(obs0, task), reward.shape[0], task)  # [H, B]
     finally:
         wm.train(was_training)
-    gap = torch.stack(imagined) - reward  # [H, B]
-    return {PREFIX + "imagined_policy_reward": float(torch.stack(imagined).mean()),
+    gap = imagined - reward  # [H, B]
+    return {PREFIX + "imagined_policy_reward": float(imagined.mean()),
             PREFIX + "imagined_policy_gap": float(gap.mean()),
             PREFIX + "imagined_policy_gap_final": float(gap[-1].mean())}
 
@@ -261,12 +256,24 @@ def imagination_gap(wm: LatentWorldModel, actor_action, obs: torch.Tensor, actio
     task_t = None if task is None else task.reshape(1)
     one_step = wm.predict_reward(wm.encode(obs[:steps], None if task is None else task_t.expand(steps)),
                                  action[:steps], None if task is None else task_t.expand(steps))
-    open_loop, imagined = [], []
-    z_data = z_policy = wm.encode(obs[:1], task_t)
+    open_loop = []
+    z_data = z0 = wm.encode(obs[:1], task_t)
     for t in range(steps):
         open_loop.append(wm.predict_reward(z_data, action[t:t + 1], task_t))
         z_data = wm.next(z_data, action[t:t + 1], task_t)
-        policy_action = actor_action(z_policy)
-        imagined.append(wm.predict_reward(z_policy, policy_action, task_t))
-        z_policy = wm.next(z_policy, policy_action, task_t)
-    return {"one_step": one_step, "open_loop": torch.cat(open_loop), "imagined_policy": torch.cat(imagined)}
+    imagined = closed_loop_rewards(wm, actor_action, z0, steps, task_t)[:, 0]
+    return {"one_step": one_step, "open_loop": torch.cat(open_loop), "imagined_policy": imagined}
+
+
+@torch.no_grad()
+def closed_loop_rewards(wm: LatentWorldModel, actor_action, z0: torch.Tensor, steps: int,
+                        task: TaskLike = None) -> torch.Tensor:
+    """Rewards ``[steps, B]`` the model predicts while the policy ``actor_action`` (``latent [B, L] ->
+    action [B, A]``) acts on the model's own latents from ``z0 [B, latent_dim]``: the actor's training
+    rollout, without critic or noise."""
+    z, rewards = z0, []
+    for _ in range(steps):
+        action = actor_action(z)
+        rewards.append(wm.predict_reward(z, action, task))
+        z = wm.next(z, action, task)
+    return torch.stack(rewards)
