@@ -56,7 +56,8 @@ class OracleModel(nn.Module):
 def test_perfect_model_scores_zero_error_and_full_correlation():
     obs, action, reward = linear_system(horizon=5, size=256)
     m = world_model_quality(OracleModel(), obs, action, reward)
-    for key in ("latent_mse_1", "latent_mse_H", "latent_nmse_mean", "reward_mse_H_rollout", "heldout_error"):
+    for key in ("latent_mse_1", "latent_mse_H", "latent_nmse_mean", "reward_mse_H_rollout", "heldout_error",
+                "latent_vs_copy_1", "latent_vs_copy_H"):
         assert m[f"wm_eval/{key}"] == pytest.approx(0.0, abs=1e-10), key
     assert m["wm_eval/reward_corr_rollout"] == pytest.approx(1.0, abs=1e-6)
     assert m["wm_eval/latent_spread"] == pytest.approx(obs[0].std(0, unbiased=False).mean().item(), rel=1e-6)
@@ -84,6 +85,43 @@ def test_biased_dynamics_errors_match_hand_computation():
     assert m["wm_eval/reward_mse_H_rollout"] == pytest.approx(reward_error.mean().item(), rel=1e-5)
     assert m["wm_eval/reward_nmse_rollout"] == pytest.approx(
         reward_error.mean().item() / reward.var(unbiased=False).item(), rel=1e-5)
+    # against copying the start latent: the error is b per dimension (norm b * sqrt(2)) after one step
+    # and error[-1] * sqrt(2) after H, over the mean distance the (identity-encoded) state really moved
+    moved_1, moved_H = (obs[1] - obs[0]).norm(dim=-1).mean(), (obs[-1] - obs[0]).norm(dim=-1).mean()
+    assert m["wm_eval/latent_vs_copy_1"] == pytest.approx(error[0] * math.sqrt(2) / moved_1.item(), rel=1e-5)
+    assert m["wm_eval/latent_vs_copy_H"] == pytest.approx(error[-1] * math.sqrt(2) / moved_H.item(), rel=1e-5)
+    copy_nmse = (obs[1] - obs[0]).pow(2).mean() / obs[1].var(dim=0, unbiased=False).mean()
+    assert m["wm_eval/copy_nmse_1"] == pytest.approx(copy_nmse.item(), rel=1e-5)
+
+
+class CopyModel(OracleModel):
+    """Predicts that nothing moves, on an encoder that keeps a share ``1 - slowness`` of each observation's
+    own component and replaces the rest with the window's first observation: consecutive latents
+    nearly equal when ``slowness`` is close to 1 (a slow-feature encoder)."""
+
+    def __init__(self, anchor: torch.Tensor, slowness: float):
+        super().__init__()
+        self.anchor, self.slowness = anchor, slowness
+
+    def encode(self, obs, task=None):
+        return (1 - self.slowness) * obs + self.slowness * self.anchor
+
+    def next(self, z, action, task=None):
+        return z
+
+
+def test_copy_scores_flag_a_slow_encoder_that_flatters_the_normalised_error():
+    obs, action, reward = linear_system(horizon=4, size=512)
+    fast = world_model_quality(CopyModel(obs[0], slowness=0.0), obs, action, reward)
+    slow = world_model_quality(CopyModel(obs[0], slowness=0.99), obs, action, reward)
+    # the slow encoder shrinks the copy's normalised error by orders of magnitude ...
+    assert slow["wm_eval/latent_nmse_1"] < 0.01 * fast["wm_eval/latent_nmse_1"]
+    # ... which is exactly the motion the encoder keeps: copy_nmse_1 says so, and is the model's own error here
+    for m in (fast, slow):
+        assert m["wm_eval/copy_nmse_1"] == pytest.approx(m["wm_eval/latent_nmse_1"], rel=1e-5)
+        # against the copy prediction the model is exactly as good as copying, whatever the encoder
+        assert m["wm_eval/latent_vs_copy_1"] == pytest.approx(1.0, rel=1e-6)
+        assert m["wm_eval/latent_vs_copy_H"] == pytest.approx(1.0, rel=1e-6)
 
 
 def test_collapsed_encoder_is_flagged_not_rewarded():
@@ -91,6 +129,7 @@ def test_collapsed_encoder_is_flagged_not_rewarded():
     m = world_model_quality(OracleModel(constant_encoder=True), obs, action, reward)
     assert m["wm_eval/latent_spread"] == 0.0
     assert math.isnan(m["wm_eval/latent_nmse_1"])  # zero error on a collapsed latent is not "perfect"
+    assert math.isnan(m["wm_eval/latent_vs_copy_1"]) and math.isnan(m["wm_eval/copy_nmse_1"])
 
 
 def test_diagnostics_reject_misaligned_windows():

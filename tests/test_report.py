@@ -38,11 +38,11 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
     pd.DataFrame([{"iteration": 9, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
                    "wm_eval/heldout_error": 0.5, "wm_eval/latent_nmse_1": 0.1, "wm_eval/latent_nmse_H": 0.4,
                    "wm_eval/reward_corr_rollout": 0.9, "wm_eval/reward_nmse_rollout": 0.2,
-                   "wm_eval/latent_spread": 0.08},
+                   "wm_eval/latent_spread": 0.08, "wm_eval/latent_vs_copy_1": 0.4, "wm_eval/copy_nmse_1": 0.25},
                   {"iteration": 19, "wm/dynamics_loss": 0.1, "wm/reward_loss": 1.0, "time/wm_update_s": 0.02,
                    "wm_eval/heldout_error": 0.7, "wm_eval/latent_nmse_1": 0.3, "wm_eval/latent_nmse_H": 0.6,
                    "wm_eval/reward_corr_rollout": 0.8, "wm_eval/reward_nmse_rollout": 0.3,
-                   "wm_eval/latent_spread": 0.02}]).to_csv(
+                   "wm_eval/latent_spread": 0.02, "wm_eval/latent_vs_copy_1": 0.97, "wm_eval/copy_nmse_1": 0.0015}]).to_csv(
         run_dir / "pretrain" / "metrics.csv", index=False)
     summary = {"task": task, "variant": variant, "is_flow": variant != "baseline", "seed": seed, "setting": "default",
                "iterations": iterations, "expected_iterations": 10 * len(rewards), "final_reward": rewards[-1],
@@ -273,7 +273,10 @@ def test_a_shrinking_latent_spread_shows_first_and_kept_values(tmp_path):
     table = pd.read_csv(report_dir / "runs.csv")
     assert table.first_latent_spread.item() == pytest.approx(0.08)
     assert table.heldout_latent_spread.item() == pytest.approx(0.02) and table.heldout_latent_nmse_1.item() == 0.3
-    assert "| task-a | default | flow-K4-uniform | 1 | 1/1 | n/a | 0.3000 |" in (report_dir / "report.md").read_text()
+    # the kept evaluation's model is no better than copying its slow latents: the copy column says so
+    assert table.heldout_latent_vs_copy_1.item() == 0.97 and table.heldout_copy_nmse_1.item() == 0.0015
+    assert ("| task-a | default | flow-K4-uniform | 1 | 1/1 | n/a | 0.3000 | 0.970 (0.0015) | 0.6000 |"
+            in (report_dir / "report.md").read_text())
     assert "| 0.0800 -> 0.0200 |" in (report_dir / "report.md").read_text()
 
 

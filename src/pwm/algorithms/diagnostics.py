@@ -12,6 +12,10 @@ itself perfectly; its normalised error is then undefined and reported as NaN, an
 barely moves (a near-stationary evaluation episode: tiny spread, near-constant reward) the
 normalised errors grow by orders of magnitude although the model is no worse; compare the raw
 ``*_mse`` there, together with ``latent_spread``.
+
+Neither catches an encoder that makes consecutive latents nearly equal: a model that predicts "nothing
+moves" then scores a tiny normalised error. ``latent_vs_copy_*`` score the model against that copy
+prediction instead, and ``copy_nmse_1`` is the normalised error the copy itself would get.
 """
 
 from __future__ import annotations
@@ -99,6 +103,14 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
         reward_nmse_rollout: ``reward_mse_H_rollout`` divided by the variance of the true rewards.
         latent_spread: mean over dimensions of the standard deviation of ``E(obs)`` across the batch
             (a collapse signal: 0 means every state maps to one latent).
+        latent_vs_copy_1, latent_vs_copy_H: mean over the batch of ``|| z_hat_t - E(obs[t]) ||`` divided by
+            that of ``|| E(obs[t]) - E(obs[0]) ||``, at t = 1 and t = H: the model's error against the
+            prediction that the latent does not move (below 1: the model predicts some of the motion; 1:
+            no better than copying the start latent).
+        copy_nmse_1: the normalised one-step error of that copy prediction, ``mean || E(obs[1]) - E(obs[0]) ||^2``
+            per dimension over the targets' variance: how far the encoder's latent moves in one step
+            against its spread across states. Beside ``latent_nmse_1``: an encoder whose latents barely
+            move makes every model's normalised error small (a slow-feature collapse).
         reward_action_grad: see :func:`reward_action_gradient_norm`.
         return_action_grad: see :func:`return_action_gradient_norm` (discount ``gamma``).
         heldout_error: ``latent_nmse_mean + reward_nmse_rollout`` (a NaN term counts as 0), the single
@@ -124,6 +136,9 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
     nan = torch.full_like(step_mse, float("nan"))
     step_nmse = torch.where(step_var > 1e-12, step_mse / step_var.clamp_min(1e-12), nan)  # NaN: collapsed targets
     reward_error = (predicted_reward - reward).pow(2)
+    start, first_target, last_target = zs[0], targets[0], targets[-1]
+    copy_distance_1 = (first_target - start).norm(dim=-1).mean()
+    copy_distance_H = (last_target - start).norm(dim=-1).mean()
     metrics = {
         "latent_mse_1": float(step_mse[0]),
         "latent_mse_H": float(step_mse[-1]),
@@ -136,6 +151,9 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
         "reward_corr_rollout": _pearson(predicted_reward, reward),
         "reward_nmse_rollout": _ratio(reward_error.mean(), reward.var(unbiased=False)),
         "latent_spread": float(zs[0].std(dim=0, unbiased=False).mean()),
+        "latent_vs_copy_1": _ratio((zs[1] - first_target).norm(dim=-1).mean(), copy_distance_1),
+        "latent_vs_copy_H": _ratio((zs[-1] - last_target).norm(dim=-1).mean(), copy_distance_H),
+        "copy_nmse_1": _ratio((first_target - start).pow(2).mean(), step_var[0]),
         "reward_action_grad": grad_norm,
         "return_action_grad": return_grad_norm,
     }

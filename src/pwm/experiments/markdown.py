@@ -178,19 +178,24 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "1 = no better than the batch mean), and rewards predicted along them. Latent spread: the mean "
               "per-dimension standard deviation of the encoder's latents across the held-out batch, at the first "
               "evaluation and at the kept one; a spread that shrinks while the errors stay high is a "
-              "representation collapsing, not a model getting better. Trend: how fast the held-out error was "
+              "representation collapsing, not a model getting better. vs copy: the 1-step error over the distance "
+              "the encoder's latent really moved (1 = no better than predicting that nothing moves), and in "
+              "brackets the normalised 1-step error that copy prediction scores: an encoder whose latents barely "
+              "move between steps makes any model's normalised error small. Trend: how fast the held-out error was "
               "still changing when pretraining ended, per 1,000 iterations (a line fitted to its log over the "
               f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): the converged flag is one "
               "noisy comparison, the trend says how much more training would have bought. Mean over runs.", "",
               "| task | setting | variant | runs | converged | held-out error trend per 1k iterations "
-              "| 1-step latent error | H-step latent error "
+              "| 1-step latent error | 1-step vs copy (copy's error) | H-step latent error "
               "| reward correlation | reward error (normalised) | latent spread: first -> kept |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
         converged = sum(f is True for f in group.pretrain_converged)
         lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
                      f"| {_trend(group.heldout_trend_per_1k)} "
-                     f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} | {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "
+                     f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} "
+                     f"| {_fmt(group.heldout_latent_vs_copy_1.mean(), 3)} ({_fmt(group.heldout_copy_nmse_1.mean(), 4)}) "
+                     f"| {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "
                      f"| {_fmt(group.heldout_reward_corr.mean(), 3)} | {_fmt(group.heldout_reward_nmse.mean(), 4)} "
                      f"| {_fmt(group.first_latent_spread.mean(), 4)} -> {_fmt(group.heldout_latent_spread.mean(), 4)} |")
     lines += ["", "## Imagined vs real reward per step (model exploitation)", "",

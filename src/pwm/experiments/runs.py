@@ -85,7 +85,8 @@ def _tail_mean(frame: pd.DataFrame | None, column: str, share: float = 0.1) -> f
 HELDOUT_COLUMNS = {"heldout_latent_nmse_1": "wm_eval/latent_nmse_1", "heldout_latent_nmse_H": "wm_eval/latent_nmse_H",
                    "heldout_reward_corr": "wm_eval/reward_corr_rollout",
                    "heldout_reward_nmse": "wm_eval/reward_nmse_rollout",
-                   "heldout_latent_spread": "wm_eval/latent_spread"}
+                   "heldout_latent_spread": "wm_eval/latent_spread",
+                   "heldout_latent_vs_copy_1": "wm_eval/latent_vs_copy_1", "heldout_copy_nmse_1": "wm_eval/copy_nmse_1"}
 
 
 def _heldout_evaluations(pretrain: pd.DataFrame | None) -> pd.DataFrame:
