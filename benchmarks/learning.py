@@ -47,7 +47,9 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
             "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow",
             "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow",
             "baseline-fixed-alpha": "{alg}", "flow-fixed-alpha": "{alg}_flow", "flow-simplex": "{alg}_flow",
-            "baseline-h5": "{alg}", "flow-h5": "{alg}_flow", "baseline-h5-updates150": "{alg}"}
+            "baseline-h5": "{alg}", "flow-h5": "{alg}_flow", "baseline-h5-updates150": "{alg}",
+            "baseline-motion": "{alg}", "flow-motion": "{alg}_flow",
+            "baseline-h5-motion": "{alg}", "flow-h5-motion": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
 #: other variant names the defaults of the day its committed results were run, so each name keeps its
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
@@ -59,6 +61,8 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
 #: projected onto SimNorm's simplices, the set the baseline's dynamics head and the encoder map into.
 #: The -h5 twins are the defaults with 5-step imagined rollouts (PWM's H is 16): on walker-walk the policy
 #: exploited its model along 16-step rollouts (learning_notes.md); -updates150 also makes 3x the updates per episode.
+#: The -motion twins divide the dynamics loss by the encoder's per-step latent motion instead of the latent variance
+#: (world_model_config.dynamics_loss_normalizer): on walker-walk flow's latents stopped moving (learning_notes.md).
 PWM_OBJECTIVE = "+objective=pwm"
 FIXED_ALPHA = "alg.actor_entropy_target=null"
 ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
@@ -68,6 +72,7 @@ SIMPLEX = "alg.world_model_config.latent_projection=simplex"
 SIMPLEX_DETACHED = [SIMPLEX, "alg.world_model_config.detach_velocity_target=true"]
 SHORT_HORIZON = "alg.horizon=5"
 MORE_UPDATES = "train.updates_per_iteration=150"
+MOTION_NORMALIZER = "alg.world_model_config.dynamics_loss_normalizer=motion"
 VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE],
                      "flow-simplex-detached": [PWM_OBJECTIVE, *SIMPLEX_DETACHED],
                      "baseline-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS], "flow-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS],
@@ -79,12 +84,17 @@ VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE
                      "baseline-fixed-alpha": [FIXED_ALPHA], "flow-fixed-alpha": [FIXED_ALPHA],
                      "flow-simplex": [SIMPLEX],
                      "baseline-h5": [SHORT_HORIZON], "flow-h5": [SHORT_HORIZON],
-                     "baseline-h5-updates150": [SHORT_HORIZON, MORE_UPDATES]}
+                     "baseline-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
+                     "baseline-motion": [MOTION_NORMALIZER], "flow-motion": [MOTION_NORMALIZER],
+                     "baseline-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
+                     "flow-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER]}
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
                     "the defaults from 2026-12-02 until it was tuned")
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
+MOTION_NOTE = ("the defaults with the dynamics loss divided by how far the encoder's latent moved in a window's first step "
+               "(`dynamics_loss_normalizer=motion`), not by the latent variance; see `learning_notes.md`")
 HORIZON_NOTE = ("the defaults with 5-step imagined rollouts instead of 16 (world-model windows too); "
                 "see `learning_notes.md`")
 VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
@@ -99,7 +109,10 @@ VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "flow-simplex": ("the defaults with each integrated latent projected onto SimNorm's simplices "
                                   "(`flow.latent_projection=simplex`); see `learning_notes.md`"),
                  "baseline-h5": HORIZON_NOTE, "flow-h5": HORIZON_NOTE,
-                 "baseline-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)"}
+                 "baseline-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
+                 "baseline-motion": MOTION_NOTE, "flow-motion": MOTION_NOTE,
+                 "baseline-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
+                 "flow-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -316,7 +329,9 @@ def plot(results, path: Path) -> None:
               "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown", "flow-simplex-detached-entropy": "tab:purple",
               "baseline-normalized": "tab:olive", "flow-normalized": "tab:pink",
               "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta", "flow-simplex": "crimson",
-              "baseline-h5": "darkblue", "flow-h5": "darkorange", "baseline-h5-updates150": "black"}
+              "baseline-h5": "darkblue", "flow-h5": "darkorange", "baseline-h5-updates150": "black",
+              "baseline-motion": "teal", "flow-motion": "orangered",
+              "baseline-h5-motion": "slategray", "flow-h5-motion": "chocolate"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -237,8 +237,17 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
     assert more_updates.horizon == 5
     more_updates.horizon = 16
     assert more_updates == composed["baseline"]  # baseline-h5's alg; the updates are a train setting
+    for variant, twin, horizon in (("baseline-motion", "baseline", 16), ("flow-motion", "flow", 16),
+                                   ("baseline-h5-motion", "baseline", 5), ("flow-h5-motion", "flow", 5)):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        motion = composed_alg(learning, commands[-1])
+        assert motion.world_model_config.dynamics_loss_normalizer == "motion" and motion.horizon == horizon
+        assert composed[twin].world_model_config.dynamics_loss_normalizer == "variance"
+        motion.world_model_config.dynamics_loss_normalizer, motion.horizon = "variance", 16
+        assert motion == composed[twin]  # today's defaults with the motion divisor (and H=5), nothing else
     todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
-                       "baseline-h5-updates150"}
+                       "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
+                       "flow-h5-motion"}
     assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
                if variant not in todays_defaults)
     assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}

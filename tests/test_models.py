@@ -281,6 +281,65 @@ def test_normalized_flow_loss_gives_no_gradient_towards_shrinking_the_latents(no
         assert grad.item() == pytest.approx(2.0 * loss.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_motion_normalized_loss_divides_each_step_by_the_encoders_step(cls):
+    """Same known dynamics as above; every step's divisor is how far the encoder's latent moved in the first
+    step, ``mean (targets[0] - z0)^2``."""
+    from pwm.models.world_model import VARIANCE_FLOOR
+
+    wm = cls(**TINY, normalize_dynamics_loss=True, dynamics_loss_normalizer="motion",
+             **({"fm_tau_sampling": "midpoint"} if cls is FlowWorldModel else {}))
+    flow = cls is FlowWorldModel
+    if flow:
+        wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+    else:
+        wm.next = lambda z, a, task=None: 0.5 * z + 0.1
+    torch.manual_seed(0)
+    z0, targets, horizon, gamma = torch.randn(4, 16), torch.randn(3, 4, 16), 3, 0.5
+    _, loss = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(3, 4, 4), targets, horizon, gamma)
+    hand, z, motion = 0.0, z0, ((targets[0] - z0) ** 2).mean() + VARIANCE_FLOOR
+    for t in range(horizon):
+        z_next = z if flow else 0.5 * z + 0.1
+        error = (targets[t] - z) if flow else (z_next - targets[t])
+        hand += gamma**t * (error**2).mean() / motion
+        z = z_next
+    assert loss.item() == pytest.approx(hand.item() / horizon, rel=1e-5)
+
+
+def test_motion_normalized_flow_loss_gives_no_gradient_towards_slowing_the_latents():
+    """Pull every latent towards the window's first one by ``slowness`` (consecutive latents converge while
+    their spread across windows stays). With zero velocity the variance-normalised loss falls as the latents
+    slow down (slowing pays); the motion-normalised one is flat in ``slowness``."""
+    torch.manual_seed(2)
+    z0, targets = torch.randn(6, 16), torch.randn(2, 6, 16)
+    gradients = {}
+    for normalizer in ("variance", "motion"):
+        wm = FlowWorldModel(**TINY, fm_tau_sampling="midpoint", normalize_dynamics_loss=True,
+                            dynamics_loss_normalizer=normalizer)
+        wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+        slowness = torch.zeros((), requires_grad=True)
+        slowed = (1 - slowness) * targets + slowness * z0
+        _, loss = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(2, 6, 4), slowed, 2, 0.9)
+        (gradients[normalizer],) = torch.autograd.grad(loss, slowness)
+        gradients[normalizer] /= loss.detach()
+    assert gradients["variance"] < -0.5  # relative decrease per unit of slowness
+    assert abs(gradients["motion"]) < 1e-4
+    # The same through the encoder's start latent: with zero velocity a one-step loss is 1 wherever z0 is, so
+    # the divisor's gradient cancels the numerator's pull of z0 towards the next latent (detached, it would not).
+    wm = FlowWorldModel(**TINY, fm_tau_sampling="midpoint", normalize_dynamics_loss=True,
+                        dynamics_loss_normalizer="motion")
+    wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
+    start = z0.clone().requires_grad_(True)
+    _, loss = wm.latent_rollout_and_dynamics_loss(start, torch.zeros(1, 6, 4), targets[:1], 1, 0.9)
+    (grad,) = torch.autograd.grad(loss, start)
+    assert loss.item() == pytest.approx(1.0, rel=1e-6) and grad.abs().max().item() < 1e-6
+
+
+def test_unknown_dynamics_loss_normalizer_is_named():
+    with pytest.raises(ValueError, match="dynamics_loss_normalizer"):
+        WorldModel(**TINY, dynamics_loss_normalizer="spread")
+
+
 def test_normalized_dynamics_loss_needs_two_windows():
     wm = WorldModel(**TINY, normalize_dynamics_loss=True)
     with pytest.raises(ValueError, match="normalize_dynamics_loss"):

@@ -182,6 +182,7 @@ class PWM:
             the reward term. A sweep of this weight (0.2 / 1 / 5 / 20) on a cartpole-balance replay gave
             flow's reward head 6x less error at 0.2 than at 20 with no worse dynamics, and online at 0.2
             flow learned cartpole-balance, which it had not at 20 (``benchmarks/results/normalized_weight/``).
+            The same weight serves ``dynamics_loss_normalizer="motion"`` (untuned there).
         wm_rho: base of the per-step weights ``rho^t`` of the world-model loss; None uses ``gamma`` (the
             spec's choice). TD-MPC2 uses 0.5, which puts the weight on the first steps of a rollout,
             where the predicted latents the reward head learns from are still close to the data; the

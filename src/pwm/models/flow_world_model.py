@@ -177,7 +177,7 @@ class FlowWorldModel(LatentWorldModel):
                 ``z_tgt = next_z_seq[t]``. The squared norm is averaged over latent dimensions and batch,
                 the reduction of the baseline's MSE, so both branches' dynamics terms have one scale next
                 to the reward loss; ``s_t`` is the shared
-                :meth:`~pwm.models.world_model.LatentWorldModel.dynamics_loss_scale` of ``z_s`` (1 by
+                :meth:`~pwm.models.world_model.LatentWorldModel.dynamics_loss_scale` of step t (1 by
                 default).
 
         The design spec divides by H twice (here, section 4, and again in section 11's pseudocode).
@@ -205,7 +205,8 @@ class FlowWorldModel(LatentWorldModel):
             else:
                 predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
             source = z_source.detach() if self.detach_velocity_target else z_source
-            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean() / self.dynamics_loss_scale(z_source)
+            scale = self.dynamics_loss_scale(z_source, z0, next_z_seq[0])
+            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean() / scale
             dynamics_loss = dynamics_loss + gamma**t * step_loss
             zs.append(self.next(z_source, act_seq[t], task, first_velocity))
         return torch.stack(zs), dynamics_loss / horizon

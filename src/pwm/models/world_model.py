@@ -27,6 +27,9 @@ TaskLike = int | torch.Tensor | None
 #: far below the variance of any latent space that still tells states apart (1e-3 and more here).
 VARIANCE_FLOOR = 1e-8
 
+#: What divides a normalised dynamics loss (see ``dynamics_loss_normalizer``).
+DYNAMICS_LOSS_NORMALIZERS = ("variance", "motion")
+
 
 class LatentWorldModel(nn.Module):
     """Encoder, reward head, task embedding and action masks shared by every PWM world model.
@@ -51,6 +54,14 @@ class LatentWorldModel(nn.Module):
             the variance: the loss is then measured in units of the latent space's own scale, so an
             encoder gains nothing by shrinking its latents (see :meth:`dynamics_loss_scale`). Off: the
             absolute squared error of the design spec. It applies to every dynamics branch alike.
+        dynamics_loss_normalizer: what divides each step's loss when ``normalize_dynamics_loss`` is on:
+            ``"variance"``, the batch variance of the step's source latent (above); ``"motion"``, how far
+            the encoder's latent moved in the window's first step, ``mean || E(obs[1]) - E(obs[0]) ||^2``
+            per dimension over the batch, with gradient through ``E(obs[0])``, for every step. A variance
+            divisor keeps the latent space from shrinking but not consecutive latents from converging; a
+            model that predicts "nothing moves" then scores well (``wm_eval/latent_vs_copy_1``). The motion
+            divisor measures every step's error against that motion, so slowing the latents down no longer
+            pays.
     """
 
     def __init__(
@@ -68,8 +79,12 @@ class LatentWorldModel(nn.Module):
         tasks: Sequence[str] | None = None,
         action_dims: Sequence[int] | None = None,
         normalize_dynamics_loss: bool = False,
+        dynamics_loss_normalizer: str = "variance",
     ):
         super().__init__()
+        if dynamics_loss_normalizer not in DYNAMICS_LOSS_NORMALIZERS:
+            raise ValueError(f"world_model_config.dynamics_loss_normalizer must be one of {DYNAMICS_LOSS_NORMALIZERS}, "
+                             f"got {dynamics_loss_normalizer!r}")
         for name, value in (("obs_dim", obs_dim), ("act_dim", act_dim), ("latent_dim", latent_dim)):
             if int(value) < 1:
                 raise ValueError(f"world_model_config.{name} must be >= 1, got {value}")
@@ -80,6 +95,7 @@ class LatentWorldModel(nn.Module):
         self.obs_dim, self.act_dim, self.latent_dim = int(obs_dim), int(act_dim), int(latent_dim)
         self.simnorm_dim = int(simnorm_dim)
         self.normalize_dynamics_loss = bool(normalize_dynamics_loss)
+        self.dynamics_loss_normalizer = dynamics_loss_normalizer
         self.encoder_units, self.units = list(encoder_units), list(units)
         self.tasks = list(tasks) if tasks is not None else []
         self.num_tasks = max(len(self.tasks), 1)
@@ -185,19 +201,33 @@ class LatentWorldModel(nn.Module):
                 f"horizon={horizon} exceeds act_seq ({act_seq.shape[0]}) or next_z_seq ({next_z_seq.shape[0]}) length"
             )
 
-    def dynamics_loss_scale(self, source: torch.Tensor) -> torch.Tensor:
-        """Divisor of one rollout step's dynamics loss: 1, or with ``normalize_dynamics_loss`` the batch
-        variance of the step's source latents ``source`` ``[B, latent_dim]`` (mean over dimensions).
+    def dynamics_loss_scale(self, source: torch.Tensor, start: torch.Tensor, first_target: torch.Tensor) -> torch.Tensor:
+        """Divisor of one rollout step's dynamics loss: 1 unless ``normalize_dynamics_loss``.
 
-        Why: the flow-matching target ``z_tgt - z_s`` and a squared latent error both shrink when the
-        encoder maps all states closer together. The spec's flow loss passes gradient into ``z_s``, and
-        its encoder does shrink its latent space (on a fixed cup-catch replay, spread 0.090 -> 0.026 in
-        3,000 updates against the baseline's 0.084; ``benchmarks/results/wm_fit``). A loss divided by
-        the latent variance is unchanged by such a shrinking, and the gradient through the divisor
-        pushes back against it.
+        Args:
+            source: the step's source latents ``[B, latent_dim]`` (the encoder's at step 0, the
+                rollout's prediction later).
+            start: the encoder's latents of the window's first observations ``[B, latent_dim]`` (``z0``).
+            first_target: the encoder's latents of the window's second observations ``[B, latent_dim]``.
+
+        ``"variance"``: the batch variance of ``source`` (mean over dimensions). Why: the flow-matching
+        target ``z_tgt - z_s`` and a squared latent error both shrink when the encoder maps all states
+        closer together. The spec's flow loss passes gradient into ``z_s``, and its encoder does shrink
+        its latent space (on a fixed cup-catch replay, spread 0.090 -> 0.026 in 3,000 updates against the
+        baseline's 0.084; ``benchmarks/results/wm_fit``). A loss divided by the latent variance is
+        unchanged by such a shrinking, and the gradient through the divisor pushes back against it.
+
+        ``"motion"``: ``mean (first_target - start)^2``, the error of predicting that the latent does not
+        move in the first step. The same argument holds for latents that converge towards the next
+        step's (flow on walker-walk: 0.002 of their variance per step), which the variance does not see.
+        One divisor with gradient for every step: a divisor per step from the targets (no gradient
+        after step 0) did not stop the slowing (on a walker-walk replay flow's latents still fell to
+        0.002 of their variance per step).
         """
         if not self.normalize_dynamics_loss:
             return source.new_ones(())
+        if self.dynamics_loss_normalizer == "motion":
+            return (first_target - start).pow(2).mean() + VARIANCE_FLOOR
         flat = source.reshape(-1, source.shape[-1])
         if flat.shape[0] < 2:
             raise ValueError("world_model_config.normalize_dynamics_loss needs a batch of at least 2 windows")
@@ -214,8 +244,8 @@ class LatentWorldModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Roll :meth:`next` ``horizon`` steps from ``z0`` ``[B, latent_dim]`` under ``act_seq``
         ``[H, B, act_dim]``; the dynamics loss is the baseline's (TD-MPC2's consistency loss)
-        ``(1/H) sum_t gamma^t MSE(zs[t+1], next_z_seq[t]) / s_t`` with ``s_t =``
-        :meth:`dynamics_loss_scale` ``(zs[t])`` (1 unless ``normalize_dynamics_loss``).
+        ``(1/H) sum_t gamma^t MSE(zs[t+1], next_z_seq[t]) / s_t`` with ``s_t`` the
+        :meth:`dynamics_loss_scale` of step t (1 unless ``normalize_dynamics_loss``).
 
         Returns ``(zs [H + 1, B, latent_dim], loss)``. The flow model overrides this with its
         flow-matching loss (same contract), so the algorithm calls one method for either model.
@@ -226,7 +256,8 @@ class LatentWorldModel(nn.Module):
         for t in range(horizon):
             source = zs[-1]
             zs.append(self.next(source, act_seq[t], task))
-            step_loss = (zs[-1] - next_z_seq[t]).pow(2).mean() / self.dynamics_loss_scale(source)
+            scale = self.dynamics_loss_scale(source, z0, next_z_seq[0])
+            step_loss = (zs[-1] - next_z_seq[t]).pow(2).mean() / scale
             loss = loss + gamma**t * step_loss
         return torch.stack(zs), loss / horizon
 
