@@ -61,8 +61,8 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
 #: projected onto SimNorm's simplices, the set the baseline's dynamics head and the encoder map into.
 #: The -h5 twins are the defaults with 5-step imagined rollouts (PWM's H is 16): on walker-walk the policy
 #: exploited its model along 16-step rollouts (learning_notes.md); -updates150 also makes 3x the updates per episode.
-#: The -motion twins divide the dynamics loss by the encoder's per-step latent motion instead of the latent variance
-#: (world_model_config.dynamics_loss_normalizer): on walker-walk flow's latents stopped moving (learning_notes.md).
+#: The -motion twins divide the dynamics loss by how far the encoder's latent moved in a window's first step, not the latent
+#: variance (world_model_config.dynamics_loss_normalizer): on walker-walk flow's latents stopped moving (learning_notes.md).
 PWM_OBJECTIVE = "+objective=pwm"
 FIXED_ALPHA = "alg.actor_entropy_target=null"
 ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"

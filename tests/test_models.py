@@ -234,13 +234,17 @@ def test_detached_velocity_target_gives_z_source_gradient_only_through_the_field
     assert loss.item() == pytest.approx(((bias - targets[0] + z0.detach()) ** 2).mean().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("normalizer", ["variance", "motion"])
 @pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
-def test_normalized_dynamics_loss_divides_each_step_by_its_source_variance(cls):
+def test_normalized_dynamics_loss_divides_each_step_by_hand_computed_divisor(cls, normalizer):
     """Known dynamics (baseline: z' = 0.5 z + 0.1; flow: zero velocity, z' = z), hand-computed per step:
-    ``loss = (1/H) sum_t gamma^t mean(err_t^2) / (var_B(zs[t]) + floor)`` with the biased batch variance."""
+    ``loss = (1/H) sum_t gamma^t mean(err_t^2) / (s_t + floor)``. ``variance``: ``s_t`` is the biased batch
+    variance of the step's source ``zs[t]``; ``motion``: every step's ``s_t`` is how far the encoder's latent
+    moved in the first step, ``mean (targets[0] - z0)^2``."""
     from pwm.models.world_model import VARIANCE_FLOOR
 
-    wm = cls(**TINY, normalize_dynamics_loss=True, **({"fm_tau_sampling": "midpoint"} if cls is FlowWorldModel else {}))
+    wm = cls(**TINY, normalize_dynamics_loss=True, dynamics_loss_normalizer=normalizer,
+             **({"fm_tau_sampling": "midpoint"} if cls is FlowWorldModel else {}))
     flow = cls is FlowWorldModel
     if flow:
         wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
@@ -253,8 +257,11 @@ def test_normalized_dynamics_loss_divides_each_step_by_its_source_variance(cls):
     for t in range(horizon):
         z_next = z if flow else 0.5 * z + 0.1
         error = (targets[t] - z) if flow else (z_next - targets[t])  # zero velocity: v - (z_tgt - z_s)
-        variance = ((z - z.mean(0)) ** 2).mean(0).mean()
-        hand += gamma**t * (error**2).mean() / (variance + VARIANCE_FLOOR)
+        if normalizer == "variance":
+            divisor = ((z - z.mean(0)) ** 2).mean(0).mean()
+        else:
+            divisor = ((targets[0] - z0) ** 2).mean()
+        hand += gamma**t * (error**2).mean() / (divisor + VARIANCE_FLOOR)
         z = z_next
     assert loss.item() == pytest.approx(hand.item() / horizon, rel=1e-5)
     wm.normalize_dynamics_loss = False
@@ -279,31 +286,6 @@ def test_normalized_flow_loss_gives_no_gradient_towards_shrinking_the_latents(no
         assert abs(grad.item()) < 1e-4 * loss.item()
     else:
         assert grad.item() == pytest.approx(2.0 * loss.item(), rel=1e-5)
-
-
-@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
-def test_motion_normalized_loss_divides_each_step_by_the_encoders_step(cls):
-    """Same known dynamics as above; every step's divisor is how far the encoder's latent moved in the first
-    step, ``mean (targets[0] - z0)^2``."""
-    from pwm.models.world_model import VARIANCE_FLOOR
-
-    wm = cls(**TINY, normalize_dynamics_loss=True, dynamics_loss_normalizer="motion",
-             **({"fm_tau_sampling": "midpoint"} if cls is FlowWorldModel else {}))
-    flow = cls is FlowWorldModel
-    if flow:
-        wm.velocity = lambda z, a, t, task=None: torch.zeros_like(z)
-    else:
-        wm.next = lambda z, a, task=None: 0.5 * z + 0.1
-    torch.manual_seed(0)
-    z0, targets, horizon, gamma = torch.randn(4, 16), torch.randn(3, 4, 16), 3, 0.5
-    _, loss = wm.latent_rollout_and_dynamics_loss(z0, torch.zeros(3, 4, 4), targets, horizon, gamma)
-    hand, z, motion = 0.0, z0, ((targets[0] - z0) ** 2).mean() + VARIANCE_FLOOR
-    for t in range(horizon):
-        z_next = z if flow else 0.5 * z + 0.1
-        error = (targets[t] - z) if flow else (z_next - targets[t])
-        hand += gamma**t * (error**2).mean() / motion
-        z = z_next
-    assert loss.item() == pytest.approx(hand.item() / horizon, rel=1e-5)
 
 
 def test_motion_normalized_flow_loss_gives_no_gradient_towards_slowing_the_latents():
