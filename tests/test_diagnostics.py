@@ -158,6 +158,20 @@ def test_short_pretraining_improves_heldout_prediction_and_reward_correlation(cl
     assert after["wm_eval/heldout_error"] < 0.5 * before["wm_eval/heldout_error"]
 
 
+def test_diagnostics_score_in_eval_mode_and_give_the_mode_back():
+    wm = WorldModel(obs_dim=2, act_dim=2, latent_dim=16, encoder_units=[32], units=[32, 32], num_bins=21)
+    modes = []
+    encode = wm.encode
+    wm.encode = lambda obs, task=None: modes.append(wm.training) or encode(obs, task)
+    obs, action, reward = linear_system(horizon=3, size=16)
+    for training in (True, False):
+        wm.train(training)
+        world_model_quality(wm, obs, action, reward)
+        policy_imagination_gap(wm, lambda z: torch.zeros(z.shape[0], 2), obs[0], reward)
+        assert wm.training is training
+    assert modes and not any(modes)
+
+
 def test_plateau_rule_waits_for_patience_and_minimum_iterations():
     rule = PlateauRule(patience=2, min_improvement=0.1, min_iterations=10)
     assert rule.update(0, 1.0) and rule.best == 1.0

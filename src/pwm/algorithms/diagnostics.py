@@ -20,6 +20,9 @@ prediction instead, and ``copy_nmse_1`` is the normalised error the copy itself 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from pwm.algorithms.returns import lambda_returns
@@ -27,6 +30,17 @@ from pwm.models.world_model import LatentWorldModel, TaskLike
 
 #: Prefix of every metric this module returns (logged beside the training metrics).
 PREFIX = "wm_eval/"
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> float:
@@ -120,17 +134,13 @@ def world_model_quality(wm: LatentWorldModel, obs: torch.Tensor, action: torch.T
     if obs.shape[0] != horizon + 1 or reward.shape[0] != horizon:
         raise ValueError(f"world_model_quality: expected obs [H+1, ...], action [H, ...], reward [H, ...]; got "
                          f"{tuple(obs.shape)}, {tuple(action.shape)}, {tuple(reward.shape)}")
-    was_training = wm.training
-    wm.eval()
-    try:
+    with _eval_mode(wm):
         zs = open_loop_latents(wm, obs[0], action, task)
         with torch.no_grad():
             targets = wm.encode(obs[1:], task)
             predicted_reward = wm.predict_reward(zs[:-1], action, task)  # [H, B]
         grad_norm = reward_action_gradient_norm(wm, zs[0], action[0], task)
         return_grad_norm = return_action_gradient_norm(wm, zs[0], action, gamma, task)
-    finally:
-        wm.train(was_training)
     step_mse = (zs[1:] - targets).pow(2).mean(dim=(1, 2))  # [H]
     step_var = targets.var(dim=1, unbiased=False).mean(dim=-1)  # [H]
     nan = torch.full_like(step_mse, float("nan"))
@@ -185,12 +195,8 @@ def policy_imagination_gap(wm: LatentWorldModel, actor_action, obs0: torch.Tenso
             improves in the model, not in the task).
         imagined_policy_gap_final: the same gap at the rollouts' last step.
     """
-    was_training = wm.training
-    wm.eval()
-    try:
+    with _eval_mode(wm):
         imagined = closed_loop_rewards(wm, actor_action, wm.encode(obs0, task), reward.shape[0], task)  # [H, B]
-    finally:
-        wm.train(was_training)
     gap = imagined - reward  # [H, B]
     return {PREFIX + "imagined_policy_reward": float(imagined.mean()),
             PREFIX + "imagined_policy_gap": float(gap.mean()),
