@@ -49,7 +49,8 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
             "baseline-fixed-alpha": "{alg}", "flow-fixed-alpha": "{alg}_flow", "flow-simplex": "{alg}_flow",
             "baseline-h5": "{alg}", "flow-h5": "{alg}_flow", "baseline-h5-updates150": "{alg}",
             "baseline-motion": "{alg}", "flow-motion": "{alg}_flow",
-            "baseline-h5-motion": "{alg}", "flow-h5-motion": "{alg}_flow"}
+            "baseline-h5-motion": "{alg}", "flow-h5-motion": "{alg}_flow",
+            "flow-h5-updates150": "{alg}_flow", "flow-h5-endpoint-detached": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
 #: other variant names the defaults of the day its committed results were run, so each name keeps its
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
@@ -73,6 +74,7 @@ SIMPLEX_DETACHED = [SIMPLEX, "alg.world_model_config.detach_velocity_target=true
 SHORT_HORIZON = "alg.horizon=5"
 MORE_UPDATES = "train.updates_per_iteration=150"
 MOTION_NORMALIZER = "alg.world_model_config.dynamics_loss_normalizer=motion"
+ENDPOINT_DETACHED = ["alg.world_model_config.endpoint_loss_coef=1.0", "alg.world_model_config.detach_velocity_target=true"]
 VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE],
                      "flow-simplex-detached": [PWM_OBJECTIVE, *SIMPLEX_DETACHED],
                      "baseline-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS], "flow-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS],
@@ -87,7 +89,9 @@ VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE
                      "baseline-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
                      "baseline-motion": [MOTION_NORMALIZER], "flow-motion": [MOTION_NORMALIZER],
                      "baseline-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
-                     "flow-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER]}
+                     "flow-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
+                     "flow-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
+                     "flow-h5-endpoint-detached": [SHORT_HORIZON, *ENDPOINT_DETACHED]}
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
@@ -112,7 +116,11 @@ VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "baseline-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
                  "baseline-motion": MOTION_NOTE, "flow-motion": MOTION_NOTE,
                  "baseline-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
-                 "flow-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts"}
+                 "flow-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
+                 "flow-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
+                 "flow-h5-endpoint-detached": (HORIZON_NOTE + "; the flow-matching target without gradient to the start "
+                                               "latent, and the integrated next latent also fitted by the baseline's MSE "
+                                               "(`endpoint_loss_coef=1`); see `learning_notes.md`")}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -331,7 +339,8 @@ def plot(results, path: Path) -> None:
               "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta", "flow-simplex": "crimson",
               "baseline-h5": "darkblue", "flow-h5": "darkorange", "baseline-h5-updates150": "black",
               "baseline-motion": "teal", "flow-motion": "orangered",
-              "baseline-h5-motion": "slategray", "flow-h5-motion": "chocolate"}
+              "baseline-h5-motion": "slategray", "flow-h5-motion": "chocolate",
+              "flow-h5-updates150": "dimgray", "flow-h5-endpoint-detached": "darkviolet"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -17,6 +17,11 @@ once), and is scored every ``--eval-every`` updates on the same 1,024 held-out w
 ``--set KEY=V1,V2`` adds an alg override to every variant; each of its values is a run of its own,
 named ``<variant> KEY=V``.
 
+``--frozen-encoder`` starts every variant from the checkpoint's own encoder (and task embedding) and
+keeps it fixed: only the dynamics and the reward head train, so the variants' dynamics are compared on
+one latent space that does not adapt to their objective (the checkpoint's world model must have the
+size ``--alg`` gives). Rows are named ``<variant> frozen-encoder``.
+
 Writes ``wm_fit.csv`` (one row per variant and evaluation) and ``wm_fit.md`` (the last evaluation of
 each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) to ``--out``. Policy learning
 is not measured here: ``learning.py`` does that.
@@ -94,11 +99,34 @@ def variant_config(variant: str, alg: str, extra_overrides: list[str] = ()):
         return compose(alg_name.format(alg=alg), overrides=[*overrides, *extra_overrides])
 
 
+#: The world-model parts ``--frozen-encoder`` takes from the checkpoint and keeps fixed.
+FROZEN_MODULES = ("_encoder", "_task_emb")
+
+
+def freeze_encoder(wm, checkpoint: str | Path) -> None:
+    """Load the checkpoint's encoder (and task embedding) into ``wm`` and stop them training."""
+    from pwm.utils.common import load_checkpoint
+
+    stored = load_checkpoint(checkpoint)["agent"]["world_model"]
+    for name in FROZEN_MODULES:
+        if not hasattr(wm, name):
+            continue
+        module = getattr(wm, name)
+        prefix = f"{name}."
+        weights = {key[len(prefix):]: value for key, value in stored.items() if key.startswith(prefix)}
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ValueError(f"--frozen-encoder: {checkpoint}'s {name} does not fit this --alg's world model: {error}") from None
+        module.requires_grad_(False)
+
+
 def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: int, seed: int,
-        extra_overrides: list[str] = ()) -> list[dict]:
+        extra_overrides: list[str] = (), frozen_encoder: bool = False) -> list[dict]:
     """Train one variant's world model on the replay; its evaluations as rows of :data:`COLUMNS`.
 
-    ``extra_overrides`` are alg overrides applied after the variant's own; they name the row's variant."""
+    ``extra_overrides`` are alg overrides applied after the variant's own; they name the row's variant.
+    ``frozen_encoder``: see :func:`freeze_encoder`."""
     import torch
 
     from pwm.algorithms.build import build_pwm
@@ -106,10 +134,12 @@ def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: in
 
     torch.set_num_threads(1)
     cfg = variant_config(variant, alg, extra_overrides)
-    label = " ".join([variant, *extra_overrides])
+    label = " ".join([variant, *extra_overrides, *(["frozen-encoder"] if frozen_encoder else [])])
     buffer = replay_buffer(checkpoint, int(cfg.horizon))
     torch.manual_seed(seed)
     agent = build_pwm(cfg, buffer.obs_dim, buffer.act_dim, device="cpu")
+    if frozen_encoder:
+        freeze_encoder(agent.wm, checkpoint)
     heldout = buffer.sample(EVAL_WINDOWS, torch.Generator().manual_seed(seed + 1), split="heldout")
     sampler = torch.Generator().manual_seed(seed)
     rows, start = [], time.perf_counter()
@@ -163,6 +193,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="alg overrides for every variant; comma-separated values are swept")
+    parser.add_argument("--frozen-encoder", action="store_true",
+                        help="keep the checkpoint's encoder fixed; only dynamics and reward head train")
     parser.add_argument("--jobs", type=int, default=2, help="variants at once (one torch thread each)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "wm_fit"))
     args = parser.parse_args()
@@ -172,14 +204,18 @@ def main() -> None:
         settings = sweep_settings(args.set)
     except ValueError as error:
         parser.error(str(error))
-    # a bad checkpoint or override fails here, before any process starts
-    replay_buffer(args.checkpoint, 1)
+    # a bad checkpoint, override or encoder fails here, before any process starts
+    buffer = replay_buffer(args.checkpoint, 1)
     for variant in args.variants:
         for setting in settings:
-            variant_config(variant, args.alg, setting)
+            cfg = variant_config(variant, args.alg, setting)
+        if args.frozen_encoder:
+            from pwm.algorithms.build import build_pwm
+
+            freeze_encoder(build_pwm(cfg, buffer.obs_dim, buffer.act_dim, device="cpu").wm, args.checkpoint)
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=die_with_parent) as pool:
         futures = [pool.submit(fit, args.checkpoint, variant, args.alg, args.iterations, args.eval_every, args.seed,
-                               setting) for variant in args.variants for setting in settings]
+                               setting, args.frozen_encoder) for variant in args.variants for setting in settings]
         frame = pd.DataFrame([row for future in futures for row in future.result()], columns=COLUMNS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

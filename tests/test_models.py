@@ -86,6 +86,8 @@ def test_bad_config_values_name_the_field():
         FlowWorldModel(**TINY, integrate_steps=0)
     with pytest.raises(ValueError, match="fm_tau_sampling"):
         FlowWorldModel(**TINY, fm_tau_sampling="beta")
+    with pytest.raises(ValueError, match="endpoint_loss_coef must be >= 0, got -1"):
+        FlowWorldModel(**TINY, endpoint_loss_coef=-1)
     with pytest.raises(ValueError, match="action_dims"):
         WorldModel(**dict(MT, action_dims=[4, 2]))
     with pytest.raises(ValueError, match="obs_dim=10"):
@@ -458,6 +460,34 @@ def test_flow_rollout_evaluates_loss_and_first_substep_in_one_call_exactly():
     assert torch.allclose(fused[1], by_hand[1], atol=1e-6)
     assert len(fused[2]) == len(by_hand[2]) > 0
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused[2], by_hand[2]))
+
+
+def test_flow_endpoint_loss_adds_the_baselines_mse_on_each_integrated_latent():
+    """endpoint_loss_coef=c adds c * (1/H) sum_t gamma^t mean((zs[t+1] - E(obs[t+1]))^2) to the
+    flow-matching loss, inside the shared divisor; the rollout itself is unchanged."""
+    from pwm.models import FlowWorldModel
+
+    torch.manual_seed(0)
+    wm = FlowWorldModel(obs_dim=5, act_dim=3, latent_dim=16, encoder_units=[16], units=[16, 16], num_bins=11,
+                        integrate_steps=3, normalize_dynamics_loss=True)
+    horizon, batch, gamma, coef = 4, 6, 0.9, 2.5
+    obs, action = torch.randn(horizon + 1, batch, 5), torch.rand(horizon, batch, 3) * 2 - 1
+    z0, next_z = wm.encode(obs[0]), wm.encode(obs[1:])
+
+    def rollout():
+        torch.manual_seed(1)  # the same flow times tau
+        return wm.latent_rollout_and_dynamics_loss(z0, action, next_z, horizon, gamma)
+
+    zs, flow_matching = rollout()
+    wm.endpoint_loss_coef = coef
+    zs_with_endpoint, total = rollout()
+    from pwm.models.world_model import VARIANCE_FLOOR
+
+    divisors = [zs[t].var(0, unbiased=False).mean() + VARIANCE_FLOOR for t in range(horizon)]  # each source's spread
+    endpoint = sum(gamma**t * (zs[t + 1] - next_z[t]).pow(2).mean() / divisors[t] for t in range(horizon)) / horizon
+    assert torch.equal(zs_with_endpoint, zs)
+    assert endpoint > 0.01 * flow_matching
+    torch.testing.assert_close(total, flow_matching + coef * endpoint)
 
 
 def test_recomputation_runs_inside_full_agent_updates():

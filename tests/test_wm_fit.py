@@ -92,3 +92,32 @@ def test_a_checkpoint_without_a_replay_or_with_uneven_episodes_is_named(wm_fit, 
     torch.save(state, uneven)
     with pytest.raises(ValueError, match="do not split into 8 equal episodes"):
         wm_fit.replay_buffer(uneven, 4)
+
+
+@pytest.mark.parametrize("variant", ["flow", "baseline"])
+def test_frozen_encoder_is_the_checkpoints_and_does_not_train(wm_fit, checkpoint, tmp_path, variant):
+    from pwm.algorithms.build import build_pwm
+
+    torch.manual_seed(123)  # an encoder no fit starts from by itself
+    trained = build_pwm(wm_fit.variant_config("baseline", "pwm_tiny"), 3, 2, device="cpu").wm
+    state = torch.load(checkpoint, weights_only=False)
+    state["agent"] = {"world_model": trained.state_dict()}
+    with_model = tmp_path / "with_model.pt"
+    torch.save(state, with_model)
+
+    frozen = wm_fit.fit(str(with_model), variant, "pwm_tiny", iterations=3, eval_every=3, seed=0, frozen_encoder=True)
+    free = wm_fit.fit(str(with_model), variant, "pwm_tiny", iterations=3, eval_every=3, seed=0)
+    assert {row["variant"] for row in frozen} == {f"{variant} frozen-encoder"}
+    assert frozen[0]["latent_spread"] != free[0]["latent_spread"]  # the checkpoint's encoder, not the seed's
+    assert frozen[0]["latent_spread"] == frozen[-1]["latent_spread"]  # and it stays as it is ...
+    assert frozen[0]["latent_nmse_1"] != frozen[-1]["latent_nmse_1"]  # ... while the dynamics trains
+
+    wm = build_pwm(wm_fit.variant_config(variant, "pwm_tiny"), 3, 2, device="cpu").wm
+    wm_fit.freeze_encoder(wm, with_model)
+    assert all(torch.equal(a, b) for a, b in zip(wm._encoder.state_dict().values(), trained._encoder.state_dict().values()))
+    assert not any(p.requires_grad for p in wm._encoder.parameters())
+    assert all(p.requires_grad for p in wm._reward.parameters())
+
+    wider = build_pwm(wm_fit.variant_config("baseline", "pwm_small"), 3, 2, device="cpu").wm
+    with pytest.raises(ValueError, match="--frozen-encoder: .*with_model.pt's _encoder does not fit"):
+        wm_fit.freeze_encoder(wider, with_model)

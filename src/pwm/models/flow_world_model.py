@@ -47,6 +47,11 @@ class FlowWorldModel(LatentWorldModel):
             ``- z_s`` also pulls ``z_s`` straight towards ``z_tgt``: the encoder is rewarded for mapping
             consecutive observations close together, and with nothing else holding the latents apart
             their spread across states shrinks during pretraining (see ``results/study_pwm_objective/NOTES.md``).
+        endpoint_loss_coef: if > 0, each step's loss also has ``endpoint_loss_coef * mean((z_next - z_tgt)^2)``,
+            the baseline's dynamics loss on the integrated next latent ``z_next = next(z_s, a)``, inside the
+            same divisor. 0 (the default) is the spec's pure flow-matching loss. Why an option: on a
+            walker-walk replay, a detached target without it let the integrated latents drift hundreds of
+            times further than the encoder's latents move per step (see ``benchmarks/results/learning_notes.md``).
         recompute_substeps: in world-model updates, keep only each environment step's input latent for
             the backward pass and recompute the K Euler sub-steps there (activation checkpointing):
             the same gradients, less activation memory, one more forward pass of the dynamics.
@@ -67,6 +72,7 @@ class FlowWorldModel(LatentWorldModel):
         latent_clip_norm: float | None = None,
         recompute_substeps: bool = False,
         detach_velocity_target: bool = False,
+        endpoint_loss_coef: float = 0.0,
         **kwargs,
     ):
         super().__init__(obs_dim, act_dim, **kwargs)
@@ -80,6 +86,8 @@ class FlowWorldModel(LatentWorldModel):
             raise ValueError(
                 f"world_model_config.latent_projection must be one of {LATENT_PROJECTIONS}, got {latent_projection!r}"
             )
+        if endpoint_loss_coef < 0:
+            raise ValueError(f"world_model_config.endpoint_loss_coef must be >= 0, got {endpoint_loss_coef}")
         if latent_clip_norm is not None and latent_clip_norm <= 0:
             raise ValueError(f"world_model_config.latent_clip_norm must be > 0 or null, got {latent_clip_norm}")
         self.integrate_steps = int(integrate_steps)
@@ -88,6 +96,7 @@ class FlowWorldModel(LatentWorldModel):
         self.latent_clip_norm = latent_clip_norm
         self.recompute_substeps = bool(recompute_substeps)
         self.detach_velocity_target = bool(detach_velocity_target)
+        self.endpoint_loss_coef = float(endpoint_loss_coef)
         self._velocity = mlp(self.latent_dim + self.act_dim + self.task_dim + 1, self.units, self.latent_dim)
         self._velocity.apply(init_weights)
         self.register_buffer("latent_clip_count", torch.zeros((), dtype=torch.long), persistent=False)
@@ -174,7 +183,7 @@ class FlowWorldModel(LatentWorldModel):
             dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2) / s_t``
                 with ``z_s = zs[t]`` (the prediction, so the loss also shapes the earlier steps of the
                 rollout; through ``z_tau`` only when ``detach_velocity_target``) and
-                ``z_tgt = next_z_seq[t]``. The squared norm is averaged over latent dimensions and batch,
+                ``z_tgt = next_z_seq[t]``, plus the optional endpoint term. The squared norm is averaged over latent dimensions and batch,
                 the reduction of the baseline's MSE, so both branches' dynamics terms have one scale next
                 to the reward loss; ``s_t`` is the shared
                 :meth:`~pwm.models.world_model.LatentWorldModel.dynamics_loss_scale` of step t (1 by
@@ -206,9 +215,12 @@ class FlowWorldModel(LatentWorldModel):
                 predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
             source = z_source.detach() if self.detach_velocity_target else z_source
             scale = self.dynamics_loss_scale(z_source, z0, next_z_seq[0])
-            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean() / scale
-            dynamics_loss = dynamics_loss + gamma**t * step_loss
-            zs.append(self.next(z_source, act_seq[t], task, first_velocity))
+            step_loss = (predicted_velocity - (z_target - source)).pow(2).mean()
+            z_next = self.next(z_source, act_seq[t], task, first_velocity)
+            if self.endpoint_loss_coef:
+                step_loss = step_loss + self.endpoint_loss_coef * (z_next - z_target).pow(2).mean()
+            dynamics_loss = dynamics_loss + gamma**t * step_loss / scale
+            zs.append(z_next)
         return torch.stack(zs), dynamics_loss / horizon
 
 
