@@ -50,7 +50,8 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
             "baseline-h5": "{alg}", "flow-h5": "{alg}_flow", "baseline-h5-updates150": "{alg}",
             "baseline-motion": "{alg}", "flow-motion": "{alg}_flow",
             "baseline-h5-motion": "{alg}", "flow-h5-motion": "{alg}_flow",
-            "flow-h5-updates150": "{alg}_flow", "flow-h5-endpoint-detached": "{alg}_flow"}
+            "flow-h5-updates150": "{alg}_flow", "flow-h5-endpoint-detached": "{alg}_flow",
+            "flow-endpoint-detached": "{alg}_flow"}
 #: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
 #: other variant names the defaults of the day its committed results were run, so each name keeps its
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
@@ -91,7 +92,8 @@ VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE
                      "baseline-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
                      "flow-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
                      "flow-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
-                     "flow-h5-endpoint-detached": [SHORT_HORIZON, *ENDPOINT_DETACHED]}
+                     "flow-h5-endpoint-detached": [SHORT_HORIZON, *ENDPOINT_DETACHED],
+                     "flow-endpoint-detached": ENDPOINT_DETACHED}
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
@@ -99,6 +101,9 @@ FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, 
 ENTROPY_NOTE = "an entropy bonus in the actor's objective; see `learning_notes.md`"
 MOTION_NOTE = ("the defaults with the dynamics loss divided by how far the encoder's latent moved in a window's first step "
                "(`dynamics_loss_normalizer=motion`), not by the latent variance; see `learning_notes.md`")
+ENDPOINT_NOTE = ("the defaults with the flow-matching target giving no gradient to the start latent "
+                 "(`detach_velocity_target=true`) and the integrated next latent also fitted by the baseline's MSE "
+                 "(`endpoint_loss_coef=1`); see `learning_notes.md`")
 HORIZON_NOTE = ("the defaults with 5-step imagined rollouts instead of 16 (world-model windows too); "
                 "see `learning_notes.md`")
 VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
@@ -118,9 +123,8 @@ VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "baseline-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
                  "flow-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
                  "flow-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
-                 "flow-h5-endpoint-detached": (HORIZON_NOTE + "; the flow-matching target without gradient to the start "
-                                               "latent, and the integrated next latent also fitted by the baseline's MSE "
-                                               "(`endpoint_loss_coef=1`); see `learning_notes.md`")}
+                 "flow-h5-endpoint-detached": f"{ENDPOINT_NOTE}; and 5-step imagined rollouts",
+                 "flow-endpoint-detached": ENDPOINT_NOTE}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -340,7 +344,8 @@ def plot(results, path: Path) -> None:
               "baseline-h5": "darkblue", "flow-h5": "darkorange", "baseline-h5-updates150": "black",
               "baseline-motion": "teal", "flow-motion": "orangered",
               "baseline-h5-motion": "slategray", "flow-h5-motion": "chocolate",
-              "flow-h5-updates150": "dimgray", "flow-h5-endpoint-detached": "darkviolet"}
+              "flow-h5-updates150": "dimgray", "flow-h5-endpoint-detached": "darkviolet",
+              "flow-endpoint-detached": "mediumorchid"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -251,16 +251,18 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
     assert flow_more_updates.horizon == 5
     flow_more_updates.horizon = 16
     assert flow_more_updates == composed["flow"]  # flow-h5's alg; the updates are a train setting
-    learning.run_pwm(args, "cup-catch", "flow-h5-endpoint-detached", 0)
-    endpoint = composed_alg(learning, commands[-1])
-    assert endpoint.world_model_config.endpoint_loss_coef == 1.0 and endpoint.world_model_config.detach_velocity_target
-    assert composed["flow"].world_model_config.endpoint_loss_coef == 0.0
-    endpoint.world_model_config.endpoint_loss_coef, endpoint.world_model_config.detach_velocity_target = 0.0, False
-    endpoint.horizon = 16
-    assert endpoint == composed["flow"]  # today's flow with the two knobs and H=5, nothing else
+    for variant, horizon in (("flow-endpoint-detached", 16), ("flow-h5-endpoint-detached", 5)):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        endpoint = composed_alg(learning, commands[-1])
+        assert endpoint.world_model_config.endpoint_loss_coef == 1.0 and endpoint.world_model_config.detach_velocity_target
+        assert composed["flow"].world_model_config.endpoint_loss_coef == 0.0 and endpoint.horizon == horizon
+        endpoint.world_model_config.endpoint_loss_coef, endpoint.world_model_config.detach_velocity_target = 0.0, False
+        endpoint.horizon = 16
+        assert endpoint == composed["flow"]  # today's flow with the two knobs (and H=5), nothing else
     todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
                        "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
-                       "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached"}
+                       "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached",
+                       "flow-endpoint-detached"}
     assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
                if variant not in todays_defaults)
     assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}
