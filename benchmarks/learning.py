@@ -212,6 +212,8 @@ def collect_results(args: argparse.Namespace):
     for metrics_path in sorted(Path(args.runs_dir).glob("*/*/seed*/metrics.csv")):
         task, variant, seed = metrics_path.parts[-4], metrics_path.parts[-3], int(metrics_path.parts[-2][4:])
         frame = pd.read_csv(metrics_path)
+        if "eval/episode_reward" not in frame:  # a run that has not evaluated yet
+            continue
         evals = frame[frame["eval/episode_reward"].notna()]
         curve = reference.get(task)
         for _, row in evals.iterrows():

@@ -53,6 +53,15 @@ def test_a_fresh_run_replaces_its_committed_rows_and_the_others_stay(learning, t
     assert by_variant.loc["baseline", "minutes"] == 33.0 and by_variant.loc["baseline", "commit"] == "aaa"
 
 
+def test_a_run_that_has_not_evaluated_yet_adds_no_rows_and_breaks_nothing(learning, tmp_path):
+    _write_run(tmp_path, "reacher-easy", "flow", 0, [3.0, 4.0])
+    starting = tmp_path / "reacher-easy" / "flow" / "seed1"
+    starting.mkdir()
+    pd.DataFrame({"train/env_steps": [500], "wm/total_loss": [1.0]}).to_csv(starting / "metrics.csv", index=False)
+    curves = learning.collect_results(argparse.Namespace(runs_dir=str(tmp_path)))
+    assert curves.seed.tolist() == [0, 0] and curves.eval_reward.tolist() == [3.0, 4.0]
+
+
 def test_an_unfinished_run_has_no_minutes_and_an_unknown_commit(learning, tmp_path):
     _write_run(tmp_path, "reacher-easy", "flow", 1, [3.0])
     table = learning.collect_runs(argparse.Namespace(runs_dir=str(tmp_path)))
