@@ -35,6 +35,10 @@ def test_flow_knobs_apply_only_to_flow_variants():
     detached = variant_alg(cfg.alg, {"detach_velocity_target": True})
     assert detached.world_model_config.detach_velocity_target is True
     assert variant_label(detached) == "flow-K4-uniform-detached"
+    both = variant_alg(cfg.alg, {"detach_velocity_target": True, "endpoint_loss_coef": 1.0})
+    assert both.world_model_config.endpoint_loss_coef == 1.0
+    assert variant_label(both) == "flow-K4-uniform-detached-endpoint1"
+    assert variant_label(variant_alg(cfg.alg, compose_ab("alg=pwm_tiny_flow").flow)) == "flow-K4-uniform"
 
 
 def test_report_code_defaults_equal_the_ab_config():

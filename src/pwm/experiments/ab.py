@@ -32,7 +32,7 @@ from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
 
-FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target")
+FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target", "endpoint_loss_coef")
 #: Reset seeds of the random-policy reference episodes: those of the evaluations (EVAL_SEED_OFFSET + seed + i).
 RANDOM_REFERENCE_SEED = EVAL_SEED_OFFSET
 
@@ -48,15 +48,18 @@ def variant_alg(alg_cfg: DictConfig, flow_knobs: DictConfig | dict) -> DictConfi
 
 
 def variant_label(alg_cfg: DictConfig) -> str:
-    """``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>``, plus ``-<latent_projection>``
-    and ``-detached`` (``detach_velocity_target``) when set (run folders of the spec's flow keep their names)."""
+    """``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>``, plus ``-<latent_projection>``,
+    ``-detached`` (``detach_velocity_target``) and ``-endpoint<coef>`` (``endpoint_loss_coef``) when set
+    (run folders of the spec's flow keep their names)."""
     if variant_name(alg_cfg) == "baseline":
         return "baseline"
     wm = alg_cfg.world_model_config
     label = f"flow-K{wm.get('integrate_steps', 4)}-{wm.get('fm_tau_sampling', 'uniform')}"
     projection = wm.get("latent_projection", "none")
     label = label if projection == "none" else f"{label}-{projection}"
-    return f"{label}-detached" if wm.get("detach_velocity_target", False) else label
+    label = f"{label}-detached" if wm.get("detach_velocity_target", False) else label
+    endpoint = float(wm.get("endpoint_loss_coef", 0.0))
+    return f"{label}-endpoint{endpoint:g}" if endpoint else label
 
 
 def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
