@@ -240,12 +240,13 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
         assert short.horizon == 5 and composed[twin].horizon == 16
         short.horizon = 16
         assert short == composed[twin]  # today's defaults with the short horizon, nothing else
-    learning.run_pwm(args, "cup-catch", "baseline-h5-updates150", 0)
-    assert "train.updates_per_iteration=150" in commands[-1]
-    more_updates = composed_alg(learning, commands[-1])
-    assert more_updates.horizon == 5
-    more_updates.horizon = 16
-    assert more_updates == composed["baseline"]  # baseline-h5's alg; the updates are a train setting
+    for variant, twin in (("baseline-h5-updates150", "baseline"), ("flow-h5-updates150", "flow")):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        assert "train.updates_per_iteration=150" in commands[-1]
+        more_updates = composed_alg(learning, commands[-1])
+        assert more_updates.horizon == 5
+        more_updates.horizon = 16
+        assert more_updates == composed[twin]  # the -h5 twin's alg; the updates are a train setting
     for variant, twin, horizon in (("baseline-motion", "baseline", 16), ("flow-motion", "flow", 16),
                                    ("baseline-h5-motion", "baseline", 5), ("flow-h5-motion", "flow", 5)):
         learning.run_pwm(args, "cup-catch", variant, 0)
@@ -254,12 +255,6 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
         assert composed[twin].world_model_config.dynamics_loss_normalizer == "variance"
         motion.world_model_config.dynamics_loss_normalizer, motion.horizon = "variance", 16
         assert motion == composed[twin]  # today's defaults with the motion divisor (and H=5), nothing else
-    learning.run_pwm(args, "cup-catch", "flow-h5-updates150", 0)
-    assert "train.updates_per_iteration=150" in commands[-1]
-    flow_more_updates = composed_alg(learning, commands[-1])
-    assert flow_more_updates.horizon == 5
-    flow_more_updates.horizon = 16
-    assert flow_more_updates == composed["flow"]  # flow-h5's alg; the updates are a train setting
     for variant, horizon in (("flow-endpoint-detached", 16), ("flow-h5-endpoint-detached", 5)):
         learning.run_pwm(args, "cup-catch", variant, 0)
         endpoint = composed_alg(learning, commands[-1])
