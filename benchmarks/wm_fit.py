@@ -107,7 +107,9 @@ def freeze_encoder(wm, checkpoint: str | Path) -> None:
     """Load the checkpoint's encoder (and task embedding) into ``wm`` and stop them training."""
     from pwm.utils.common import load_checkpoint
 
-    stored = load_checkpoint(checkpoint)["agent"]["world_model"]
+    stored = load_checkpoint(checkpoint).get("agent", {}).get("world_model")
+    if stored is None:
+        raise ValueError(f"--frozen-encoder: {checkpoint} holds no world model (agent.world_model)")
     for name in FROZEN_MODULES:
         if not hasattr(wm, name):
             continue

@@ -121,3 +121,5 @@ def test_frozen_encoder_is_the_checkpoints_and_does_not_train(wm_fit, checkpoint
     wider = build_pwm(wm_fit.variant_config("baseline", "pwm_small"), 3, 2, device="cpu").wm
     with pytest.raises(ValueError, match="--frozen-encoder: .*with_model.pt's _encoder does not fit"):
         wm_fit.freeze_encoder(wider, with_model)
+    with pytest.raises(ValueError, match="--frozen-encoder: .*checkpoint.pt holds no world model"):
+        wm_fit.freeze_encoder(wider, checkpoint)
