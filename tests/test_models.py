@@ -466,6 +466,7 @@ def test_flow_endpoint_loss_adds_the_baselines_mse_on_each_integrated_latent():
     """endpoint_loss_coef=c adds c * (1/H) sum_t gamma^t mean((zs[t+1] - E(obs[t+1]))^2) to the
     flow-matching loss, inside the shared divisor; the rollout itself is unchanged."""
     from pwm.models import FlowWorldModel
+    from pwm.models.world_model import VARIANCE_FLOOR
 
     torch.manual_seed(0)
     wm = FlowWorldModel(obs_dim=5, act_dim=3, latent_dim=16, encoder_units=[16], units=[16, 16], num_bins=11,
@@ -481,8 +482,6 @@ def test_flow_endpoint_loss_adds_the_baselines_mse_on_each_integrated_latent():
     zs, flow_matching = rollout()
     wm.endpoint_loss_coef = coef
     zs_with_endpoint, total = rollout()
-    from pwm.models.world_model import VARIANCE_FLOOR
-
     divisors = [zs[t].var(0, unbiased=False).mean() + VARIANCE_FLOOR for t in range(horizon)]  # each source's spread
     endpoint = sum(gamma**t * (zs[t + 1] - next_z[t]).pow(2).mean() / divisors[t] for t in range(horizon)) / horizon
     assert torch.equal(zs_with_endpoint, zs)

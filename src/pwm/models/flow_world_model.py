@@ -183,9 +183,9 @@ class FlowWorldModel(LatentWorldModel):
             dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2) / s_t``
                 with ``z_s = zs[t]`` (the prediction, so the loss also shapes the earlier steps of the
                 rollout; through ``z_tau`` only when ``detach_velocity_target``) and
-                ``z_tgt = next_z_seq[t]``, plus the optional endpoint term. The squared norm is averaged over latent dimensions and batch,
-                the reduction of the baseline's MSE, so both branches' dynamics terms have one scale next
-                to the reward loss; ``s_t`` is the shared
+                ``z_tgt = next_z_seq[t]``, plus the optional endpoint term. The squared norm is averaged
+                over latent dimensions and batch, the reduction of the baseline's MSE, so both branches'
+                dynamics terms have one scale next to the reward loss; ``s_t`` is the shared
                 :meth:`~pwm.models.world_model.LatentWorldModel.dynamics_loss_scale` of step t (1 by
                 default).
 
