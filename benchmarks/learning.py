@@ -51,7 +51,7 @@ PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
             "baseline-motion": "{alg}", "flow-motion": "{alg}_flow",
             "baseline-h5-motion": "{alg}", "flow-h5-motion": "{alg}_flow",
             "flow-h5-updates150": "{alg}_flow", "flow-h5-endpoint-detached": "{alg}_flow",
-            "flow-endpoint-detached": "{alg}_flow"}
+            "flow-endpoint-detached": "{alg}_flow", "baseline-updates150": "{alg}"}
 #: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
 #: other variant names the defaults of the day its committed results were run, so each name keeps its
 #: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
@@ -93,7 +93,8 @@ VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE
                      "flow-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
                      "flow-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
                      "flow-h5-endpoint-detached": [SHORT_HORIZON, *ENDPOINT_DETACHED],
-                     "flow-endpoint-detached": ENDPOINT_DETACHED}
+                     "flow-endpoint-detached": ENDPOINT_DETACHED,
+                     "baseline-updates150": [MORE_UPDATES]}
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
@@ -124,7 +125,8 @@ VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
                  "flow-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
                  "flow-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
                  "flow-h5-endpoint-detached": f"{ENDPOINT_NOTE}; and 5-step imagined rollouts",
-                 "flow-endpoint-detached": ENDPOINT_NOTE}
+                 "flow-endpoint-detached": ENDPOINT_NOTE,
+                 "baseline-updates150": "the defaults with 3x the updates per episode (150, 0.3 per step)"}
 VARIANTS = [*PWM_ALGS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
@@ -347,7 +349,7 @@ def plot(results, path: Path) -> None:
               "baseline-motion": "teal", "flow-motion": "orangered",
               "baseline-h5-motion": "slategray", "flow-h5-motion": "chocolate",
               "flow-h5-updates150": "dimgray", "flow-h5-endpoint-detached": "darkviolet",
-              "flow-endpoint-detached": "mediumorchid"}
+              "flow-endpoint-detached": "mediumorchid", "baseline-updates150": "steelblue"}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -240,13 +240,14 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
         assert short.horizon == 5 and composed[twin].horizon == 16
         short.horizon = 16
         assert short == composed[twin]  # today's defaults with the short horizon, nothing else
-    for variant, twin in (("baseline-h5-updates150", "baseline"), ("flow-h5-updates150", "flow")):
+    for variant, twin, horizon in (("baseline-h5-updates150", "baseline", 5), ("flow-h5-updates150", "flow", 5),
+                                   ("baseline-updates150", "baseline", 16)):
         learning.run_pwm(args, "cup-catch", variant, 0)
         assert "train.updates_per_iteration=150" in commands[-1]
         more_updates = composed_alg(learning, commands[-1])
-        assert more_updates.horizon == 5
+        assert more_updates.horizon == horizon
         more_updates.horizon = 16
-        assert more_updates == composed[twin]  # the -h5 twin's alg; the updates are a train setting
+        assert more_updates == composed[twin]  # the twin's alg (and H=5); the updates are a train setting
     for variant, twin, horizon in (("baseline-motion", "baseline", 16), ("flow-motion", "flow", 16),
                                    ("baseline-h5-motion", "baseline", 5), ("flow-h5-motion", "flow", 5)):
         learning.run_pwm(args, "cup-catch", variant, 0)
@@ -266,7 +267,7 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
     todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
                        "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
                        "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached",
-                       "flow-endpoint-detached"}
+                       "flow-endpoint-detached", "baseline-updates150"}
     assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
                if variant not in todays_defaults)
     assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}
