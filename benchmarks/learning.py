@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 from pwm.utils.common import die_with_parent
@@ -41,60 +42,44 @@ REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
 TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "walker-walk"]
 #: The issue's bar for the baseline within 100k environment steps.
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
-PWM_ALGS = {"baseline": "{alg}", "flow": "{alg}_flow",
-            "baseline-pwm": "{alg}", "flow-pwm": "{alg}_flow", "flow-simplex-detached": "{alg}_flow",
-            "baseline-entropy": "{alg}", "flow-entropy": "{alg}_flow", "flow-simplex-detached-entropy": "{alg}_flow",
-            "baseline-normalized": "{alg}", "flow-normalized": "{alg}_flow",
-            "baseline-normalized-entropy": "{alg}", "flow-normalized-entropy": "{alg}_flow",
-            "baseline-fixed-alpha": "{alg}", "flow-fixed-alpha": "{alg}_flow", "flow-simplex": "{alg}_flow",
-            "baseline-h5": "{alg}", "flow-h5": "{alg}_flow", "baseline-h5-updates150": "{alg}",
-            "baseline-motion": "{alg}", "flow-motion": "{alg}_flow",
-            "baseline-h5-motion": "{alg}", "flow-h5-motion": "{alg}_flow",
-            "flow-h5-updates150": "{alg}_flow", "flow-h5-endpoint-detached": "{alg}_flow",
-            "flow-endpoint-detached": "{alg}_flow", "baseline-updates150": "{alg}"}
-#: A variant's own overrides on top of its alg. ``baseline`` and ``flow`` are the configs' defaults. Every
-#: other variant names the defaults of the day its committed results were run, so each name keeps its
-#: meaning: the -fixed-alpha twins are today's defaults with the entropy bonus's weight fixed at its start
-#: (0.1; the defaults from 2026-12-02 until the weight was tuned); the rest start from PWM's objective
-#: (``+objective=pwm``: no entropy bonus, no data critic, the spec's dynamics loss) and add their knobs.
-#: flow-simplex-detached is the flow model with both knobs of results/study_pwm_objective/followups (simplex projection,
-#: no gradient through the flow-matching target); the -entropy twins add an entropy bonus to the actor's objective, which keeps
-#: its tanh out of saturation (see PWM's actor_entropy_coef). flow-simplex is today's flow with its integrated latents
-#: projected onto SimNorm's simplices, the set the baseline's dynamics head and the encoder map into.
-#: The -h5 twins are the defaults with 5-step imagined rollouts (PWM's H is 16): on walker-walk the policy
-#: exploited its model along 16-step rollouts (learning_notes.md); -updates150 also makes 3x the updates per episode.
-#: The -motion twins divide the dynamics loss by how far the encoder's latent moved in a window's first step, not the latent
-#: variance (world_model_config.dynamics_loss_normalizer): on walker-walk flow's latents stopped moving (learning_notes.md).
+@dataclass(frozen=True)
+class Variant:
+    """A learning-benchmark agent: the dynamics it uses, its overrides on top of the configs, how the table names it."""
+
+    dynamics: str  # "baseline" (``alg=<alg>``) or "flow" (``alg=<alg>_flow``)
+    overrides: tuple[str, ...] = ()  # Hydra overrides on top of the alg's defaults
+    note: str = ""  # what the overrides mean, for the markdown's legend
+    color: str = "black"  # its curves in learning.png
+
+    def alg(self, size: str) -> str:
+        return size if self.dynamics == "baseline" else f"{size}_flow"
+
+
+#: Every variant but ``baseline`` and ``flow`` (the configs' defaults) names the defaults of the day its committed
+#: results were run, so each name keeps its meaning: the -fixed-alpha twins are today's defaults with the entropy
+#: bonus's weight fixed at its start (0.1; the defaults from 2026-12-02 until the weight was tuned); the -pwm,
+#: -entropy, -normalized and -simplex-detached ones start from PWM's objective (``+objective=pwm``: no entropy
+#: bonus, no data critic, the spec's dynamics loss) and add their knobs; the rest start from today's defaults.
+#: flow-simplex-detached is the flow model with both knobs of results/study_pwm_objective/followups (simplex
+#: projection, no gradient through the flow-matching target); the -entropy twins add an entropy bonus to the actor's
+#: objective, which keeps its tanh out of saturation (see PWM's actor_entropy_coef). flow-simplex is today's flow
+#: with its integrated latents projected onto SimNorm's simplices, the set the baseline's dynamics head and the
+#: encoder map into. The -h5 twins use 5-step imagined rollouts (PWM's H is 16): on walker-walk the policy exploited
+#: its model along 16-step rollouts (learning_notes.md); -updates150 makes 3x the updates per episode. The -motion
+#: twins divide the dynamics loss by how far the encoder's latent moved in a window's first step, not the latent
+#: variance (world_model_config.dynamics_loss_normalizer): on walker-walk flow's latents stopped moving
+#: (learning_notes.md). The -normalized twins divide the dynamics loss by the latent variance
+#: (world_model_config.normalize_dynamics_loss).
 PWM_OBJECTIVE = "+objective=pwm"
 FIXED_ALPHA = "alg.actor_entropy_target=null"
 ENTROPY_BONUS = "alg.actor_entropy_coef=0.01"
-#: The -normalized twins divide the dynamics loss by the latent variance (world_model_config.normalize_dynamics_loss).
 NORMALIZED_DYNAMICS = "alg.world_model_config.normalize_dynamics_loss=true"
 SIMPLEX = "alg.world_model_config.latent_projection=simplex"
-SIMPLEX_DETACHED = [SIMPLEX, "alg.world_model_config.detach_velocity_target=true"]
+SIMPLEX_DETACHED = (SIMPLEX, "alg.world_model_config.detach_velocity_target=true")
 SHORT_HORIZON = "alg.horizon=5"
 MORE_UPDATES = "train.updates_per_iteration=150"
 MOTION_NORMALIZER = "alg.world_model_config.dynamics_loss_normalizer=motion"
-ENDPOINT_DETACHED = ["alg.world_model_config.endpoint_loss_coef=1.0", "alg.world_model_config.detach_velocity_target=true"]
-VARIANT_OVERRIDES = {"baseline-pwm": [PWM_OBJECTIVE], "flow-pwm": [PWM_OBJECTIVE],
-                     "flow-simplex-detached": [PWM_OBJECTIVE, *SIMPLEX_DETACHED],
-                     "baseline-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS], "flow-entropy": [PWM_OBJECTIVE, ENTROPY_BONUS],
-                     "flow-simplex-detached-entropy": [PWM_OBJECTIVE, *SIMPLEX_DETACHED, ENTROPY_BONUS],
-                     "baseline-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
-                     "flow-normalized": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS],
-                     "baseline-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
-                     "flow-normalized-entropy": [PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS],
-                     "baseline-fixed-alpha": [FIXED_ALPHA], "flow-fixed-alpha": [FIXED_ALPHA],
-                     "flow-simplex": [SIMPLEX],
-                     "baseline-h5": [SHORT_HORIZON], "flow-h5": [SHORT_HORIZON],
-                     "baseline-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
-                     "baseline-motion": [MOTION_NORMALIZER], "flow-motion": [MOTION_NORMALIZER],
-                     "baseline-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
-                     "flow-h5-motion": [SHORT_HORIZON, MOTION_NORMALIZER],
-                     "flow-h5-updates150": [SHORT_HORIZON, MORE_UPDATES],
-                     "flow-h5-endpoint-detached": [SHORT_HORIZON, *ENDPOINT_DETACHED],
-                     "flow-endpoint-detached": ENDPOINT_DETACHED,
-                     "baseline-updates150": [MORE_UPDATES]}
+ENDPOINT_DETACHED = ("alg.world_model_config.endpoint_loss_coef=1.0", "alg.world_model_config.detach_velocity_target=true")
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
 FIXED_ALPHA_NOTE = ("the defaults with the entropy bonus's weight fixed at 0.1, not tuned to a target entropy; "
@@ -107,27 +92,52 @@ ENDPOINT_NOTE = ("the defaults with the flow-matching target giving no gradient 
                  "(`endpoint_loss_coef=1`); see `learning_notes.md`")
 HORIZON_NOTE = ("the defaults with 5-step imagined rollouts instead of 16 (world-model windows too); "
                 "see `learning_notes.md`")
-VARIANT_NOTES = {"baseline-pwm": PWM_NOTE, "flow-pwm": PWM_NOTE,
-                 "flow-simplex-detached": "see `results/study_pwm_objective/followups/README.md`",
-                 "baseline-entropy": ENTROPY_NOTE, "flow-entropy": ENTROPY_NOTE,
-                 "flow-simplex-detached-entropy": "both follow-up knobs and the entropy bonus; see `learning_notes.md`",
-                 "baseline-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
-                 "flow-normalized": f"{NORMALIZED_NOTE}; see `learning_notes.md`",
-                 "baseline-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
-                 "flow-normalized-entropy": f"{NORMALIZED_NOTE}, and the entropy bonus",
-                 "baseline-fixed-alpha": FIXED_ALPHA_NOTE, "flow-fixed-alpha": FIXED_ALPHA_NOTE,
-                 "flow-simplex": ("the defaults with each integrated latent projected onto SimNorm's simplices "
-                                  "(`flow.latent_projection=simplex`); see `learning_notes.md`"),
-                 "baseline-h5": HORIZON_NOTE, "flow-h5": HORIZON_NOTE,
-                 "baseline-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
-                 "baseline-motion": MOTION_NOTE, "flow-motion": MOTION_NOTE,
-                 "baseline-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
-                 "flow-h5-motion": f"{MOTION_NOTE}; and 5-step imagined rollouts",
-                 "flow-h5-updates150": HORIZON_NOTE + "; and 3x the updates per episode (150, 0.3 per step)",
-                 "flow-h5-endpoint-detached": f"{ENDPOINT_NOTE}; and 5-step imagined rollouts",
-                 "flow-endpoint-detached": ENDPOINT_NOTE,
-                 "baseline-updates150": "the defaults with 3x the updates per episode (150, 0.3 per step)"}
-VARIANTS = [*PWM_ALGS, "sac"]
+UPDATES_NOTE = "3x the updates per episode (150, 0.3 per step)"
+#: In the table's and the plot's order.
+PWM_VARIANTS = {
+    "baseline": Variant("baseline", color="tab:blue"),
+    "flow": Variant("flow", color="tab:orange"),
+    "baseline-pwm": Variant("baseline", (PWM_OBJECTIVE,), PWM_NOTE, "navy"),
+    "flow-pwm": Variant("flow", (PWM_OBJECTIVE,), PWM_NOTE, "goldenrod"),
+    "flow-simplex-detached": Variant("flow", (PWM_OBJECTIVE, *SIMPLEX_DETACHED),
+                                     "see `results/study_pwm_objective/followups/README.md`", "tab:red"),
+    "baseline-entropy": Variant("baseline", (PWM_OBJECTIVE, ENTROPY_BONUS), ENTROPY_NOTE, "tab:cyan"),
+    "flow-entropy": Variant("flow", (PWM_OBJECTIVE, ENTROPY_BONUS), ENTROPY_NOTE, "tab:brown"),
+    "flow-simplex-detached-entropy": Variant(
+        "flow", (PWM_OBJECTIVE, *SIMPLEX_DETACHED, ENTROPY_BONUS),
+        "both follow-up knobs and the entropy bonus; see `learning_notes.md`", "tab:purple"),
+    "baseline-normalized": Variant("baseline", (PWM_OBJECTIVE, NORMALIZED_DYNAMICS),
+                                   f"{NORMALIZED_NOTE}; see `learning_notes.md`", "tab:olive"),
+    "flow-normalized": Variant("flow", (PWM_OBJECTIVE, NORMALIZED_DYNAMICS),
+                               f"{NORMALIZED_NOTE}; see `learning_notes.md`", "tab:pink"),
+    "baseline-normalized-entropy": Variant("baseline", (PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS),
+                                           f"{NORMALIZED_NOTE}, and the entropy bonus", "tab:gray"),
+    "flow-normalized-entropy": Variant("flow", (PWM_OBJECTIVE, NORMALIZED_DYNAMICS, ENTROPY_BONUS),
+                                       f"{NORMALIZED_NOTE}, and the entropy bonus", "magenta"),
+    "baseline-fixed-alpha": Variant("baseline", (FIXED_ALPHA,), FIXED_ALPHA_NOTE, "cornflowerblue"),
+    "flow-fixed-alpha": Variant("flow", (FIXED_ALPHA,), FIXED_ALPHA_NOTE, "sandybrown"),
+    "flow-simplex": Variant("flow", (SIMPLEX,),
+                            "the defaults with each integrated latent projected onto SimNorm's simplices "
+                            "(`flow.latent_projection=simplex`); see `learning_notes.md`", "crimson"),
+    "baseline-h5": Variant("baseline", (SHORT_HORIZON,), HORIZON_NOTE, "darkblue"),
+    "flow-h5": Variant("flow", (SHORT_HORIZON,), HORIZON_NOTE, "darkorange"),
+    "baseline-h5-updates150": Variant("baseline", (SHORT_HORIZON, MORE_UPDATES), f"{HORIZON_NOTE}; and {UPDATES_NOTE}",
+                                      "black"),
+    "baseline-motion": Variant("baseline", (MOTION_NORMALIZER,), MOTION_NOTE, "teal"),
+    "flow-motion": Variant("flow", (MOTION_NORMALIZER,), MOTION_NOTE, "orangered"),
+    "baseline-h5-motion": Variant("baseline", (SHORT_HORIZON, MOTION_NORMALIZER),
+                                  f"{MOTION_NOTE}; and 5-step imagined rollouts", "slategray"),
+    "flow-h5-motion": Variant("flow", (SHORT_HORIZON, MOTION_NORMALIZER),
+                              f"{MOTION_NOTE}; and 5-step imagined rollouts", "chocolate"),
+    "flow-h5-updates150": Variant("flow", (SHORT_HORIZON, MORE_UPDATES), f"{HORIZON_NOTE}; and {UPDATES_NOTE}",
+                                  "dimgray"),
+    "flow-h5-endpoint-detached": Variant("flow", (SHORT_HORIZON, *ENDPOINT_DETACHED),
+                                         f"{ENDPOINT_NOTE}; and 5-step imagined rollouts", "darkviolet"),
+    "flow-endpoint-detached": Variant("flow", ENDPOINT_DETACHED, ENDPOINT_NOTE, "mediumorchid"),
+    "baseline-updates150": Variant("baseline", (MORE_UPDATES,), f"the defaults with {UPDATES_NOTE}", "steelblue"),
+}
+SAC_COLOR = "tab:green"
+VARIANTS = [*PWM_VARIANTS, "sac"]
 RUN_KEY = ["task", "variant", "seed"]
 CURVE_COLUMNS = [*RUN_KEY, "env_steps", "eval_reward", "tdmpc2_reward_at_same_steps"]
 RUN_COLUMNS = [*RUN_KEY, "minutes", "commit"]
@@ -144,10 +154,10 @@ def run_pwm(args: argparse.Namespace, task: str, variant: str, seed: int) -> str
     seed_episodes = 5
     iterations = (args.steps - seed_episodes * EPISODE_STEPS) // EPISODE_STEPS
     command = [sys.executable, str(REPO / "scripts" / "train_singletask.py"), f"env={task}",
-               f"alg={PWM_ALGS[variant].format(alg=args.alg)}", f"seed={seed}", f"general.run_dir={run_dir}",
+               f"alg={PWM_VARIANTS[variant].alg(args.alg)}", f"seed={seed}", f"general.run_dir={run_dir}",
                f"train.iterations={iterations}", f"train.seed_episodes={seed_episodes}",
                f"train.eval_every={args.eval_every // EPISODE_STEPS}", f"train.eval_episodes={args.eval_episodes}",
-               "train.tensorboard=false", "threads=1", *VARIANT_OVERRIDES.get(variant, []), *args.override]
+               "train.tensorboard=false", "threads=1", *PWM_VARIANTS[variant].overrides, *args.override]
     log = run_dir / "stdout.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
@@ -291,9 +301,9 @@ def render_markdown(args: argparse.Namespace, results, runs, command: str, commi
              *([f"`baseline`, `flow`: `alg={args.alg}`, `alg={args.alg}_flow` with the configs' defaults "
                 "(`scripts/cfg/alg/pwm_defaults.yaml`).", ""]
                if {"baseline", "flow"} & set(results.variant) else []),
-             *[line for variant, overrides in VARIANT_OVERRIDES.items() if variant in set(results.variant)
-               for line in (f"`{variant}`: `alg={PWM_ALGS[variant].format(alg=args.alg)}` with "
-                            + " ".join(f"`{o}`" for o in overrides) + f" ({VARIANT_NOTES[variant]}).", "")],
+             *[line for name, variant in PWM_VARIANTS.items() if variant.overrides and name in set(results.variant)
+               for line in (f"`{name}`: `alg={variant.alg(args.alg)}` with "
+                            + " ".join(f"`{o}`" for o in variant.overrides) + f" ({variant.note}).", "")],
              "TD-MPC2 (reference): its released learning curves (TD-MPC2 repository, `results/tdmpc2/`, "
              "3 seeds, state observations), mean over seeds.", "",
              "| task | agent | seeds | steps run | " + " | ".join(f"reward @ {b // 1000}k" for b in budgets)
@@ -340,16 +350,7 @@ def plot(results, path: Path) -> None:
     reference = tdmpc2_reference()
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    colors = {"baseline": "tab:blue", "flow": "tab:orange", "baseline-pwm": "navy", "flow-pwm": "goldenrod",
-              "flow-simplex-detached": "tab:red", "sac": "tab:green",
-              "baseline-entropy": "tab:cyan", "flow-entropy": "tab:brown", "flow-simplex-detached-entropy": "tab:purple",
-              "baseline-normalized": "tab:olive", "flow-normalized": "tab:pink",
-              "baseline-normalized-entropy": "tab:gray", "flow-normalized-entropy": "magenta", "flow-simplex": "crimson",
-              "baseline-h5": "darkblue", "flow-h5": "darkorange", "baseline-h5-updates150": "black",
-              "baseline-motion": "teal", "flow-motion": "orangered",
-              "baseline-h5-motion": "slategray", "flow-h5-motion": "chocolate",
-              "flow-h5-updates150": "dimgray", "flow-h5-endpoint-detached": "darkviolet",
-              "flow-endpoint-detached": "mediumorchid", "baseline-updates150": "steelblue"}
+    colors = {**{name: variant.color for name, variant in PWM_VARIANTS.items()}, "sac": SAC_COLOR}
     for ax, task in zip(axes[0], tasks):
         for variant, color in colors.items():
             frame = results[(results.task == task) & (results.variant == variant)]

@@ -27,6 +27,7 @@ def load_benchmark(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -268,6 +268,10 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
                        "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
                        "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached",
                        "flow-endpoint-detached", "baseline-updates150"}
-    assert all(learning.PWM_OBJECTIVE in overrides for variant, overrides in learning.VARIANT_OVERRIDES.items()
-               if variant not in todays_defaults)
-    assert set(learning.PWM_ALGS) - set(learning.VARIANT_OVERRIDES) == {"baseline", "flow"}
+    assert all(learning.PWM_OBJECTIVE in variant.overrides for name, variant in learning.PWM_VARIANTS.items()
+               if name not in todays_defaults | {"baseline", "flow"})
+    assert {name for name, variant in learning.PWM_VARIANTS.items() if not variant.overrides} == {"baseline", "flow"}
+    assert all(variant.note for variant in learning.PWM_VARIANTS.values() if variant.overrides)
+    assert all(name.startswith(variant.dynamics) for name, variant in learning.PWM_VARIANTS.items())
+    colors = [variant.color for variant in learning.PWM_VARIANTS.values()] + [learning.SAC_COLOR]
+    assert len(set(colors)) == len(colors)  # every curve of learning.png tells its agent apart
