@@ -9,7 +9,10 @@ Every configuration runs in a fresh process (so its peak memory is its own). Two
 gradients, optimizer state, temporaries; torch's MemTracker, the CPU counterpart of
 ``torch.cuda.max_memory_allocated``), and "WM upd MB", the process's peak above the memory held
 before the updates (peak RSS on CPU, which also counts what the C allocator keeps cached; CUDA:
-``torch.cuda.max_memory_allocated``). Ratios are flow / baseline
+``torch.cuda.max_memory_allocated``). glibc keeps freed blocks of up to 32 MB in its heap once it has
+seen blocks that large freed (its adaptive mmap threshold), so the RSS figure also depends on how a
+variant allocates; ``--malloc-mmap-threshold 65536`` fixes the threshold and RSS then follows the
+live tensors. Ratios are flow / baseline
 (time ratios > 1 = slower). Also printed: FLOPs of one world-model update (torch's FLOP counter) and
 the achieved rate against this machine's own matmul rate on the update's shapes.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -94,7 +98,7 @@ def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: 
                "wm_tensor_mb": wm_tensor_mb,
                "esnr_every": esnr_every, "esnr_overhead": (esnr_policy_s - policy_s) / esnr_every / policy_s,
                "wm_params": sum(p.numel() for p in agent.wm.parameters()), "device": str(device),
-               "wm_first_update_s": warmup_s[0]})
+               "wm_first_update_s": warmup_s[0], "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")})
 
 
 def _tensor_peak_mb(agent, update) -> float:
@@ -147,9 +151,15 @@ def main() -> None:
                         help="K values also measured with compile_wm_loss=true (rows *-c; the baseline too when "
                              "any); pass none to skip: compiling takes minutes")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ for the measuring processes: blocks this large or "
+                             "larger are mapped and returned on free, so RSS follows live memory (default: glibc's "
+                             "adaptive threshold, under which freed blocks of up to 32 MB stay in the heap)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     cli = parser.parse_args()
+    if cli.malloc_mmap_threshold is not None:  # read by glibc when each spawned process starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(cli.malloc_mmap_threshold)
     args = {"batch": cli.batch, "horizon": cli.horizon, "obs_dim": cli.obs_dim, "act_dim": cli.act_dim,
             "repeats": cli.repeats, "esnr_splits": cli.esnr_splits, "threads": cli.threads, "device": cli.device}
 
@@ -167,7 +177,9 @@ def main() -> None:
                 row["wm_gflop"] = eager_gflop.get(row["K"], float("nan"))
                 row["wm_gflops"] = row["wm_gflop"] / row["wm_update_s"]
     base = rows[0]
-    print(f"{cli.alg}: batch {cli.batch}, H {cli.horizon}, device {base['device']}, {cli.repeats} repeats\n")
+    thresholds = {row["malloc_mmap_threshold"] for row in rows}  # as the measuring processes saw it
+    allocator = "".join(f", MALLOC_MMAP_THRESHOLD_={value}" for value in thresholds if value is not None)
+    print(f"{cli.alg}: batch {cli.batch}, H {cli.horizon}, device {base['device']}, {cli.repeats} repeats{allocator}\n")
     header = (f"{'variant':<9}{'K':>3}{'WM params':>12}{'WM upd/s':>10}{'x base':>8}"
               f"{'policy upd/s':>14}{'x base':>8}{'tensor MB':>11}{'x base':>8}{'WM upd MB':>11}{'x base':>8}"
               f"{'peak MB':>10}{'x base':>8}")
