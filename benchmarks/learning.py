@@ -44,12 +44,16 @@ TASKS = ["cartpole-balance", "reacher-easy", "cup-catch", "pendulum-swingup", "w
 TARGETS = {"cartpole-balance": 900.0, "reacher-easy": 700.0, "cup-catch": 700.0}
 @dataclass(frozen=True)
 class Variant:
-    """A learning-benchmark agent: the dynamics it uses, its overrides on top of the configs, how the table names it."""
+    """A learning-benchmark agent: the dynamics it uses, its overrides on top of the configs, how the report shows it."""
 
     dynamics: str  # "baseline" (``alg=<alg>``) or "flow" (``alg=<alg>_flow``)
     overrides: tuple[str, ...] = ()  # Hydra overrides on top of the alg's defaults
     note: str = ""  # what the overrides mean, for the markdown's legend
     color: str = "black"  # its curves in learning.png
+
+    def __post_init__(self) -> None:
+        if self.dynamics not in ("baseline", "flow"):
+            raise ValueError(f"Variant.dynamics must be 'baseline' or 'flow', got {self.dynamics!r}")
 
     def alg(self, size: str) -> str:
         return size if self.dynamics == "baseline" else f"{size}_flow"

@@ -275,3 +275,5 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
     assert all(name.startswith(variant.dynamics) for name, variant in learning.PWM_VARIANTS.items())
     colors = [variant.color for variant in learning.PWM_VARIANTS.values()] + [learning.SAC_COLOR]
     assert len(set(colors)) == len(colors)  # every curve of learning.png tells its agent apart
+    with pytest.raises(ValueError, match="Variant.dynamics must be 'baseline' or 'flow', got 'flwo'"):
+        learning.Variant("flwo")
