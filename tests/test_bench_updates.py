@@ -18,8 +18,9 @@ def _bench(*extra: str) -> str:
 def test_the_table_has_every_variant_against_the_baseline_and_the_allocator_setting_reaches_the_measurements():
     out = _bench("--malloc-mmap-threshold", "65536")
     assert "pwm_tiny: batch 8, H 3, device cpu, 1 repeats, MALLOC_MMAP_THRESHOLD_=65536" in out
-    rows = {line.split()[0] + line.split()[1]: line.split() for line in out.splitlines()
-            if line.split()[:1] in (["baseline"], ["flow"], ["flow-rc"]) and len(line.split()) == 13}
+    table = [fields for fields in map(str.split, out.splitlines())
+             if len(fields) == 13 and fields[0] in ("baseline", "flow", "flow-rc")]
+    rows = {fields[0] + fields[1]: fields for fields in table}
     assert set(rows) == {"baseline-", "flow2", "flow-rc2"}
     assert rows["baseline-"][4] == rows["baseline-"][6] == rows["baseline-"][8] == "1.00"  # ratios to itself
     # recomputing the Euler sub-steps in backward holds fewer live tensors than keeping them
