@@ -139,6 +139,9 @@ PWM_VARIANTS = {
                                          f"{ENDPOINT_NOTE}; and 5-step imagined rollouts", "darkviolet"),
     "flow-endpoint-detached": Variant("flow", ENDPOINT_DETACHED, ENDPOINT_NOTE, "mediumorchid"),
     "baseline-updates150": Variant("baseline", (MORE_UPDATES,), f"the defaults with {UPDATES_NOTE}", "steelblue"),
+    "flow-h5-endpoint-detached-updates150": Variant(
+        "flow", (SHORT_HORIZON, *ENDPOINT_DETACHED, MORE_UPDATES),
+        f"{ENDPOINT_NOTE}; and 5-step imagined rollouts and {UPDATES_NOTE}", "indigo"),
 }
 SAC_COLOR = "tab:green"
 VARIANTS = [*PWM_VARIANTS, "sac"]

@@ -256,8 +256,10 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
         assert composed[twin].world_model_config.dynamics_loss_normalizer == "variance"
         motion.world_model_config.dynamics_loss_normalizer, motion.horizon = "variance", 16
         assert motion == composed[twin]  # today's defaults with the motion divisor (and H=5), nothing else
-    for variant, horizon in (("flow-endpoint-detached", 16), ("flow-h5-endpoint-detached", 5)):
+    for variant, horizon in (("flow-endpoint-detached", 16), ("flow-h5-endpoint-detached", 5),
+                             ("flow-h5-endpoint-detached-updates150", 5)):
         learning.run_pwm(args, "cup-catch", variant, 0)
+        assert ("train.updates_per_iteration=150" in commands[-1]) == variant.endswith("-updates150")
         endpoint = composed_alg(learning, commands[-1])
         assert endpoint.world_model_config.endpoint_loss_coef == 1.0 and endpoint.world_model_config.detach_velocity_target
         assert composed["flow"].world_model_config.endpoint_loss_coef == 0.0 and endpoint.horizon == horizon
@@ -267,7 +269,7 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
     todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
                        "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
                        "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached",
-                       "flow-endpoint-detached", "baseline-updates150"}
+                       "flow-endpoint-detached", "baseline-updates150", "flow-h5-endpoint-detached-updates150"}
     assert all(learning.PWM_OBJECTIVE in variant.overrides for name, variant in learning.PWM_VARIANTS.items()
                if name not in todays_defaults | {"baseline", "flow"})
     assert {name for name, variant in learning.PWM_VARIANTS.items() if not variant.overrides} == {"baseline", "flow"}
