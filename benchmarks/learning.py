@@ -83,6 +83,7 @@ SIMPLEX_DETACHED = (SIMPLEX, "alg.world_model_config.detach_velocity_target=true
 SHORT_HORIZON = "alg.horizon=5"
 MORE_UPDATES = "train.updates_per_iteration=150"
 MOTION_NORMALIZER = "alg.world_model_config.dynamics_loss_normalizer=motion"
+FIELD_ONLY = ("alg.world_model_config.detach_flow_matching_latents=true",)
 ENDPOINT_DETACHED = ("alg.world_model_config.endpoint_loss_coef=1.0", "alg.world_model_config.detach_velocity_target=true")
 PWM_NOTE = "PWM's objective, the configs' defaults until 2026-12-02"
 NORMALIZED_NOTE = "the dynamics loss in units of the latent variance, weighted by `alg.wm_normalized_dynamics_coef`"
@@ -96,6 +97,8 @@ ENDPOINT_NOTE = ("the defaults with the flow-matching target giving no gradient 
                  "(`endpoint_loss_coef=1`); see `learning_notes.md`")
 HORIZON_NOTE = ("the defaults with 5-step imagined rollouts instead of 16 (world-model windows too); "
                 "see `learning_notes.md`")
+FIELD_ONLY_NOTE = ("the defaults with the flow-matching loss training the velocity field alone, the encoder learning "
+                   "from the reward loss (`detach_flow_matching_latents=true`); see `learning_notes.md`")
 UPDATES_NOTE = "3x the updates per episode (150, 0.3 per step)"
 #: In the table's and the plot's order.
 PWM_VARIANTS = {
@@ -142,6 +145,10 @@ PWM_VARIANTS = {
     "flow-h5-endpoint-detached-updates150": Variant(
         "flow", (SHORT_HORIZON, *ENDPOINT_DETACHED, MORE_UPDATES),
         f"{ENDPOINT_NOTE}; and 5-step imagined rollouts and {UPDATES_NOTE}", "indigo"),
+    "flow-fieldonly": Variant("flow", FIELD_ONLY, FIELD_ONLY_NOTE, "firebrick"),
+    "flow-h5-fieldonly-updates150": Variant("flow", (SHORT_HORIZON, *FIELD_ONLY, MORE_UPDATES),
+                                            f"{FIELD_ONLY_NOTE}; and 5-step imagined rollouts and {UPDATES_NOTE}",
+                                            "darkred"),
 }
 SAC_COLOR = "tab:green"
 VARIANTS = [*PWM_VARIANTS, "sac"]

@@ -38,6 +38,9 @@ def test_flow_knobs_apply_only_to_flow_variants():
     both = variant_alg(cfg.alg, {"detach_velocity_target": True, "endpoint_loss_coef": 1.0})
     assert both.world_model_config.endpoint_loss_coef == 1.0
     assert variant_label(both) == "flow-K4-uniform-detached-endpoint1"
+    field_only = variant_alg(cfg.alg, {"detach_flow_matching_latents": True})
+    assert field_only.world_model_config.detach_flow_matching_latents is True
+    assert variant_label(field_only) == "flow-K4-uniform-fieldonly"
     assert variant_label(variant_alg(cfg.alg, compose_ab("alg=pwm_tiny_flow").flow)) == "flow-K4-uniform"
 
 

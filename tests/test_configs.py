@@ -53,7 +53,7 @@ def test_every_size_fills_the_shared_defaults(alg):
             base = compose("config", overrides=[f"alg={alg.removesuffix('_flow')}"]).alg
         twin = OmegaConf.to_container(cfg.alg)
         for key in ("_target_", "integrate_steps", "fm_tau_sampling", "recompute_substeps", "latent_projection",
-                    "detach_velocity_target", "endpoint_loss_coef"):
+                    "detach_velocity_target", "endpoint_loss_coef", "detach_flow_matching_latents"):
             twin["world_model_config"].pop(key)
         base = OmegaConf.to_container(base)
         base["world_model_config"].pop("_target_")

@@ -266,10 +266,19 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
         endpoint.world_model_config.endpoint_loss_coef, endpoint.world_model_config.detach_velocity_target = 0.0, False
         endpoint.horizon = 16
         assert endpoint == composed["flow"]  # today's flow with the two knobs (and H=5), nothing else
+    for variant, horizon in (("flow-fieldonly", 16), ("flow-h5-fieldonly-updates150", 5)):
+        learning.run_pwm(args, "cup-catch", variant, 0)
+        assert ("train.updates_per_iteration=150" in commands[-1]) == variant.endswith("-updates150")
+        field_only = composed_alg(learning, commands[-1])
+        assert field_only.world_model_config.detach_flow_matching_latents and field_only.horizon == horizon
+        assert not composed["flow"].world_model_config.detach_flow_matching_latents
+        field_only.world_model_config.detach_flow_matching_latents, field_only.horizon = False, 16
+        assert field_only == composed["flow"]  # today's flow with the knob (and H=5), nothing else
     todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
                        "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
                        "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached",
-                       "flow-endpoint-detached", "baseline-updates150", "flow-h5-endpoint-detached-updates150"}
+                       "flow-endpoint-detached", "baseline-updates150", "flow-h5-endpoint-detached-updates150",
+                       "flow-fieldonly", "flow-h5-fieldonly-updates150"}
     assert all(learning.PWM_OBJECTIVE in variant.overrides for name, variant in learning.PWM_VARIANTS.items()
                if name not in todays_defaults | {"baseline", "flow"})
     assert {name for name, variant in learning.PWM_VARIANTS.items() if not variant.overrides} == {"baseline", "flow"}

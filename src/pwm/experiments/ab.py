@@ -32,7 +32,8 @@ from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
 from pwm.utils.extras import check_optional_extras
 
-FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target", "endpoint_loss_coef")
+FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target", "endpoint_loss_coef",
+              "detach_flow_matching_latents")
 #: Reset seeds of the random-policy reference episodes: those of the evaluations (EVAL_SEED_OFFSET + seed + i).
 RANDOM_REFERENCE_SEED = EVAL_SEED_OFFSET
 
@@ -49,8 +50,8 @@ def variant_alg(alg_cfg: DictConfig, flow_knobs: DictConfig | dict) -> DictConfi
 
 def variant_label(alg_cfg: DictConfig) -> str:
     """``baseline`` or ``flow-K<integrate_steps>-<fm_tau_sampling>``, plus ``-<latent_projection>``,
-    ``-detached`` (``detach_velocity_target``) and ``-endpoint<coef>`` (``endpoint_loss_coef``) when set
-    (run folders of the spec's flow keep their names)."""
+    ``-detached`` (``detach_velocity_target``), ``-fieldonly`` (``detach_flow_matching_latents``) and
+    ``-endpoint<coef>`` (``endpoint_loss_coef``) when set (run folders of the spec's flow keep their names)."""
     if variant_name(alg_cfg) == "baseline":
         return "baseline"
     wm = alg_cfg.world_model_config
@@ -58,6 +59,7 @@ def variant_label(alg_cfg: DictConfig) -> str:
     projection = wm.get("latent_projection", "none")
     label = label if projection == "none" else f"{label}-{projection}"
     label = f"{label}-detached" if wm.get("detach_velocity_target", False) else label
+    label = f"{label}-fieldonly" if wm.get("detach_flow_matching_latents", False) else label
     endpoint = float(wm.get("endpoint_loss_coef", 0.0))
     return f"{label}-endpoint{endpoint:g}" if endpoint else label
 

@@ -52,6 +52,14 @@ class FlowWorldModel(LatentWorldModel):
             same divisor. 0 (the default) is the spec's pure flow-matching loss. Why an option: on a
             walker-walk replay, a detached target without it let the integrated latents drift hundreds of
             times further than the encoder's latents move per step (see ``benchmarks/results/learning_notes.md``).
+        detach_flow_matching_latents: if true, the flow-matching loss trains the velocity field alone:
+            ``z_s`` (in ``z_tau`` and in the target) and the loss's divisor are constants of the loss, so
+            the encoder and the rollout's earlier steps learn only from the reward loss (through the
+            integrated latents, which keep their gradient) and the optional endpoint term. Why an
+            option: through ``z_s`` the flow-matching loss pulls each latent towards the next one and the
+            encoder slows its latents down (walker-walk: 0.04 of their variance per step after 3,000
+            updates on a fixed replay, 0.002 online), while a field fitted to a fixed encoder follows
+            walker's motion as well as the baseline's MLP (``benchmarks/results/learning_notes.md``).
         recompute_substeps: in world-model updates, keep only each environment step's input latent for
             the backward pass and recompute the K Euler sub-steps there (activation checkpointing):
             the same gradients, less activation memory, one more forward pass of the dynamics.
@@ -73,6 +81,7 @@ class FlowWorldModel(LatentWorldModel):
         recompute_substeps: bool = False,
         detach_velocity_target: bool = False,
         endpoint_loss_coef: float = 0.0,
+        detach_flow_matching_latents: bool = False,
         **kwargs,
     ):
         super().__init__(obs_dim, act_dim, **kwargs)
@@ -97,6 +106,7 @@ class FlowWorldModel(LatentWorldModel):
         self.recompute_substeps = bool(recompute_substeps)
         self.detach_velocity_target = bool(detach_velocity_target)
         self.endpoint_loss_coef = float(endpoint_loss_coef)
+        self.detach_flow_matching_latents = bool(detach_flow_matching_latents)
         self._velocity = mlp(self.latent_dim + self.act_dim + self.task_dim + 1, self.units, self.latent_dim)
         self._velocity.apply(init_weights)
         self.register_buffer("latent_clip_count", torch.zeros((), dtype=torch.long), persistent=False)
@@ -182,7 +192,8 @@ class FlowWorldModel(LatentWorldModel):
             zs: predicted latents ``[H + 1, B, latent_dim]``, ``zs[0] = z0``, ``zs[t+1] = next(zs[t], a_t)``.
             dynamics_loss: ``(1/H) * sum_t gamma^t * mean(|| v(z_tau, a_t, tau) - (z_tgt - z_s) ||^2) / s_t``
                 with ``z_s = zs[t]`` (the prediction, so the loss also shapes the earlier steps of the
-                rollout; through ``z_tau`` only when ``detach_velocity_target``) and
+                rollout; through ``z_tau`` only when ``detach_velocity_target``, not at all when
+                ``detach_flow_matching_latents``) and
                 ``z_tgt = next_z_seq[t]``, plus the optional endpoint term. The squared norm is averaged
                 over latent dimensions and batch, the reduction of the baseline's MSE, so both branches'
                 dynamics terms have one scale next to the reward loss; ``s_t`` is the shared
@@ -203,8 +214,10 @@ class FlowWorldModel(LatentWorldModel):
         fuse_first_substep = not self._recomputes_substeps()
         for t in range(horizon):
             z_source, z_target = zs[-1], next_z_seq[t]
+            # the rollout integrates z_source with its gradient; the loss may see it as a constant
+            loss_source = z_source.detach() if self.detach_flow_matching_latents else z_source
             tau = self.sample_tau(z_source)
-            z_tau = (1.0 - tau) * z_source + tau * z_target
+            z_tau = (1.0 - tau) * loss_source + tau * z_target
             first_velocity = None
             if fuse_first_substep:
                 first_time = self._substep_time(0, tau).expand_as(tau)
@@ -213,8 +226,9 @@ class FlowWorldModel(LatentWorldModel):
                 predicted_velocity, first_velocity = both.chunk(2)
             else:
                 predicted_velocity = self.velocity(z_tau, act_seq[t], tau, task)
-            source = z_source.detach() if self.detach_velocity_target else z_source
-            scale = self.dynamics_loss_scale(z_source, z0, next_z_seq[0])
+            source = loss_source.detach() if self.detach_velocity_target else loss_source
+            start = z0.detach() if self.detach_flow_matching_latents else z0
+            scale = self.dynamics_loss_scale(loss_source, start, next_z_seq[0])
             step_loss = (predicted_velocity - (z_target - source)).pow(2).mean()
             z_next = self.next(z_source, act_seq[t], task, first_velocity)
             if self.endpoint_loss_coef:
