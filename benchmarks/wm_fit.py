@@ -41,13 +41,15 @@ REPO = Path(__file__).resolve().parent.parent
 CFG_DIR = REPO / "scripts" / "cfg" / "alg"
 NORMALIZED = "world_model_config.normalize_dynamics_loss=true"
 SPEC_DYNAMICS_LOSS = "world_model_config.normalize_dynamics_loss=false"  # the configs' default is the normalised one
-#: name -> (alg config, overrides of it). ``flow-detached``: no gradient into z_s through the FM target.
+#: name -> (alg config, overrides of it). ``flow-detached``: no gradient into z_s through the FM target;
+#: ``flow-fieldonly-normalized``: the FM loss trains the field alone (``detach_flow_matching_latents``).
 VARIANTS = {
     "baseline": ("{alg}", [SPEC_DYNAMICS_LOSS]),
     "flow": ("{alg}_flow", [SPEC_DYNAMICS_LOSS]),
     "flow-detached": ("{alg}_flow", [SPEC_DYNAMICS_LOSS, "world_model_config.detach_velocity_target=true"]),
     "baseline-normalized": ("{alg}", [NORMALIZED]),
     "flow-normalized": ("{alg}_flow", [NORMALIZED]),
+    "flow-fieldonly-normalized": ("{alg}_flow", [NORMALIZED, "world_model_config.detach_flow_matching_latents=true"]),
 }
 COLUMNS = ["variant", "iteration", "seconds", "latent_spread", "latent_nmse_1", "latent_nmse_H", "one_step_vs_copy",
            "reward_corr_1", "reward_corr_rollout", "reward_nmse_rollout"]

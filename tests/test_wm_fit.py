@@ -76,8 +76,10 @@ def test_variants_differ_only_in_their_named_knobs(wm_fit):
     configs = {name: wm_fit.variant_config(name, "pwm_tiny") for name in wm_fit.VARIANTS}
     assert configs["flow-detached"].world_model_config.detach_velocity_target
     assert not configs["flow"].world_model_config.detach_velocity_target
-    for name in ("baseline-normalized", "flow-normalized"):
+    for name in ("baseline-normalized", "flow-normalized", "flow-fieldonly-normalized"):
         assert configs[name].world_model_config.normalize_dynamics_loss
+    assert configs["flow-fieldonly-normalized"].world_model_config.detach_flow_matching_latents
+    assert not configs["flow-normalized"].world_model_config.detach_flow_matching_latents
     assert not configs["baseline"].world_model_config.normalize_dynamics_loss
 
 
