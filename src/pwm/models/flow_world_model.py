@@ -59,7 +59,8 @@ class FlowWorldModel(LatentWorldModel):
             option: through ``z_s`` the flow-matching loss pulls each latent towards the next one and the
             encoder slows its latents down (walker-walk: 0.04 of their variance per step after 3,000
             updates on a fixed replay, 0.002 online), while a field fitted to a fixed encoder follows
-            walker's motion as well as the baseline's MLP (``benchmarks/results/learning_notes.md``).
+            walker's motion as well as the baseline's MLP. Online on walker-walk the option kept the latents
+            moving, but the policy did not hold what it learned (``benchmarks/results/learning_notes.md``).
         recompute_substeps: in world-model updates, keep only each environment step's input latent for
             the backward pass and recompute the K Euler sub-steps there (activation checkpointing):
             the same gradients, less activation memory, one more forward pass of the dynamics.
