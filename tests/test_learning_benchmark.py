@@ -256,24 +256,23 @@ def test_baseline_and_flow_are_the_defaults_and_every_other_variant_keeps_its_da
         assert composed[twin].world_model_config.dynamics_loss_normalizer == "variance"
         motion.world_model_config.dynamics_loss_normalizer, motion.horizon = "variance", 16
         assert motion == composed[twin]  # today's defaults with the motion divisor (and H=5), nothing else
-    for variant, horizon in (("flow-endpoint-detached", 16), ("flow-h5-endpoint-detached", 5),
-                             ("flow-h5-endpoint-detached-updates150", 5)):
+    # flow knob -> (the variant's value, the defaults' value)
+    endpoint_knobs = {"endpoint_loss_coef": (1.0, 0.0), "detach_velocity_target": (True, False)}
+    field_only_knobs = {"detach_flow_matching_latents": (True, False)}
+    for variant, horizon, knobs in (("flow-endpoint-detached", 16, endpoint_knobs),
+                                    ("flow-h5-endpoint-detached", 5, endpoint_knobs),
+                                    ("flow-h5-endpoint-detached-updates150", 5, endpoint_knobs),
+                                    ("flow-fieldonly", 16, field_only_knobs),
+                                    ("flow-h5-fieldonly-updates150", 5, field_only_knobs)):
         learning.run_pwm(args, "cup-catch", variant, 0)
         assert ("train.updates_per_iteration=150" in commands[-1]) == variant.endswith("-updates150")
-        endpoint = composed_alg(learning, commands[-1])
-        assert endpoint.world_model_config.endpoint_loss_coef == 1.0 and endpoint.world_model_config.detach_velocity_target
-        assert composed["flow"].world_model_config.endpoint_loss_coef == 0.0 and endpoint.horizon == horizon
-        endpoint.world_model_config.endpoint_loss_coef, endpoint.world_model_config.detach_velocity_target = 0.0, False
-        endpoint.horizon = 16
-        assert endpoint == composed["flow"]  # today's flow with the two knobs (and H=5), nothing else
-    for variant, horizon in (("flow-fieldonly", 16), ("flow-h5-fieldonly-updates150", 5)):
-        learning.run_pwm(args, "cup-catch", variant, 0)
-        assert ("train.updates_per_iteration=150" in commands[-1]) == variant.endswith("-updates150")
-        field_only = composed_alg(learning, commands[-1])
-        assert field_only.world_model_config.detach_flow_matching_latents and field_only.horizon == horizon
-        assert not composed["flow"].world_model_config.detach_flow_matching_latents
-        field_only.world_model_config.detach_flow_matching_latents, field_only.horizon = False, 16
-        assert field_only == composed["flow"]  # today's flow with the knob (and H=5), nothing else
+        knobbed = composed_alg(learning, commands[-1])
+        assert knobbed.horizon == horizon
+        for key, (value, default) in knobs.items():
+            assert knobbed.world_model_config[key] == value and composed["flow"].world_model_config[key] == default
+            knobbed.world_model_config[key] = default
+        knobbed.horizon = 16
+        assert knobbed == composed["flow"]  # today's flow with the variant's knobs (and H=5), nothing else
     todays_defaults = {"baseline-fixed-alpha", "flow-fixed-alpha", "flow-simplex", "baseline-h5", "flow-h5",
                        "baseline-h5-updates150", "baseline-motion", "flow-motion", "baseline-h5-motion",
                        "flow-h5-motion", "flow-h5-updates150", "flow-h5-endpoint-detached",
