@@ -17,6 +17,10 @@ once), and is scored every ``--eval-every`` updates on the same 1,024 held-out w
 ``--set KEY=V1,V2`` adds an alg override to every variant; each of its values is a run of its own,
 named ``<variant> KEY=V``.
 
+``--lr-schedule constant linear`` runs every variant under each world-model learning-rate schedule of
+pretraining (``pretrain.lr_schedule``; ``linear`` decays the rate to ``--lr-final`` over ``--iterations``);
+rows under ``linear`` are named ``<variant> lr=linear``.
+
 ``--frozen-encoder`` starts every variant from the checkpoint's own encoder (and task embedding) and
 keeps it fixed: only the dynamics and the reward head train, so the variants' dynamics are compared on
 one latent space that does not adapt to their objective (the checkpoint's world model must have the
@@ -51,7 +55,7 @@ VARIANTS = {
     "flow-normalized": ("{alg}_flow", [NORMALIZED]),
     "flow-fieldonly-normalized": ("{alg}_flow", [NORMALIZED, "world_model_config.detach_flow_matching_latents=true"]),
 }
-COLUMNS = ["variant", "iteration", "seconds", "latent_spread", "latent_nmse_1", "latent_nmse_H", "one_step_vs_copy",
+COLUMNS = ["variant", "iteration", "seconds", "heldout_error", "latent_spread", "latent_nmse_1", "latent_nmse_H", "one_step_vs_copy",
            "reward_corr_1", "reward_corr_rollout", "reward_nmse_rollout"]
 HELDOUT_FRACTION = 0.1
 EVAL_WINDOWS = 1024
@@ -126,11 +130,13 @@ def freeze_encoder(wm, checkpoint: str | Path) -> None:
 
 
 def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: int, seed: int,
-        extra_overrides: list[str] = (), frozen_encoder: bool = False) -> list[dict]:
+        extra_overrides: list[str] = (), frozen_encoder: bool = False, lr_schedule: str = "constant",
+        lr_final: float = 1.0e-5) -> list[dict]:
     """Train one variant's world model on the replay; its evaluations as rows of :data:`COLUMNS`.
 
     ``extra_overrides`` are alg overrides applied after the variant's own; they name the row's variant.
-    ``frozen_encoder``: see :func:`freeze_encoder`."""
+    ``frozen_encoder``: see :func:`freeze_encoder`. ``lr_schedule``/``lr_final``: as ``pretrain.lr_schedule``
+    and ``pretrain.lr_final``, over ``iterations``."""
     import torch
 
     from pwm.algorithms.build import build_pwm
@@ -138,7 +144,8 @@ def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: in
 
     torch.set_num_threads(1)
     cfg = variant_config(variant, alg, extra_overrides)
-    label = " ".join([variant, *extra_overrides, *(["frozen-encoder"] if frozen_encoder else [])])
+    label = " ".join([variant, *extra_overrides, *(["frozen-encoder"] if frozen_encoder else []),
+                      *([f"lr={lr_schedule}"] if lr_schedule != "constant" else [])])
     buffer = replay_buffer(checkpoint, int(cfg.horizon))
     torch.manual_seed(seed)
     agent = build_pwm(cfg, buffer.obs_dim, buffer.act_dim, device="cpu")
@@ -156,6 +163,8 @@ def fit(checkpoint: str, variant: str, alg: str, iterations: int, eval_every: in
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                   flush=True)
         if iteration < iterations:
+            if lr_schedule == "linear":
+                agent.set_pretraining_progress(iteration / iterations, lr_final)
             batch = buffer.sample(int(cfg.batch_size), sampler)
             agent.update_world_model(batch.obs, batch.action, batch.reward)
     return rows
@@ -170,12 +179,14 @@ def render_markdown(frame, command: str, commit: str, notes: str = "") -> str:
         "for every variant; scores on held-out windows (every 10th episode). `spread`: mean std of the "
         "encoder's latents across states; `nmse`: latent error over the latents' variance after 1 and H "
         "open-loop steps; `step/copy`: one-step error over the distance between consecutive latents (below "
-        "1: better than predicting no motion); reward columns: along H-step open-loop rollouts.", "",
-        "| variant | updates | minutes | spread | nmse 1 | nmse H | step/copy | reward corr | reward nmse |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "1: better than predicting no motion); reward columns: along H-step open-loop rollouts; `held-out`: "
+        "the error pretraining's plateau rule watches (`wm_eval/heldout_error`).", "",
+        "| variant | updates | minutes | held-out | spread | nmse 1 | nmse H | step/copy | reward corr | reward nmse |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in last.iterrows():
-        lines.append(f"| {row.variant} | {row.iteration:,} | {row.seconds / 60:.1f} | {row.latent_spread:.4f} | "
+        lines.append(f"| {row.variant} | {row.iteration:,} | {row.seconds / 60:.1f} | {row.heldout_error:.4f} | "
+                     f"{row.latent_spread:.4f} | "
                      f"{row.latent_nmse_1:.3f} | {row.latent_nmse_H:.3f} | {row.one_step_vs_copy:.3f} | "
                      f"{row.reward_corr_rollout:.3f} | {row.reward_nmse_rollout:.3f} |")
     if notes.strip():
@@ -199,11 +210,16 @@ def main() -> None:
                         help="alg overrides for every variant; comma-separated values are swept")
     parser.add_argument("--frozen-encoder", action="store_true",
                         help="keep the checkpoint's encoder fixed; only dynamics and reward head train")
+    parser.add_argument("--lr-schedule", nargs="+", default=["constant"], choices=["constant", "linear"],
+                        help="world-model learning-rate schedules (each a run of every variant)")
+    parser.add_argument("--lr-final", type=float, default=1.0e-5, help="the rate at the last update under linear")
     parser.add_argument("--jobs", type=int, default=2, help="variants at once (one torch thread each)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "wm_fit"))
     args = parser.parse_args()
     if args.iterations < 1 or args.eval_every < 1:
         parser.error("--iterations and --eval-every must be >= 1")
+    if not args.lr_final > 0:
+        parser.error(f"--lr-final must be > 0, got {args.lr_final}")
     try:
         settings = sweep_settings(args.set)
     except ValueError as error:
@@ -219,7 +235,8 @@ def main() -> None:
             freeze_encoder(build_pwm(cfg, buffer.obs_dim, buffer.act_dim, device="cpu").wm, args.checkpoint)
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=die_with_parent) as pool:
         futures = [pool.submit(fit, args.checkpoint, variant, args.alg, args.iterations, args.eval_every, args.seed,
-                               setting, args.frozen_encoder) for variant in args.variants for setting in settings]
+                               setting, args.frozen_encoder, schedule, args.lr_final)
+                   for variant in args.variants for setting in settings for schedule in args.lr_schedule]
         frame = pd.DataFrame([row for future in futures for row in future.result()], columns=COLUMNS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import weakref
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -86,6 +87,43 @@ def test_pretraining_reaching_the_cap_while_improving_is_not_converged(tmp_path)
     summary = pretrain_world_model(agent(), linear_buffer(), tmp_path,
                                    pretrain_cfg(iterations=30, patience=50), 16, 0, {})
     assert summary["iterations"] == 30 and summary["converged"] is False
+
+
+def test_linear_pretraining_schedule_decays_the_world_model_rate_alone_then_restores_it(tmp_path):
+    """lr at iteration k of a cap N: initial + (lr_final - initial) * k / N (hand values below), on the
+    world model's optimizer only; after pretraining every rate is back at its start."""
+    learner = agent()  # model_lr 3e-3
+    seen = []
+    update = learner.update_world_model
+
+    def recording_update(*args, **kwargs):
+        seen.append((learner.wm_optim.param_groups[0]["lr"], learner.actor_optim.param_groups[0]["lr"]))
+        return update(*args, **kwargs)
+
+    learner.update_world_model = recording_update
+    actor_lr = learner.actor_optim.param_groups[0]["lr"]
+    cfg = pretrain_cfg(iterations=10, patience=100, lr_schedule="linear", lr_final=1e-4)
+    summary = pretrain_world_model(learner, linear_buffer(), tmp_path, cfg, 16, 0, {})
+    assert summary["iterations"] == 10 and len(seen) == 10
+    assert [wm_lr for wm_lr, _ in seen] == pytest.approx([3e-3 - 2.9e-4 * k for k in range(10)])
+    assert all(lr == actor_lr for _, lr in seen)
+    assert learner.wm_optim.param_groups[0]["lr"] == pytest.approx(3e-3)
+    logged = pd.read_csv(tmp_path / "metrics.csv")["wm/lr"].dropna()
+    assert logged.iloc[-1] == pytest.approx(3e-3 - 2.9e-4 * 9)  # the rate of the last logged update
+
+    constant = agent()
+    pretrain_world_model(constant, linear_buffer(), tmp_path / "constant", pretrain_cfg(iterations=4), 16, 0, {})
+    assert constant.wm_optim.param_groups[0]["lr"] == 3e-3
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr_schedule", "cosine", "pretrain.lr_schedule must be one of"),
+    ("lr_final", 0.0, "pretrain.lr_final must be > 0"),
+])
+def test_bad_pretraining_schedule_settings_are_named(tmp_path, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain_world_model(agent(), linear_buffer(), tmp_path, pretrain_cfg(**{key: value}), 16, 0, {})
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def crash_after(function, calls: int):

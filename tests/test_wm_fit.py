@@ -125,3 +125,13 @@ def test_frozen_encoder_is_the_checkpoints_and_does_not_train(wm_fit, checkpoint
         wm_fit.freeze_encoder(wider, with_model)
     with pytest.raises(ValueError, match="--frozen-encoder: .*checkpoint.pt holds no world model"):
         wm_fit.freeze_encoder(wider, checkpoint)
+
+
+def test_linear_schedule_names_the_run_and_changes_only_the_training(wm_fit, checkpoint):
+    constant = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=3, eval_every=3, seed=0)
+    linear = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=3, eval_every=3, seed=0,
+                        lr_schedule="linear", lr_final=1e-5)
+    assert {row["variant"] for row in constant} == {"baseline"}
+    assert {row["variant"] for row in linear} == {"baseline lr=linear"}
+    assert linear[0]["heldout_error"] == constant[0]["heldout_error"]  # same start ...
+    assert linear[-1]["heldout_error"] != constant[-1]["heldout_error"]  # ... trained at other rates

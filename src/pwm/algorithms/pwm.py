@@ -432,10 +432,13 @@ class PWM:
         """
         if self.lr_schedule == "constant":
             return
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        for group in self._param_groups():
-            initial = group["initial_lr"]
-            group["lr"] = initial + (min(self.lr_final, initial) - initial) * fraction
+        _decay_linearly(self._param_groups(), fraction, self.lr_final)
+
+    def set_pretraining_progress(self, fraction: float, lr_final: float) -> None:
+        """World-model pretraining's linear schedule (``pretrain.lr_schedule=linear``) at ``fraction`` of
+        its iteration cap: the same formula as :meth:`set_training_progress`, on the world model's
+        optimizer groups alone and towards ``lr_final``."""
+        _decay_linearly(self.wm_optim.param_groups, fraction, lr_final)
 
     def policy_input(self, z: torch.Tensor, task: TaskLike) -> torch.Tensor:
         """Actor/critic input: the latent, plus the (detached) task embedding in multi-task mode."""
@@ -783,6 +786,16 @@ class PWM:
                 self.log_entropy_coef.copy_(state["log_entropy_coef"])
         if self.entropy_coef_optim is not None and "entropy_coef_optim" in state:
             self.entropy_coef_optim.load_state_dict(state["entropy_coef_optim"])
+
+
+def _decay_linearly(groups: Iterator[dict[str, Any]] | Sequence[dict[str, Any]], fraction: float,
+                    lr_final: float) -> None:
+    """``lr = initial + (min(lr_final, initial) - initial) * fraction`` for each optimizer group, with
+    ``fraction`` clipped to [0, 1]."""
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    for group in groups:
+        initial = group["initial_lr"]
+        group["lr"] = initial + (min(lr_final, initial) - initial) * fraction
 
 
 def _mean_log_std(actor: nn.Module) -> float:

@@ -211,7 +211,9 @@ def pretrain_world_model(
     ``heldout_windows`` windows of the buffer's held-out episodes, and their ``heldout_error`` feeds a
     :class:`~pwm.training.convergence.PlateauRule` (``patience``, ``min_improvement``,
     ``min_iterations``, ``window``). Training stops when it has converged or after ``iterations``
-    (the cap), and the weights of the best evaluation are restored. Without held-out episodes it
+    (the cap), and the weights of the best evaluation are restored. ``lr_schedule=linear`` decays the
+    world model's learning rate linearly from its initial value (at iteration 0) to ``lr_final`` (at
+    the cap); ``constant`` keeps it. Without held-out episodes it
     runs to the cap and ``converged`` is None (unchecked).
 
     Rank 0 logs (mean metrics every ``log_every`` iterations, diagnostics at every evaluation) and
@@ -240,6 +242,8 @@ def pretrain_world_model(
 
     def step(iteration: int) -> dict[str, float]:
         with loop.clock():
+            if settings.lr_schedule == "linear":
+                agent.set_pretraining_progress(iteration / cap, settings.lr_final)
             batch = buffer.sample(batch_size, loop.generator).to(agent.device)
             return agent.update_world_model(batch.obs, batch.action, batch.reward,
                                             batch.task if agent.wm.multitask else None)
@@ -255,8 +259,14 @@ def pretrain_world_model(
                   best=f"{plateau.best:.4f}@{plateau.best_iteration + 1}")
         return metrics
 
-    loop.run(step, evaluate_heldout if heldout is not None else None, on_finish=lambda: best.restore(agent.wm),
-             log_extra=lambda: {"nan/wm_skipped_steps": float(agent.nan_counts["wm"])})
+    def finish() -> None:
+        best.restore(agent.wm)
+        # What follows (policy extraction, finetuning) starts from the configured rate, as without a schedule.
+        agent.set_pretraining_progress(0.0, settings.lr_final)
+
+    loop.run(step, evaluate_heldout if heldout is not None else None, on_finish=finish,
+             log_extra=lambda: {"nan/wm_skipped_steps": float(agent.nan_counts["wm"]),
+                                "wm/lr": float(agent.wm_optim.param_groups[0]["lr"])})
     progress = loop.progress
     converged = plateau.converged(progress.iteration - 1) if heldout is not None else None
     return {"iterations": progress.iteration, "train_elapsed_s": progress.train_elapsed_s,

@@ -21,6 +21,9 @@ from pwm.training.video import VideoConfig
 
 SettingsT = TypeVar("SettingsT", bound="LoopSettings")
 
+#: World-model learning-rate schedules of pretraining (``pretrain.lr_schedule``).
+PRETRAIN_LR_SCHEDULES = ("constant", "linear")
+
 #: Fields that count iterations, episodes or windows between events: they must be >= 1.
 _POSITIVE = {"iterations", "eval_every", "checkpoint_every", "log_every", "episodes_per_iteration",
              "updates_per_iteration", "eval_episodes", "patience", "window"}
@@ -126,3 +129,11 @@ class PretrainSettings(LoopSettings):
     min_iterations: int = 0
     window: int = 1
     log_every: int = 10
+    lr_schedule: str = "constant"  # constant | linear: the world model's rate decays to lr_final over the cap
+    lr_final: float = 1.0e-5
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in PRETRAIN_LR_SCHEDULES:
+            raise ValueError(f"pretrain.lr_schedule must be one of {PRETRAIN_LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not self.lr_final > 0:
+            raise ValueError(f"pretrain.lr_final must be > 0, got {self.lr_final}")
