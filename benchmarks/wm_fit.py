@@ -26,8 +26,9 @@ keeps it fixed: only the dynamics and the reward head train, so the variants' dy
 one latent space that does not adapt to their objective (the checkpoint's world model must have the
 size ``--alg`` gives). Rows are named ``<variant> frozen-encoder``.
 
-Writes ``wm_fit.csv`` (one row per variant and evaluation) and ``wm_fit.md`` (the last evaluation of
-each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) to ``--out``. Policy learning
+Writes ``wm_fit.csv`` (one row per variant and evaluation), ``wm_fit.md`` (the last evaluation of
+each variant, then ``wm_fit_notes.md`` from ``--out`` if there is one) and ``wm_fit.png`` (curves) to
+``--out``. Policy learning
 is not measured here: ``learning.py`` does that.
 """
 
@@ -191,12 +192,40 @@ def render_markdown(frame, command: str, commit: str, notes: str = "") -> str:
                      f"{row.reward_corr_rollout:.3f} | {row.reward_nmse_rollout:.3f} |")
     if notes.strip():
         lines += ["", notes.strip()]
+    lines += ["", "![held-out error and one-step error over copying's, per variant](wm_fit.png)"]
     return "\n".join(lines) + "\n"
+
+
+def plot(frame, path: Path) -> None:
+    """Held-out error (log scale) and one-step error over copying's against updates, one line per variant;
+    written to a temporary file, then renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for variant, rows in frame.groupby("variant", sort=False):
+        left.plot(rows.iteration, rows.heldout_error, label=variant)
+        right.plot(rows.iteration, rows.one_step_vs_copy, label=variant)
+    left.set_yscale("log")
+    left.set_ylabel("held-out error (wm_eval/heldout_error)")
+    right.set_ylabel("one-step error / copying's")
+    for ax in (left, right):
+        ax.set_xlabel("world-model updates")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    partial = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(partial, dpi=110)
+    plt.close(fig)
+    partial.replace(path)
 
 
 def main() -> None:
     import pandas as pd
 
+    from pwm.training.settings import PRETRAIN_LR_SCHEDULES
     from pwm.utils.common import atomic_write_text, git_commit
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,7 +239,7 @@ def main() -> None:
                         help="alg overrides for every variant; comma-separated values are swept")
     parser.add_argument("--frozen-encoder", action="store_true",
                         help="keep the checkpoint's encoder fixed; only dynamics and reward head train")
-    parser.add_argument("--lr-schedule", nargs="+", default=["constant"], choices=["constant", "linear"],
+    parser.add_argument("--lr-schedule", nargs="+", default=["constant"], choices=PRETRAIN_LR_SCHEDULES,
                         help="world-model learning-rate schedules (each a run of every variant)")
     parser.add_argument("--lr-final", type=float, default=1.0e-5, help="the rate at the last update under linear")
     parser.add_argument("--jobs", type=int, default=2, help="variants at once (one torch thread each)")
@@ -244,6 +273,7 @@ def main() -> None:
     command = "python benchmarks/wm_fit.py " + " ".join(sys.argv[1:])
     notes = out / "wm_fit_notes.md"  # hand-written reading of the numbers, kept across reruns
     markdown = render_markdown(frame, command, git_commit(REPO) or "unknown", notes.read_text() if notes.exists() else "")
+    plot(frame, out / "wm_fit.png")
     atomic_write_text(markdown, out / "wm_fit.md")
     print(markdown)
 

@@ -135,3 +135,10 @@ def test_linear_schedule_names_the_run_and_changes_only_the_training(wm_fit, che
     assert {row["variant"] for row in linear} == {"baseline lr=linear"}
     assert linear[0]["heldout_error"] == constant[0]["heldout_error"]  # same start ...
     assert linear[-1]["heldout_error"] != constant[-1]["heldout_error"]  # ... trained at other rates
+
+
+def test_plot_writes_one_png_and_no_partial_file(wm_fit, checkpoint, tmp_path):
+    rows = wm_fit.fit(str(checkpoint), "baseline", "pwm_tiny", iterations=2, eval_every=1, seed=0)
+    wm_fit.plot(pd.DataFrame(rows), tmp_path / "wm_fit.png")
+    assert (tmp_path / "wm_fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".png"] == ["wm_fit.png"]
