@@ -4,6 +4,7 @@ import argparse
 
 from pwm.experiments.report import BOOTSTRAP_REPS, THRESHOLDS, LearnedBar, build_report
 from pwm.experiments.statistics import Criteria
+from pwm.experiments.verdict import CONVERGENCE_RULES, ConvergenceRule
 
 
 def main() -> None:
@@ -21,10 +22,15 @@ def main() -> None:
     parser.add_argument("--hold-evals", type=int, default=defaults.hold_evals)
     parser.add_argument("--tie-tolerance", type=float, default=defaults.tie_tolerance)
     parser.add_argument("--confidence", type=float, default=defaults.confidence)
+    convergence = ConvergenceRule()
+    parser.add_argument("--convergence", choices=CONVERGENCE_RULES, default=convergence.rule,
+                        help="when world models count as converged (report.convergence of ab.yaml)")
+    parser.add_argument("--half-budget-tolerance", type=float, default=convergence.tolerance)
     args = parser.parse_args()
     criteria = Criteria(args.final_evals, args.hold_evals, args.tie_tolerance, args.confidence)
     bar = LearnedBar(args.learned_std_margin, args.learned_min_gain, args.learned_min_scale)
-    report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps, bar, criteria)
+    report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps, bar, criteria,
+                          convergence=ConvergenceRule(args.convergence, args.half_budget_tolerance))
     for c in report["comparisons"]:
         print(f"{c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: {c['verdict'].upper()}")
 

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The CPU-scale study of H1 and H2 (scripts/cfg/study/cpu.yaml): the A/B on 6 MT30 DMC tasks x 3 seeds,
+# The CPU-scale study of H1 and H2 (scripts/cfg/study/cpu_v2.yaml): the A/B on 6 MT30 DMC tasks x 3 seeds,
 # then the spec section 9 sweeps on two of those tasks. Resumable: re-run it and finished jobs are skipped,
 # interrupted ones resume from their checkpoints. Each stage rebuilds the study's report.md over every
 # run so far and archives the finished runs in <report dir>/runs (summaries and gzipped metrics, no
 # checkpoints or data; commit them): on a fresh checkout they are restored first, so only the rest runs.
 #   bash scripts/run_study.sh                      # everything: main grid + sweeps (time: see study/cpu.yaml)
 #   STAGES=main bash scripts/run_study.sh          # the main A/B only (36 runs)
-#   STUDY=cpu_pwm_objective bash scripts/run_study.sh   # another preset of scripts/cfg/study/
+#   STUDY=cpu bash scripts/run_study.sh            # another preset of scripts/cfg/study/ (cpu: the first version)
 #   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
-study="${STUDY:-cpu}"
+study="${STUDY:-cpu_v2}"
 stages="${STAGES:-main integrate_steps tau_sampling horizon finetune}"
 python=.venv/bin/python
 

@@ -1,6 +1,7 @@
 """A/B jobs end to end, sweep presets and launcher configs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,6 +23,28 @@ TINY_AB = ("pretrain.iterations=4", "pretrain.eval_every=2", "pretrain.min_itera
 def compose_ab(*overrides):
     with initialize_config_dir(config_dir=CFG, version_base="1.3"):
         return compose(config_name="ab", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_half_budget_check_leaves_the_job_its_own_run(tmp_path):
+    """A job of pretrain.half_budget_seeds also pretrains a world model for half the cap (its folder, its
+    summary fields), and its own run is bit for bit the one it makes without the check."""
+    from pwm.experiments.ab import run_ab_job
+
+    def job(root, *extra):
+        cfg = compose_ab("alg=pwm_tiny_flow", "setting=default", f"general.root={root}", *TINY_AB,
+                         "pretrain.iterations=8", *extra)
+        return run_ab_job(cfg)
+
+    plain = job(tmp_path / "plain")
+    checked = job(tmp_path / "checked", "pretrain.half_budget_seeds=[0]")
+    half_dir = tmp_path / "checked" / "runs" / "cartpole-balance" / "default" / "flow-K4-uniform" / "seed0" / "pretrain_half"
+    assert checked["pretrain_half_iterations"] == 4 and (half_dir / "checkpoint.pt").exists()
+    assert math.isfinite(checked["pretrain_half_heldout_error_final"]) and "pretrain_half_iterations" not in plain
+    for key in ("pretrain_heldout_error_final", "pretrain_heldout_error", "final_reward"):
+        assert checked[key] == plain[key], key
+    assert job(tmp_path / "other", "pretrain.half_budget_seeds=[1]").keys() == plain.keys()
+    with pytest.raises(ValueError, match="pretrain.half_budget_seeds must be a list of seeds"):
+        job(tmp_path / "bad", "pretrain.half_budget_seeds=0")
 
 
 def test_flow_knobs_apply_only_to_flow_variants():
@@ -50,11 +73,12 @@ def test_report_code_defaults_equal_the_ab_config():
     import dataclasses
     import inspect
 
-    from pwm.experiments.report import BOOTSTRAP_REPS, THRESHOLDS, LearnedBar, build_report
+    from pwm.experiments.report import BOOTSTRAP_REPS, THRESHOLDS, ConvergenceRule, LearnedBar, build_report
     from pwm.experiments.statistics import Criteria
 
     report = compose_ab().report
     assert LearnedBar() == LearnedBar(report.learned_std_margin, report.learned_min_gain, report.learned_min_scale)
+    assert ConvergenceRule() == ConvergenceRule(report.convergence, report.half_budget_tolerance)
     assert Criteria() == Criteria(**{f.name: report[f.name] for f in dataclasses.fields(Criteria)})
     defaults = inspect.signature(build_report).parameters
     assert defaults["thresholds"].default == THRESHOLDS == tuple(report.thresholds)
@@ -177,6 +201,24 @@ def test_study_preset_runs_six_tasks_three_seeds_in_seed_order():
     assert set(study.sweeps.tasks.split(",")) <= set(params["task"].split(","))
 
 
+def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed():
+    v2, v1 = compose_ab("+study=cpu_v2"), compose_ab("+study=cpu")
+    params = v2.hydra.sweeper.params
+    assert list(params)[:3] == ["seed", "task", "alg"] and params["seed"] == "0,1,2"
+    tasks = params["task"].split(",")
+    assert len(set(tasks)) == 6 and "finger-spin" not in tasks and "cartpole-balance-sparse" in tasks
+    assert params["alg"] == "pwm_tiny,pwm_tiny_flow" and v2.alg.batch_size == v1.alg.batch_size
+    # every model trains to the cap under the decaying rate; the first seed, run first, is checked at half of it
+    assert v2.pretrain.min_iterations == v2.pretrain.iterations == 40000 and v2.pretrain.lr_schedule == "linear"
+    assert list(v2.pretrain.half_budget_seeds) == [0] and compose_ab().pretrain.half_budget_seeds == []
+    assert v2.report.convergence == "half_budget" and compose_ab().report.convergence == "plateau"
+    assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")
+    for key in ("sac_steps", "sac_final_policy_episodes", "sac_stop_return", "random_mix_episodes", "seed"):
+        assert v2.data[key] == v1.data[key], key  # the first version's data recipe
+    assert compose_ab("+study=cpu_v2", "task=reacher-easy").data.sac_steps == 50000
+    assert v2.train.iterations == v1.train.iterations and set(v2.sweeps.tasks.split(",")) <= set(tasks)
+
+
 def test_first_study_preset_keeps_its_recipe():
     first = compose_ab("+study=cpu_pwm_objective")
     assert first.alg.actor_entropy_coef == 0 and first.data.sac_steps == 25000
@@ -201,6 +243,8 @@ def test_run_study_reads_its_folders_and_sweeps_from_the_preset(tmp_path):
     assert read("cpu").stdout.split() == ["runs/study", "results/study", "cartpole-swingup,cup-catch", "0",
                                           "pwm_tiny_flow"]
     assert read("cpu_pwm_objective").stdout.split()[:2] == ["runs/study_pwm_objective", "results/study_pwm_objective"]
+    assert read("cpu_v2").stdout.split()[:2] == ["runs/study_v2", "results/study_v2"]
+    assert 'study="${STUDY:-cpu_v2}"' in script  # the study in progress is the default
     assert read("no_such_study").returncode != 0
 
 

@@ -7,13 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pwm.experiments.report import LearnedBar, Run, build_report, decide, load_runs
+from pwm.experiments.report import ConvergenceRule, LearnedBar, Run, build_report, decide, load_runs
 from pwm.experiments.runs import run_table
 from pwm.experiments.statistics import time_to_threshold
 
 
 def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_iter=1.0, pretrain_s=10.0,
-              nan_skipped=0, iterations=None, random_reward=0.0, random_std=1.0, converged=True, folder=None):
+              nan_skipped=0, iterations=None, random_reward=0.0, random_std=1.0, converged=True, folder=None,
+              summary_extra=None):
     """A run folder like pwm.experiments.ab writes: evaluations every 10 iterations."""
     iterations = iterations or 10 * len(rewards)
     run_dir = root / "runs" / task / "default" / variant / (folder or f"seed{seed}")
@@ -50,7 +51,7 @@ def write_run(root, task, variant, seed, rewards, esnr, grad_norms, wall_per_ite
                "pretrain_elapsed_s": pretrain_s, "params/world_model": 1000 + (5 if variant != "baseline" else 0),
                "params/actor": 50, "params/critic": 70, "nan_skipped_steps": {"wm": nan_skipped, "actor": 0, "critic": 0},
                "random_reward": random_reward, "random_reward_std": random_std, "pretrain_converged": converged,
-               "pretrain_iterations": 20}
+               "pretrain_iterations": 20, **(summary_extra or {})}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -255,6 +256,50 @@ def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_fin
                 "in 67% of action dimensions") in comparison["invalid_reasons"]
 
 
+def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_path):
+    """report.convergence=half_budget: per task and variant, a checked run whose held-out error fell by more than
+    the tolerance from half the cap to the cap did not converge, and a task without a checked run is unchecked;
+    the plateau flags (all False here) are not read."""
+    def checked(half, final):
+        return {"pretrain_half_heldout_error_final": half, "pretrain_heldout_error_final": final}
+
+    for seed in range(2):  # seed 0 of each variant ran the check; flow's error fell 15%, the baseline's 5%
+        write_run(tmp_path, "task-a", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False,
+                  summary_extra=checked(0.1, 0.095) if seed == 0 else {"pretrain_heldout_error_final": 0.09})
+        write_run(tmp_path, "task-a", "flow-K4-uniform", seed, [10, 40, 90], 1.0, [1.0], converged=False,
+                  summary_extra=checked(0.1, 0.085) if seed == 0 else None)
+        write_run(tmp_path, "task-b", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False)
+        write_run(tmp_path, "task-b", "flow-K4-uniform", seed, [10, 40, 90], 1.0, [1.0], converged=False,
+                  summary_extra=checked(0.1, 0.1) if seed == 1 else None)
+    rule = ConvergenceRule("half_budget", 0.1)
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=rule)["comparisons"]
+    assert comparison["verdict"] == "invalid"
+    assert comparison["invalid_reasons"] == [
+        "task-a: flow-K4-uniform's world model did not converge (seed 0: held-out error 0.1 at half the cap, 0.085 at "
+        "the cap, 15% lower; more than 10%)",
+        "task-b: baseline's world-model convergence unchecked (no run of pretrain.half_budget_seeds pretrained for "
+        "half the cap)"]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| 0.1 -> 0.085 (-15%, seed 0) |" in text and "| 0.1 -> 0.095 (-5%, seed 0) |" in text
+    for seed in range(2):  # checked at 10% too on task-b: under a 20% tolerance the comparison is judged
+        write_run(tmp_path, "task-b", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False,
+                  folder=f"checked{seed}", summary_extra=checked(0.1, 0.09))
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=ConvergenceRule("half_budget", 0.2))[
+        "comparisons"]
+    assert comparison["invalid_reasons"] == [] and comparison["verdict"] != "invalid"
+    # the plateau rule reads the flags, which say no
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50)["comparisons"]
+    assert any("world model did not converge in" in r for r in comparison["invalid_reasons"])
+
+
+@pytest.mark.parametrize("rule, tolerance, key", [("budget", 0.1, "report.convergence"),
+                                                  ("half_budget", 1.0, "report.half_budget_tolerance"),
+                                                  ("half_budget", -0.1, "report.half_budget_tolerance")])
+def test_bad_convergence_settings_are_named(rule, tolerance, key):
+    with pytest.raises(ValueError, match=key):
+        ConvergenceRule(rule, tolerance)
+
+
 def test_runs_table_keeps_the_heldout_scores_of_the_kept_pretraining_evaluation(tmp_path):
     write_run(tmp_path, "task-a", "baseline", 0, [10, 20, 30], 1.0, [1.0])
     table = pd.read_csv(_report_dir(tmp_path) / "runs.csv")
@@ -275,7 +320,7 @@ def test_a_shrinking_latent_spread_shows_first_and_kept_values(tmp_path):
     assert table.heldout_latent_spread.item() == pytest.approx(0.02) and table.heldout_latent_nmse_1.item() == 0.3
     # the kept evaluation's model is no better than copying its slow latents: the copy column says so
     assert table.heldout_latent_vs_copy_1.item() == 0.97 and table.heldout_copy_nmse_1.item() == 0.0015
-    assert ("| task-a | default | flow-K4-uniform | 1 | 1/1 | n/a | 0.3000 | 0.970 (0.0015) | 0.6000 |"
+    assert ("| task-a | default | flow-K4-uniform | 1 | 1/1 | n/a | - | 0.3000 | 0.970 (0.0015) | 0.6000 |"
             in (report_dir / "report.md").read_text())
     assert "| 0.0800 -> 0.0200 |" in (report_dir / "report.md").read_text()
 

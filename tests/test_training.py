@@ -77,6 +77,19 @@ def test_pretraining_stops_on_plateau_and_restores_the_best_weights(tmp_path, mo
     assert all(torch.equal(a, b) for a, b in zip(again.wm.state_dict().values(), learner.wm.state_dict().values()))
 
 
+def test_pretraining_reports_the_mean_of_its_last_evaluations_also_when_rerun(tmp_path, monkeypatch):
+    """``heldout_error_final``: the mean of the last ``window`` held-out errors (where training ended), beside
+    the lowest one; a finished run asked again (a resumed A/B job's half-budget check) reports the same."""
+    errors = iter([1.0, 0.5, 0.6, 0.7, 0.2, 0.2])
+    monkeypatch.setattr("pwm.training.loops.world_model_quality",
+                        lambda *args, **kwargs: {"wm_eval/heldout_error": next(errors)})
+    cfg = pretrain_cfg(iterations=20, window=3, patience=100)
+    summary = pretrain_world_model(agent(), linear_buffer(), tmp_path, cfg, 16, 0, {})  # evaluations at 5..20
+    assert summary["heldout_error"] == 0.5 and summary["heldout_error_final"] == pytest.approx((0.5 + 0.6 + 0.7) / 3)
+    again = pretrain_world_model(agent(), linear_buffer(), tmp_path, cfg, 16, 0, {})
+    assert again["iterations"] == 20 and again["heldout_error_final"] == summary["heldout_error_final"]
+
+
 def test_pretraining_without_heldout_episodes_runs_to_the_cap_unchecked(tmp_path):
     summary = pretrain_world_model(agent(), linear_buffer(heldout_fraction=0.0), tmp_path,
                                    pretrain_cfg(iterations=12), 16, 0, {})

@@ -13,6 +13,7 @@ knobs are not part of the setting, so the baseline of a flow sweep is run once p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,47 @@ def check_run_model(run_dir: Path, alg: DictConfig) -> None:
         atomic_write_text(json.dumps({"model": current, "alg": resolved}, indent=2), job_path)
 
 
+def half_budget_seeds(cfg: DictConfig) -> list[int]:
+    """``pretrain.half_budget_seeds``: the seeds whose jobs also run :func:`pretrain_half_budget`."""
+    seeds = cfg.pretrain.get("half_budget_seeds")
+    seeds = [] if seeds is None else seeds
+    if not (OmegaConf.is_list(seeds) or isinstance(seeds, list)) or not all(isinstance(seed, int) for seed in seeds):
+        raise ValueError(f"pretrain.half_budget_seeds must be a list of seeds, e.g. [0], got {seeds!r}")
+    return list(seeds)
+
+
+def pretrain_half_budget(cfg: DictConfig, alg: DictConfig, data_dir: Path, settings: PretrainSettings,
+                         run_dir: Path) -> dict[str, Any]:
+    """The convergence check of a job whose seed is in ``pretrain.half_budget_seeds``: a second world model
+    pretrained like the job's own (same seed, initial weights, batches and held-out windows, the learning-rate
+    schedule over its own cap) for half the cap, in ``<run_dir>/pretrain_half`` (resumable).
+
+    Why: under a decaying rate the held-out error's trend at the end says nothing about convergence (it
+    falls until the rate is gone), and at a constant rate its noise hides the trend; what one more
+    doubling of the budget buys is measured instead, one doubling back. ``report.convergence=half_budget``
+    compares the two runs' ``heldout_error_final`` (:func:`pwm.experiments.verdict.half_budget_reasons`).
+
+    Returns the summary fields ``pretrain_half_iterations``, ``pretrain_half_elapsed_s`` and
+    ``pretrain_half_heldout_error_final``.
+    """
+    half = dataclasses.replace(settings, iterations=max(1, settings.iterations // 2),
+                               min_iterations=min(settings.min_iterations, max(1, settings.iterations // 2)))
+    seed_everything(cfg.seed)
+    buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
+    agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
+    summary = pretrain_world_model(agent, buffer, run_dir / "pretrain_half", half, alg.batch_size, cfg.seed,
+                                   world_model_meta(agent, alg, None),
+                                   desc=f"{cfg.task} {variant_label(alg)} wm (half budget)")
+    return {"pretrain_half_iterations": summary["iterations"], "pretrain_half_elapsed_s": summary["train_elapsed_s"],
+            "pretrain_half_heldout_error_final": summary["heldout_error_final"]}
+
+
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
     check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
     train_settings = OfflineSettings.from_cfg(cfg.train, "train")
     pretrain_settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
+    half_budget_seeds(cfg)
     alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
@@ -158,7 +195,10 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
             if summary.get("iterations") == cfg.train.iterations or summary.get("stopped_by_budget"):
                 return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
         data_dir, random_reference = ensure_dataset(cfg)
-        seed_everything(cfg.seed)
+        half_budget = {}
+        if cfg.seed in half_budget_seeds(cfg):
+            half_budget = pretrain_half_budget(cfg, alg, data_dir, pretrain_settings, run_dir)
+        seed_everything(cfg.seed)  # after the check: the job's own run is the one it would be without
         eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
         buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
         agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
@@ -172,6 +212,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "pretrain_elapsed_s": pretrain["train_elapsed_s"],
                     "pretrain_iterations": pretrain["iterations"], "pretrain_converged": pretrain["converged"],
                     "pretrain_heldout_error": pretrain["heldout_error"],
+                    "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
                     "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), **random_reference,
                     "alg": OmegaConf.to_container(alg)}
         return train_offline(agent, buffer, eval_env, run_dir, train_settings, alg.batch_size, cfg.seed,

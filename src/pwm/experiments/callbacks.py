@@ -18,7 +18,7 @@ class ABReportCallback(Callback):
     """
 
     def _report(self, config: DictConfig) -> None:
-        from pwm.experiments.report import LearnedBar, build_report
+        from pwm.experiments.report import ConvergenceRule, LearnedBar, build_report
         from pwm.experiments.statistics import Criteria
 
         report_cfg = config.report
@@ -26,7 +26,8 @@ class ABReportCallback(Callback):
             config.general.root, report_cfg.dir, tuple(report_cfg.thresholds), report_cfg.bootstrap_reps,
             LearnedBar(report_cfg.learned_std_margin, report_cfg.learned_min_gain, report_cfg.learned_min_scale),
             Criteria(final_evals=report_cfg.final_evals, hold_evals=report_cfg.hold_evals,
-                     tie_tolerance=report_cfg.tie_tolerance, confidence=report_cfg.confidence))
+                     tie_tolerance=report_cfg.tie_tolerance, confidence=report_cfg.confidence),
+            convergence=ConvergenceRule(report_cfg.convergence, report_cfg.half_budget_tolerance))
         for comparison in report["comparisons"]:
             log.info("A/B %s vs baseline [%s, %s]: %s", comparison["flow_variant"], comparison["setting"],
                      comparison["model"], comparison["verdict"].upper())

@@ -10,6 +10,13 @@ import pandas as pd
 from pwm.experiments.runs import HELDOUT_TREND_ITERATIONS
 
 
+def _half_budget(group: pd.DataFrame) -> str:
+    """The half-budget checks of a group's runs: ``0.0831 -> 0.0680 (-18%, seed 0)`` each; ``-`` if none."""
+    checked = group[group.half_budget_drop.notna()] if "half_budget_drop" in group else group.iloc[:0]
+    return "; ".join(f"{row.half_budget_heldout_error_final:.4g} -> {row.heldout_error_final:.4g} "
+                     f"({-row.half_budget_drop:+.0%}, seed {row.seed})" for row in checked.itertuples()) or "-"
+
+
 def _trend(trends: pd.Series) -> str:
     """Mean and range of :func:`~pwm.experiments.runs.heldout_trend` values as signed percentages."""
     trends = trends.dropna()
@@ -184,15 +191,19 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "move between steps makes any model's normalised error small. Trend: how fast the held-out error was "
               "still changing when pretraining ended, per 1,000 iterations (a line fitted to its log over the "
               f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): the converged flag is one "
-              "noisy comparison, the trend says how much more training would have bought. Mean over runs.", "",
+              "noisy comparison, the trend says how much more training would have bought. Half-budget check "
+              "(runs of pretrain.half_budget_seeds): how much lower the held-out error ended (mean of the last "
+              "evaluations) than that of the same world model pretrained for half the cap: what the last doubling "
+              "of the budget bought. Mean over runs.", "",
               "| task | setting | variant | runs | converged | held-out error trend per 1k iterations "
+              "| half-budget check: error at half the cap -> at the cap "
               "| 1-step latent error | 1-step vs copy (copy's error) | H-step latent error "
               "| reward correlation | reward error (normalised) | latent spread: first -> kept |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
         converged = sum(f is True for f in group.pretrain_converged)
         lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
-                     f"| {_trend(group.heldout_trend_per_1k)} "
+                     f"| {_trend(group.heldout_trend_per_1k)} | {_half_budget(group)} "
                      f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} "
                      f"| {_fmt(group.heldout_latent_vs_copy_1.mean(), 3)} ({_fmt(group.heldout_copy_nmse_1.mean(), 4)}) "
                      f"| {_fmt(group.heldout_latent_nmse_H.mean(), 4)} "

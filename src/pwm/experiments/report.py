@@ -29,7 +29,9 @@ last ``final_evals`` evaluations. Its verdict checks the design spec's acceptanc
 The verdict is ``invalid`` (reasons named) when a variant did not learn a task (its reward does not
 beat the random policy's by :class:`~pwm.experiments.verdict.LearnedBar`'s margin: the largest of
 ``std_margin`` random-episode standard deviations, ``min_gain`` of the random reward's magnitude and
-``min_scale`` of the task's reward scale, the one the thresholds use) or a world model did not converge; else
+``min_scale`` of the task's reward scale, the one the thresholds use) or a world model did not converge
+(:class:`~pwm.experiments.verdict.ConvergenceRule`: each run's plateau flag, or the held-out error's drop
+from half the pretraining cap to the cap on the checked runs); else
 ``reject`` when a criterion fails, ``inconclusive`` when one cannot be decided at this number of
 seeds, and ``accept`` when all hold.
 """
@@ -45,10 +47,10 @@ from pwm.experiments.plots import plot_aggregate, plot_curves, plot_diagnostics
 from pwm.experiments.published import pwm_published, tdmpc2_final
 from pwm.experiments.runs import Run, load_runs, run_table, select_runs
 from pwm.experiments.statistics import Criteria
-from pwm.experiments.verdict import LearnedBar, compare, decide, parity, random_bar, task_thresholds
+from pwm.experiments.verdict import ConvergenceRule, LearnedBar, compare, decide, parity, random_bar, task_thresholds
 from pwm.utils.common import atomic_write_text
 
-__all__ = ["BOOTSTRAP_REPS", "THRESHOLDS", "LearnedBar", "Run", "build_report", "decide", "load_runs"]
+__all__ = ["BOOTSTRAP_REPS", "THRESHOLDS", "ConvergenceRule", "LearnedBar", "Run", "build_report", "decide", "load_runs"]
 
 #: Defaults of :func:`build_report` (equal to ``report.thresholds`` and ``report.bootstrap_reps`` of
 #: ``scripts/cfg/ab.yaml``; a test keeps them equal).
@@ -62,13 +64,17 @@ def _slug(*parts: str) -> str:
 
 def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds: tuple[float, ...] = THRESHOLDS,
                  bootstrap_reps: int = BOOTSTRAP_REPS, learned_bar: LearnedBar | None = None,
-                 criteria: Criteria | None = None, reference_dir: str | Path | None = None) -> dict[str, Any]:
+                 criteria: Criteria | None = None, reference_dir: str | Path | None = None,
+                 convergence: ConvergenceRule | None = None) -> dict[str, Any]:
     """Build the A/B report for every run under ``root``; returns the ``report.json`` content.
+
+    ``convergence`` says when world models count as converged (default :class:`ConvergenceRule` ()).
 
     ``thresholds`` are fractions of each task's published TD-MPC2 reward (``reference_dir``, default
     the repository's ``benchmarks/reference``), or of its observed reward range where none is published.
     """
     criteria, learned_bar = criteria or Criteria(), learned_bar or LearnedBar()
+    convergence = convergence or ConvergenceRule()
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
     for (setting, model), group in table.groupby(["setting", "model"]):
         for flow_variant in sorted(group[group.is_flow].variant.unique()):
             comparisons.append(compare(runs, table, setting, model, flow_variant, task_targets, criteria,
-                                       bootstrap_reps, learned_bar))
+                                       bootstrap_reps, learned_bar, convergence))
     parity_table = parity(table)
     learned_bars = {task: sum(random_bar(rows, learned_bar, task_targets[task][1]))
                     for task, rows in table.groupby("task")}
@@ -108,7 +114,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
         figures.append(plot_aggregate(aggregates, out_dir / "aggregate_iqm.png"))
     report = {"root": str(root), "runs": len(runs), "comparisons": comparisons,
               "parity": parity_table.to_dict(orient="records"), "thresholds": list(thresholds),
-              "criteria": vars(criteria), "figures": [f.name for f in figures], "published": published,
+              "criteria": vars(criteria), "convergence": vars(convergence), "figures": [f.name for f in figures], "published": published,
               "learned_bars": learned_bars}
     atomic_write_text(json.dumps(report, indent=2, default=float), out_dir / "report.json")
     atomic_write_text(render_markdown(report, parity_table, table), out_dir / "report.md")

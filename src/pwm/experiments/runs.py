@@ -133,6 +133,16 @@ def heldout_trend(pretrain: pd.DataFrame | None, span: int = HELDOUT_TREND_ITERA
     return float(math.expm1(slope))
 
 
+def _half_budget(summary: dict[str, Any]) -> dict[str, float]:
+    """The held-out error where pretraining ended (mean of its last evaluations), the same at half the cap
+    (runs that made :func:`pwm.experiments.ab.pretrain_half_budget`'s check; else NaN) and
+    ``half_budget_drop``, the relative drop from the second to the first: what doubling the budget bought."""
+    final = float(summary.get("pretrain_heldout_error_final", math.nan))
+    half = float(summary.get("pretrain_half_heldout_error_final", math.nan))
+    return {"heldout_error_final": final, "half_budget_heldout_error_final": half,
+            "half_budget_drop": (half - final) / half if half > 0 else math.nan}
+
+
 def model_size(summary: dict[str, Any]) -> str:
     """A run's network sizes, e.g. ``latent64-wm128x128-actor128x128`` (only runs of one size are compared)."""
     alg = summary.get("alg") or {}
@@ -190,6 +200,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "pretrain_iterations": float(s.get("pretrain_iterations", math.nan)),
             "pretrain_converged": s.get("pretrain_converged"),
             "heldout_trend_per_1k": heldout_trend(run.pretrain),
+            **_half_budget(s),
             "commit": s.get("commit"),
             **_best_heldout(run.pretrain),
             "dynamics_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,

@@ -86,6 +86,32 @@ class LearnedBar:
         return max(self.std_margin * random_std, self.min_gain * abs(random_reward), scale_gain)
 
 
+#: When world models count as converged (``report.convergence``; see :class:`ConvergenceRule`).
+CONVERGENCE_RULES = ("plateau", "half_budget")
+
+
+@dataclass(frozen=True)
+class ConvergenceRule:
+    """When a comparison's world models count as converged (``report.convergence`` and
+    ``report.half_budget_tolerance`` of ``scripts/cfg/ab.yaml``, whose values these defaults equal).
+
+    ``plateau``: every run's flag from pretraining's plateau rule. ``half_budget``: per task and variant,
+    on the runs that also pretrained for half the cap (``pretrain.half_budget_seeds``), the held-out
+    error where pretraining ended is at most ``tolerance`` (relative) below the one at half the cap: the
+    last doubling of the budget bought little, so the next would buy less. Under a decaying learning
+    rate the plateau flag cannot tell (the error falls until the rate is gone).
+    """
+
+    rule: str = "plateau"
+    tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.rule not in CONVERGENCE_RULES:
+            raise ValueError(f"report.convergence must be one of {CONVERGENCE_RULES}, got {self.rule!r}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"report.half_budget_tolerance must be in [0, 1), got {self.tolerance}")
+
+
 def random_bar(task_rows: pd.DataFrame, bar: LearnedBar, scale: float) -> tuple[float, float]:
     """A task's random-policy reward and :meth:`LearnedBar.margin` from its runs' rows (``random_reward``,
     ``random_reward_std``) and reward ``scale``: a policy learned when it scores at least their sum."""
@@ -111,16 +137,20 @@ def _not_learned_detail(runs: pd.DataFrame, task: str, variant: str) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
-def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: str) -> list[str]:
-    """Why a comparison cannot be judged: variants that did not learn, world models that did not converge.
+def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: str,
+                    convergence: ConvergenceRule | None = None) -> list[str]:
+    """Why a comparison cannot be judged: variants that did not learn, world models that did not converge
+    (by ``convergence``, default :class:`ConvergenceRule` ()).
 
     Args:
         per_task: one row per task with ``random_reward``, ``learned_margin`` and, per variant key
             (``baseline``/``flow``), ``<key>_reward``.
-        runs: the comparison's rows of :func:`run_table` (``task``, ``variant``, ``pretrain_converged`` and,
-            when logged, ``imagined_reward_per_step`` / ``real_reward_per_step`` and ``saturated_fraction``,
-            quoted beside a variant that did not learn).
+        runs: the comparison's rows of :func:`run_table` (``task``, ``variant``, ``seed``,
+            ``pretrain_converged``, ``heldout_error_final``, ``half_budget_heldout_error_final``,
+            ``half_budget_drop`` and, when logged, ``imagined_reward_per_step`` / ``real_reward_per_step``
+            and ``saturated_fraction``, quoted beside a variant that did not learn).
     """
+    convergence = convergence or ConvergenceRule()
     reasons = []
     for _, row in per_task.iterrows():
         if not np.isfinite(row["random_reward"]):
@@ -132,6 +162,8 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
                 reasons.append(f"{row['task']}: {variant} did not learn (final reward {row[f'{key}_reward']:.1f} "
                                f"< random {row['random_reward']:.1f} + margin {row['learned_margin']:.1f})"
                                + _not_learned_detail(runs, row["task"], variant))
+    if convergence.rule == "half_budget":
+        return reasons + half_budget_reasons(list(per_task["task"]), runs, flow_variant, convergence.tolerance)
     for variant in ("baseline", flow_variant):
         flags = runs[runs.variant == variant].pretrain_converged.tolist()
         unchecked = sum(f is None or (isinstance(f, float) and math.isnan(f)) for f in flags)
@@ -142,6 +174,25 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
         if unchecked:
             reasons.append(f"{variant}: world-model convergence unchecked in {unchecked} of {len(flags)} runs "
                            "(no held-out episodes)")
+    return reasons
+
+
+def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str, tolerance: float) -> list[str]:
+    """:class:`ConvergenceRule` ``half_budget``: a reason for each task and variant whose world model's
+    held-out error fell by more than ``tolerance`` from half the cap to the cap on a checked run, and for
+    each one without a checked run (``runs``: rows of :func:`run_table`)."""
+    reasons = []
+    for task in tasks:
+        for variant in ("baseline", flow_variant):
+            rows = runs[(runs.task == task) & (runs.variant == variant)]
+            checked = rows[rows.half_budget_drop.notna()] if "half_budget_drop" in rows else rows.iloc[:0]
+            if checked.empty:
+                reasons.append(f"{task}: {variant}'s world-model convergence unchecked (no run of "
+                               "pretrain.half_budget_seeds pretrained for half the cap)")
+            for row in checked[checked.half_budget_drop > tolerance].itertuples():
+                reasons.append(f"{task}: {variant}'s world model did not converge (seed {row.seed}: held-out error "
+                               f"{row.half_budget_heldout_error_final:.4g} at half the cap, {row.heldout_error_final:.4g} "
+                               f"at the cap, {row.half_budget_drop:.0%} lower; more than {tolerance:.0%})")
     return reasons
 
 
@@ -213,10 +264,11 @@ def _duration(run: Run) -> float:
 
 def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow_variant: str,
             thresholds: dict[str, tuple[dict[str, float], float, str]], criteria: Criteria, reps: int,
-            learned_bar: LearnedBar | None = None) -> dict[str, Any]:
+            learned_bar: LearnedBar | None = None, convergence: ConvergenceRule | None = None) -> dict[str, Any]:
     """All statistics of one comparison (``flow_variant`` vs baseline within ``setting`` at one model
     size); ``thresholds`` maps each task to :func:`task_thresholds` (whose reward scale also sets the
-    ``learned_bar``'s scale part, :meth:`LearnedBar.margin`; default :class:`LearnedBar` ())."""
+    ``learned_bar``'s scale part, :meth:`LearnedBar.margin`; default :class:`LearnedBar` ());
+    ``convergence`` judges the world models (default :class:`ConvergenceRule` ())."""
     learned_bar = learned_bar or LearnedBar()
     sub = table[(table.setting == setting) & (table.model == model) & table.variant.isin(["baseline", flow_variant])]
     tasks = sorted(set(sub[sub.variant == "baseline"].task) & set(sub[sub.variant == flow_variant].task))
@@ -290,7 +342,7 @@ def compare(runs: list[Run], table: pd.DataFrame, setting: str, model: str, flow
             result[f"probability_of_improvement{suffix}"] = probability_of_improvement(
                 matrices["flow"], matrices["baseline"], reps)
         result["seeds_used"] = seeds
-        result.update(decide(per_task_df, stability, complete, invalid_reasons(per_task_df, sub, flow_variant)))
+        result.update(decide(per_task_df, stability, complete, invalid_reasons(per_task_df, sub, flow_variant, convergence)))
     else:
         result.update({"verdict": "no data", "failed": [], "inconclusive": [], "criteria": {}, "invalid_reasons": []})
     return result

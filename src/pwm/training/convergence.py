@@ -61,6 +61,10 @@ class PlateauRule:
             return True
         return False
 
+    def window_mean(self) -> float:
+        """Mean of the last ``window`` evaluations (fewer if fewer ran; NaN before the first)."""
+        return sum(self.recent) / len(self.recent) if self.recent else math.nan
+
     def converged(self, iteration: int) -> bool:
         """Whether training may stop after ``iteration + 1`` iterations."""
         return self.evaluations_since_improvement >= self.patience and iteration + 1 >= self.min_iterations

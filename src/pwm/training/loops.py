@@ -211,7 +211,9 @@ def pretrain_world_model(
     ``heldout_windows`` windows of the buffer's held-out episodes, and their ``heldout_error`` feeds a
     :class:`~pwm.training.convergence.PlateauRule` (``patience``, ``min_improvement``,
     ``min_iterations``, ``window``). Training stops when it has converged or after ``iterations``
-    (the cap), and the weights of the best evaluation are restored. ``lr_schedule=linear`` decays the
+    (the cap), and the weights of the best evaluation are restored. The summary holds the lowest held-out
+    error (``heldout_error``, the kept weights') and the mean of the last ``window`` evaluations
+    (``heldout_error_final``: where training ended, without the minimum's luck of the draw). ``lr_schedule=linear`` decays the
     world model's learning rate linearly from its initial value (at iteration 0) to ``lr_final`` (at
     the cap); ``constant`` keeps it. Without held-out episodes it
     runs to the cap and ``converged`` is None (unchecked).
@@ -272,6 +274,7 @@ def pretrain_world_model(
     return {"iterations": progress.iteration, "train_elapsed_s": progress.train_elapsed_s,
             "converged": converged, "best_iteration": plateau.best_iteration + 1,
             "heldout_error": plateau.best if heldout is not None else float("nan"),
+            "heldout_error_final": plateau.window_mean() if heldout is not None else float("nan"),
             "wm_nan_skipped_steps": agent.nan_counts["wm"], "checkpoint": str(loop.checkpoint_path)}
 
 
