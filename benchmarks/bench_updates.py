@@ -31,15 +31,17 @@ from _process import in_fresh_process, reset_peak, status_mb
 CFG_DIR = Path(__file__).resolve().parent.parent / "scripts" / "cfg"
 
 
-def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool, compiled: bool, queue) -> None:
+def _measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool, compiled: bool,
+             matmul_precision: str, queue) -> None:
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from pwm.algorithms.build import build_pwm
-    from pwm.utils.common import resolve_device
+    from pwm.utils.common import resolve_device, set_matmul_precision
 
     torch.manual_seed(0)
+    set_matmul_precision(matmul_precision)
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     with initialize_config_dir(config_dir=str(CFG_DIR), version_base="1.3"):
@@ -131,8 +133,8 @@ def _matmul_rate(rows: int, width: int, device, seconds: float = 1.0) -> float:
 
 
 def measure(alg_name: str, integrate_steps: int | None, args: dict, recompute: bool = False,
-            compiled: bool = False) -> dict:
-    return in_fresh_process(_measure, alg_name, integrate_steps, args, recompute, compiled)
+            compiled: bool = False, matmul_precision: str = "highest") -> dict:
+    return in_fresh_process(_measure, alg_name, integrate_steps, args, recompute, compiled, matmul_precision)
 
 
 def main() -> None:
@@ -150,6 +152,9 @@ def main() -> None:
     parser.add_argument("--compile-steps", type=int, nargs="*", default=[4],
                         help="K values also measured with compile_wm_loss=true (rows *-c; the baseline too when "
                              "any); pass none to skip: compiling takes minutes")
+    parser.add_argument("--medium-steps", type=int, nargs="*", default=[],
+                        help="K values also measured with matmul_precision=medium (rows *-m, the baseline too when "
+                             "any): float32 matmuls in bfloat16, fast on CPUs with AMX")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
                         help="glibc's MALLOC_MMAP_THRESHOLD_ for the measuring processes: blocks this large or "
@@ -176,6 +181,10 @@ def main() -> None:
             if row["variant"].endswith("-c"):
                 row["wm_gflop"] = eager_gflop.get(row["K"], float("nan"))
                 row["wm_gflops"] = row["wm_gflop"] / row["wm_update_s"]
+    if cli.medium_steps:
+        rows += [{"variant": "base-m", "K": "-", **measure(cli.alg, None, args, matmul_precision="medium")}]
+        rows += [{"variant": "flow-m", "K": k, **measure(f"{cli.alg}_flow", k, args, matmul_precision="medium")}
+                 for k in cli.medium_steps]
     base = rows[0]
     thresholds = {row["malloc_mmap_threshold"] for row in rows}  # as the measuring processes saw it
     allocator = "".join(f", MALLOC_MMAP_THRESHOLD_={value}" for value in thresholds if value is not None)
@@ -194,7 +203,8 @@ def main() -> None:
               f"{row['peak_mb'] / base['peak_mb']:>8.2f}")
     print("\n'x base' columns: time (or memory) relative to the baseline; > 1 means the flow variant costs more. "
           "flow-rc: recompute_substeps=true (sub-steps recomputed in backward). "
-          "*-c: compile_wm_loss=true (torch.compile of the world-model loss). tensor MB: peak live tensors of "
+          "*-c: compile_wm_loss=true (torch.compile of the world-model loss). *-m: matmul_precision=medium "
+          "(float32 matmuls in bfloat16; the matmul rate below is then bfloat16's). tensor MB: peak live tensors of "
           "one WM update; WM upd MB: the process's peak growth over the updates (RSS on CPU: allocator caching "
           "included).")
     for row in rows:
@@ -203,6 +213,14 @@ def main() -> None:
                          and r["K"] == row["K"])
             print(f"{row['variant']} K={row['K']}: compiled WM update {row['wm_update_s'] / eager['wm_update_s']:.2f}x "
                   f"the eager one; first (compiling) update {row['wm_first_update_s']:.0f} s")
+        if row["variant"].endswith("-m"):
+            exact = next((r for r in rows if r["variant"] == row["variant"].replace("-m", "").replace("base", "baseline")
+                          and r["K"] == row["K"]), None)
+            if exact is None:  # a K measured at medium precision only
+                continue
+            print(f"{row['variant']} K={row['K']}: WM update at matmul_precision=medium "
+                  f"{row['wm_update_s'] / exact['wm_update_s']:.2f}x the float32 one, policy update "
+                  f"{row['policy_update_s'] / exact['policy_update_s']:.2f}x")
     for row in rows:
         print(f"{row['variant']} K={row['K']}: {row['wm_gflop']:.1f} GFLOP per world-model update, "
               f"{row['wm_gflops']:.0f} GFLOP/s = {row['wm_gflops'] / row['matmul_gflops']:.2f} of this machine's "

@@ -45,6 +45,10 @@ def test_half_budget_check_leaves_the_job_its_own_run(tmp_path):
     assert job(tmp_path / "other", "pretrain.half_budget_seeds=[1]").keys() == plain.keys()
     with pytest.raises(ValueError, match="pretrain.half_budget_seeds must be a list of seeds"):
         job(tmp_path / "bad", "pretrain.half_budget_seeds=0")
+    assert plain["matmul_precision"] == "highest"  # recorded; applied before anything is written
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        job(tmp_path / "bad_precision", "matmul_precision=bf16")
+    assert not (tmp_path / "bad_precision").exists()
 
 
 def test_flow_knobs_apply_only_to_flow_variants():

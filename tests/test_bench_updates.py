@@ -9,7 +9,7 @@ from conftest import REPO
 def _bench(*extra: str) -> str:
     command = [sys.executable, str(REPO / "benchmarks" / "bench_updates.py"), "--alg", "pwm_tiny", "--batch", "8",
                "--horizon", "3", "--integrate-steps", "2", "--recompute-steps", "2", "--compile-steps",
-               "--repeats", "1", "--threads", "1", *extra]
+               "--medium-steps", "2", "--repeats", "1", "--threads", "1", *extra]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -26,3 +26,6 @@ def test_the_table_has_every_variant_against_the_baseline_and_the_allocator_sett
     # recomputing the Euler sub-steps in backward holds fewer live tensors than keeping them
     assert float(rows["flow-rc2"][7]) < float(rows["flow2"][7])
     assert "GFLOP per world-model update" in out and "ESNR" in out
+    medium = {fields[0] + fields[1] for fields in map(str.split, out.splitlines())
+              if len(fields) == 13 and fields[0].endswith("-m") and fields[1] in ("-", "2")}
+    assert medium == {"base-m-", "flow-m2"} and "flow-m K=2: WM update at matmul_precision=medium" in out

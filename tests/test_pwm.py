@@ -781,3 +781,39 @@ def test_bc_coef_is_checked_and_needs_the_data_actions():
         make_pwm(actor_bc_coef=0.4).update_actor_critic(torch.randn(4, 6))
     agent = make_pwm(actor_bc_coef=0.4)  # update() passes the batch's first actions
     assert math.isfinite(agent.update(*batch())["actor/data_action_error"])
+
+
+@pytest.mark.parametrize("cls", [WorldModel, FlowWorldModel])
+def test_medium_matmul_precision_keeps_world_model_gradients_within_bfloat16_error(cls):
+    """matmul_precision=medium (opt-in) lets float32 matmuls run in bfloat16 where the CPU has AMX: the
+    world-model loss and gradients stay within bfloat16's error of float32's (8-bit mantissa: ~4e-3 per
+    product), and highest restores float32 exactly."""
+    from pwm.utils.common import set_matmul_precision
+
+    torch.manual_seed(0)
+    wm = cls(obs_dim=24, act_dim=6, latent_dim=64, encoder_units=[256], units=[256, 256], num_bins=51)
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(5, 256, 24, generator=g), torch.rand(4, 256, 6, generator=g) * 2 - 1
+    rew = torch.randn(4, 256, generator=g)
+
+    def loss_and_gradient():
+        torch.manual_seed(1)  # flow's tau draws
+        wm.zero_grad()
+        loss = compute_wm_loss(wm, obs, act, rew, gamma=0.99)[0]
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.reshape(-1) for p in wm.parameters() if p.grad is not None])
+
+    exact_loss, exact = loss_and_gradient()
+    try:
+        set_matmul_precision("medium")
+        assert torch.get_float32_matmul_precision() == "medium"
+        fast_loss, fast = loss_and_gradient()
+    finally:
+        set_matmul_precision("highest")
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert fast_loss == pytest.approx(exact_loss, rel=1e-2)
+    assert ((fast - exact).norm() / exact.norm()).item() < 5e-2
+    again_loss, again = loss_and_gradient()
+    assert again_loss == exact_loss and torch.equal(again, exact)
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        set_matmul_precision("bf16")

@@ -30,7 +30,7 @@ from pwm.envs.tasks import make_env
 from pwm.experiments.runs import model_size
 from pwm.training.loops import check_offline_agent, pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
-from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_threads
+from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_matmul_precision, set_threads
 from pwm.utils.extras import check_optional_extras
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target", "endpoint_loss_coef",
@@ -187,6 +187,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
+    set_matmul_precision(cfg.matmul_precision)
     with file_lock(run_dir / ".lock"):
         check_run_model(run_dir, alg)
         summary_path = run_dir / "summary.json"
@@ -214,6 +215,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "pretrain_heldout_error": pretrain["heldout_error"],
                     "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
                     "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), **random_reference,
+                    "matmul_precision": cfg.matmul_precision,
                     "alg": OmegaConf.to_container(alg)}
         return train_offline(agent, buffer, eval_env, run_dir, train_settings, alg.batch_size, cfg.seed,
                              run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}",

@@ -29,7 +29,8 @@ from pwm.envs.rollout import EVAL_SEED_OFFSET
 from pwm.envs.wrappers import PaddedEnv
 from pwm.training.loops import pretrain_world_model, train_offline, train_online, world_model_meta
 from pwm.training.settings import OfflineSettings, OnlineSettings, PretrainSettings
-from pwm.utils.common import atomic_write_text, file_lock, load_checkpoint, resolve_device, seed_everything, set_threads
+from pwm.utils.common import (atomic_write_text, file_lock, load_checkpoint, resolve_device, seed_everything,
+                              set_matmul_precision, set_threads)
 from pwm.utils.extras import check_optional_extras
 
 
@@ -38,6 +39,7 @@ def run_singletask(cfg: DictConfig) -> dict[str, Any]:
     check_optional_extras(cfg)
     settings = OnlineSettings.from_cfg(cfg.train, "train")
     set_threads(cfg.threads)
+    set_matmul_precision(cfg.matmul_precision)
     seed_everything(cfg.seed)
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + EVAL_SEED_OFFSET)
     agent = build_pwm(cfg.alg, env.obs_dim, env.act_dim, device=cfg.device)
@@ -58,6 +60,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     check_optional_extras(cfg)
     settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
     set_threads(cfg.threads)
+    set_matmul_precision(cfg.matmul_precision)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(cfg.device)
     if world_size > 1:
@@ -157,6 +160,7 @@ def run_policy_extraction(cfg: DictConfig) -> dict[str, Any]:
     check_optional_extras(cfg)
     settings = OfflineSettings.from_cfg(cfg.train, "train")
     set_threads(cfg.threads)
+    set_matmul_precision(cfg.matmul_precision)
     tasks = task_set(cfg.task_set)
     if cfg.task not in tasks:
         raise UnknownTaskError(f"task {cfg.task!r} is not in task set {cfg.task_set!r}")
