@@ -4,7 +4,7 @@
 # interrupted ones resume from their checkpoints. Each stage rebuilds the study's report.md over every
 # run so far and archives the finished runs in <report dir>/runs (summaries and gzipped metrics, no
 # checkpoints or data; commit them): on a fresh checkout they are restored first, so only the rest runs.
-#   bash scripts/run_study.sh                      # everything: main grid + sweeps (time: see study/cpu.yaml)
+#   bash scripts/run_study.sh                      # everything: main grid + sweeps (time: see study/cpu_v2.yaml)
 #   STAGES=main bash scripts/run_study.sh          # the main A/B only (36 runs)
 #   STUDY=cpu bash scripts/run_study.sh            # another preset of scripts/cfg/study/ (cpu: the first version)
 #   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage

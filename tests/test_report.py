@@ -373,9 +373,13 @@ def test_archived_runs_round_trip_and_restore_skips_what_exists(tmp_path):
     root = tmp_path / "ab"
     populate(root)
     (root / "runs" / "task-a" / "default" / "baseline" / "seed9").mkdir(parents=True)  # unfinished: no summary
+    checked = root / "runs" / "task-a" / "default" / "baseline" / "seed0"  # ran the half-budget check
+    (checked / "pretrain_half").mkdir()
+    (checked / "pretrain_half" / "metrics.csv").write_text((checked / "pretrain" / "metrics.csv").read_text())
     archive = tmp_path / "archive"
     assert save(root, archive) == 12 and save(root, archive) == 0  # only what the archive lacks
-    assert not list(archive.rglob("checkpoint.pt")) and len(list(archive.rglob("metrics.csv.gz"))) == 24  # policy + pretraining
+    assert not list(archive.rglob("checkpoint.pt")) and len(list(archive.rglob("metrics.csv.gz"))) == 25  # policy + pretraining
+    assert (archive / "task-a" / "default" / "baseline" / "seed0" / "pretrain_half" / "metrics.csv.gz").exists()
     original, archived = build_report(root, bootstrap_reps=50), build_report(archive, tmp_path / "r2", bootstrap_reps=50)
     for a, b in zip(original["comparisons"][0]["per_task"], archived["comparisons"][0]["per_task"]):
         assert b["flow_reward"] == pytest.approx(a["flow_reward"], rel=1e-5)
@@ -386,6 +390,7 @@ def test_archived_runs_round_trip_and_restore_skips_what_exists(tmp_path):
     (partial / "metrics.csv").write_text("iteration\n0\n")  # an interrupted attempt: replaced by the archive
     assert restore(archive, fresh) == 12 and restore(archive, fresh) == 0
     assert not (partial / "metrics.csv").exists() and (partial / "metrics.csv.gz").exists()
+    assert (partial / "pretrain_half" / "metrics.csv.gz").exists()
     assert build_report(fresh, bootstrap_reps=50)["comparisons"][0]["verdict"] == original["comparisons"][0]["verdict"]
 
 

@@ -1,7 +1,8 @@
 """A committable archive of finished A/B runs, so a long study survives the machine it ran on.
 
 ``save`` copies every finished run under ``<root>/runs`` (one with a ``summary.json``) into the
-archive as ``summary.json`` plus gzipped ``metrics.csv.gz`` and ``pretrain/metrics.csv.gz`` with floats
+archive as ``summary.json`` plus gzipped ``metrics.csv.gz``, ``pretrain/metrics.csv.gz`` (and the
+half-budget check's ``pretrain_half/metrics.csv.gz``) with floats
 kept to 6 significant digits (about 60 KB a run; no checkpoints, no data). ``restore`` puts archived
 runs back under a root where they are missing: an A/B job that finds its ``summary.json`` is done and
 is skipped, so a study resumed on a fresh checkout runs only what the archive does not hold. The
@@ -22,7 +23,7 @@ import pandas as pd
 
 from pwm.utils.common import atomic_write_text
 
-METRICS = ("metrics.csv", "pretrain/metrics.csv")
+METRICS = ("metrics.csv", "pretrain/metrics.csv", "pretrain_half/metrics.csv")  # the last: half-budget checks
 
 
 def _runs_dir(root: Path) -> Path:
