@@ -183,7 +183,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
     train_settings = OfflineSettings.from_cfg(cfg.train, "train")
     pretrain_settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
-    half_budget_seeds(cfg)
+    checked_seeds = half_budget_seeds(cfg)
     alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
@@ -197,7 +197,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                 return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
         data_dir, random_reference = ensure_dataset(cfg)
         half_budget = {}
-        if cfg.seed in half_budget_seeds(cfg):
+        if cfg.seed in checked_seeds:
             half_budget = pretrain_half_budget(cfg, alg, data_dir, pretrain_settings, run_dir)
         seed_everything(cfg.seed)  # after the check: the job's own run is the one it would be without
         eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
