@@ -12,7 +12,7 @@ from pwm.experiments.runs import HELDOUT_TREND_ITERATIONS
 
 def _half_budget(group: pd.DataFrame) -> str:
     """The half-budget checks of a group's runs: ``0.0831 -> 0.0680 (-18%, seed 0)`` each; ``-`` if none."""
-    checked = group[group.half_budget_drop.notna()] if "half_budget_drop" in group else group.iloc[:0]
+    checked = group[group.half_budget_drop.notna()]
     return "; ".join(f"{row.half_budget_heldout_error_final:.4g} -> {row.heldout_error_final:.4g} "
                      f"({-row.half_budget_drop:+.0%}, seed {row.seed})" for row in checked.itertuples()) or "-"
 

@@ -185,7 +185,7 @@ def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str,
     for task in tasks:
         for variant in ("baseline", flow_variant):
             rows = runs[(runs.task == task) & (runs.variant == variant)]
-            checked = rows[rows.half_budget_drop.notna()] if "half_budget_drop" in rows else rows.iloc[:0]
+            checked = rows[rows.half_budget_drop.notna()]
             if checked.empty:
                 reasons.append(f"{task}: {variant}'s world-model convergence unchecked (no run of "
                                "pretrain.half_budget_seeds pretrained for half the cap)")
