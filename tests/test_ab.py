@@ -42,6 +42,11 @@ def test_half_budget_check_leaves_the_job_its_own_run(tmp_path):
     assert math.isfinite(checked["pretrain_half_heldout_error_final"]) and "pretrain_half_iterations" not in plain
     for key in ("pretrain_heldout_error_final", "pretrain_heldout_error", "final_reward"):
         assert checked[key] == plain[key], key
+    # the check is the job run at half the cap: a cap's job can take its check from the previous cap's run
+    halved = compose_ab("alg=pwm_tiny_flow", "setting=default", f"general.root={tmp_path / 'halved'}", *TINY_AB)
+    assert run_ab_job(halved)["pretrain_heldout_error_final"] == checked["pretrain_half_heldout_error_final"]
+    with pytest.raises(ValueError, match="another pretraining budget"):  # the finished cap-8 run is not a cap-16 one
+        job(tmp_path / "plain", "pretrain.iterations=16")
     assert job(tmp_path / "other", "pretrain.half_budget_seeds=[1]").keys() == plain.keys()
     with pytest.raises(ValueError, match="pretrain.half_budget_seeds must be a list of seeds"):
         job(tmp_path / "bad", "pretrain.half_budget_seeds=0")
@@ -126,6 +131,33 @@ def test_a_run_folder_of_other_alg_settings_is_refused_naming_them(tmp_path):
             "0.1; alg.critic_data_loss: 'mse' -> "
             "'lower_bound'; alg.world_model_config.normalize_dynamics_loss: False -> True") in str(refused.value)
     check_run_model(legacy, compose_ab("alg=pwm_small", "+objective=pwm").alg)
+
+
+def test_a_run_folder_of_another_pretraining_budget_is_refused(tmp_path):
+    """Doubling a task's cap in a preset must not return (or resume under another rate schedule) the run of the
+    old cap from the same folder: job.json records the budget, and a finished older run's pretrained
+    iterations must fit the new one."""
+    from pwm.experiments.ab import pretrain_budget
+    from pwm.training.settings import PretrainSettings
+
+    alg = compose_ab("alg=pwm_tiny").alg
+    cap_40k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=cup-catch").pretrain, "pretrain")
+    cap_80k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=cartpole-swingup").pretrain, "pretrain")
+    check_run_model(tmp_path / "run", alg, cap_40k)
+    assert json.loads((tmp_path / "run" / "job.json").read_text())["pretrain"] == pretrain_budget(cap_40k)
+    check_run_model(tmp_path / "run", alg, cap_40k)
+    check_run_model(tmp_path / "run", alg)  # callers that do not pretrain do not check it
+    with pytest.raises(ValueError, match=r"another pretraining budget \(pretrain.iterations: 40000 -> 80000; "
+                                         r"pretrain.min_iterations: 40000 -> 80000\).*move the folder"):
+        check_run_model(tmp_path / "run", alg, cap_80k)
+    legacy = tmp_path / "legacy"  # finished before job.json held the budget: 40k iterations pretrained
+    legacy.mkdir()
+    (legacy / "summary.json").write_text(json.dumps({"alg": OmegaConf.to_container(alg, resolve=True),
+                                                     "pretrain_iterations": 40000}))
+    with pytest.raises(ValueError, match="it pretrained for 40000 iterations, this job's pretrain.iterations=80000"):
+        check_run_model(legacy, alg, cap_80k)
+    check_run_model(legacy, alg, cap_40k)
+    assert json.loads((legacy / "job.json").read_text())["pretrain"]["iterations"] == 40000
 
 
 def _restored_run_passes_the_guard(summary, alg, folder):
@@ -213,7 +245,10 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert len(set(tasks)) == 6 and "finger-spin" not in tasks and "cartpole-balance-sparse" in tasks
     assert params["alg"] == "pwm_tiny,pwm_tiny_flow" and v2.alg.batch_size == v1.alg.batch_size
     # every model trains to the cap under the decaying rate; the first seed, run first, is checked at half of it
-    assert v2.pretrain.min_iterations == v2.pretrain.iterations == 40000 and v2.pretrain.lr_schedule == "linear"
+    # (a task's cap doubles from 40k while seed 0's check fails: cartpole-balance, ab.yaml's default, starts at 80k)
+    passed, doubled = (compose_ab("+study=cpu_v2", f"task={task}").pretrain for task in ("cup-catch", "cartpole-swingup"))
+    assert passed.min_iterations == passed.iterations == 40000 and v2.pretrain.lr_schedule == "linear"
+    assert doubled.min_iterations == doubled.iterations == 80000 == v2.pretrain.iterations
     assert list(v2.pretrain.half_budget_seeds) == [0] and compose_ab().pretrain.half_budget_seeds == []
     assert v2.report.convergence == "half_budget" and compose_ab().report.convergence == "plateau"
     assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")

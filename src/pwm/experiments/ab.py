@@ -117,13 +117,16 @@ def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
     return Path(cfg.general.root) / "runs" / cfg.task / (cfg.setting or "default") / variant_label(alg) / f"seed{cfg.seed}"
 
 
-def check_run_model(run_dir: Path, alg: DictConfig) -> None:
-    """Refuse a run folder that holds (or held) a run of other network sizes or other algorithm settings.
+def check_run_model(run_dir: Path, alg: DictConfig, pretrain: PretrainSettings | None = None) -> None:
+    """Refuse a run folder that holds (or held) a run of other network sizes, other algorithm settings or,
+    when ``pretrain`` is given, another world-model pretraining budget.
 
-    The folder name says task, setting, variant and seed but not the model size or the ``alg`` settings
-    left at their defaults, so without this a job of ``alg=pwm_5M``, or one run after a default changed,
-    would return (or resume) the older run as its own. Size and settings are recorded in ``job.json``
-    when a job starts; older runs record them in their summary (sizes only in older ``job.json`` files).
+    The folder name says task, setting, variant and seed but not the model size, the ``alg`` settings
+    left at their defaults or a preset's pretraining cap, so without this a job of ``alg=pwm_5M``, one run
+    after a default changed, or one whose task's cap was doubled would return the older run as its own (or
+    resume its pretraining under another learning-rate schedule). Size, settings and budget are recorded in
+    ``job.json`` when a job starts; older runs record the first two in their summary (sizes only in older
+    ``job.json`` files) and the budget as the iterations they pretrained for.
     """
     resolved = OmegaConf.to_container(alg, resolve=True)
     current = model_size({"alg": resolved})
@@ -139,8 +142,39 @@ def check_run_model(run_dir: Path, alg: DictConfig) -> None:
     if changes:
         raise ValueError(f"{run_dir} holds a run of other alg settings ({'; '.join(changes)}); "
                          "use another general.root, or delete the folder")
-    if "alg" not in job:
-        atomic_write_text(json.dumps({"model": current, "alg": resolved}, indent=2), job_path)
+    budget = pretrain_budget(pretrain) if pretrain is not None else None
+    if budget is not None:
+        _check_pretrain_budget(run_dir, budget, job.get("pretrain"), summary.get("pretrain_iterations"))
+    if "alg" not in job or (budget is not None and "pretrain" not in job):
+        record = {"model": current, "alg": resolved, **({"pretrain": budget} if budget is not None else {})}
+        atomic_write_text(json.dumps(record, indent=2), job_path)
+
+
+#: The pretraining settings that make a different world model (not how often it is logged or checkpointed).
+PRETRAIN_BUDGET_KEYS = ("iterations", "min_iterations", "lr_schedule", "lr_final", "eval_every", "window",
+                        "patience", "min_improvement", "heldout_windows")
+
+
+def pretrain_budget(settings: PretrainSettings) -> dict[str, Any]:
+    """The part of ``settings`` that ``job.json`` records and :func:`check_run_model` compares."""
+    return {key: getattr(settings, key) for key in PRETRAIN_BUDGET_KEYS}
+
+
+def _check_pretrain_budget(run_dir: Path, budget: dict[str, Any], recorded: dict[str, Any] | None,
+                           pretrained_iterations: int | None) -> None:
+    if recorded is not None:
+        changes = [f"pretrain.{key}: {recorded.get(key)!r} -> {budget[key]!r}" for key in PRETRAIN_BUDGET_KEYS
+                   if recorded.get(key) != budget[key]]
+    elif pretrained_iterations is not None:  # a finished run from before job.json recorded its budget
+        floor = min(budget["min_iterations"], budget["iterations"])
+        fits = floor <= pretrained_iterations <= budget["iterations"]
+        changes = [] if fits else [f"it pretrained for {pretrained_iterations} iterations, this job's "
+                                   f"pretrain.iterations={budget['iterations']}, min_iterations={budget['min_iterations']}"]
+    else:
+        changes = []
+    if changes:
+        raise ValueError(f"{run_dir} holds a run of another pretraining budget ({'; '.join(changes)}); "
+                         "use another general.root, or move the folder")
 
 
 def half_budget_seeds(cfg: DictConfig) -> list[int]:
@@ -189,7 +223,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     set_threads(cfg.threads)
     set_matmul_precision(cfg.matmul_precision)
     with file_lock(run_dir / ".lock"):
-        check_run_model(run_dir, alg)
+        check_run_model(run_dir, alg, pretrain_settings)
         summary_path = run_dir / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
