@@ -127,6 +127,12 @@ def test_linear_pretraining_schedule_decays_the_world_model_rate_alone_then_rest
     constant = agent()
     pretrain_world_model(constant, linear_buffer(), tmp_path / "constant", pretrain_cfg(iterations=4), 16, 0, {})
     assert constant.wm_optim.param_groups[0]["lr"] == 3e-3
+    # the cap sets every rate: the run resumes under its own cap, not another (a constant rate extends)
+    with pytest.raises(ValueError, match=r"pretrain_lr_schedule=\{'iterations': 10, .*'iterations': 20"):
+        pretrain_world_model(agent(), linear_buffer(), tmp_path, {**cfg, "iterations": 20}, 16, 0, {})
+    assert pretrain_world_model(agent(), linear_buffer(), tmp_path, cfg, 16, 0, {})["iterations"] == 10
+    extended = pretrain_world_model(agent(), linear_buffer(), tmp_path / "constant", pretrain_cfg(iterations=8), 16, 0, {})
+    assert extended["iterations"] == 8
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -239,7 +239,7 @@ def pretrain_world_model(
                         seed=seed, rank=rank, resume=settings.resume,
                         parts={"world_model": agent.wm, "wm_optim": agent.wm_optim, "plateau": plateau,
                                "best_world_model": best},
-                        static={"meta": meta}, tensorboard=settings.tensorboard, wandb=settings.wandb,
+                        static={"meta": meta}, identity=pretrain_schedule_identity(settings), tensorboard=settings.tensorboard, wandb=settings.wandb,
                         logger_config=meta, desc=desc)
 
     def step(iteration: int) -> dict[str, float]:
@@ -276,6 +276,14 @@ def pretrain_world_model(
             "heldout_error": plateau.best if heldout is not None else float("nan"),
             "heldout_error_final": plateau.window_mean() if heldout is not None else float("nan"),
             "wm_nan_skipped_steps": agent.nan_counts["wm"], "checkpoint": str(loop.checkpoint_path)}
+
+
+def pretrain_schedule_identity(settings: PretrainSettings) -> dict[str, Any]:
+    """Under ``lr_schedule=linear`` the cap sets every iteration's rate, so a checkpoint resumes only under
+    its own cap and final rate (a constant-rate run may be extended by raising ``iterations``)."""
+    if settings.lr_schedule != "linear":
+        return {}
+    return {"pretrain_lr_schedule": {"iterations": settings.iterations, "lr_final": settings.lr_final}}
 
 
 def _all_ranks_agree(flag: bool) -> bool:

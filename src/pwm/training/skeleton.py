@@ -102,6 +102,9 @@ class TrainingLoop:
         parts: named objects with ``state_dict`` / ``load_state_dict`` saved in every checkpoint under
             their name (e.g. ``{"agent": agent}``, ``{"world_model": wm, "wm_optim": optim}``).
         static: entries written into every checkpoint as they are (e.g. ``run_info``, ``meta``).
+        identity: entries written into every checkpoint that a resumed one must hold unchanged (e.g. the cap
+            of a decaying learning rate: resumed under another cap the run would be neither the old nor the new
+            one); a mismatch is an error naming the entry. Checkpoints without the entry resume.
         resume: continue from ``checkpoint.pt`` when it exists. A run ended by a stop request runs no
             more iterations; one that reached its iteration count continues if ``schedule`` asks for more.
         rank: DDP rank; only rank 0 logs, shows a bar and writes checkpoints.
@@ -109,12 +112,14 @@ class TrainingLoop:
     """
 
     def __init__(self, run_dir: str | Path, schedule: Schedule, *, seed: int, parts: dict[str, Stateful],
-                 static: dict[str, Any] | None = None, resume: bool = True, rank: int = 0,
-                 tensorboard: bool = False, wandb: bool = False, logger_config: dict[str, Any] | None = None,
-                 desc: str = "") -> None:
+                 static: dict[str, Any] | None = None, identity: dict[str, Any] | None = None, resume: bool = True,
+                 rank: int = 0, tensorboard: bool = False, wandb: bool = False,
+                 logger_config: dict[str, Any] | None = None, desc: str = "") -> None:
         self.run_dir = Path(run_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
-        self.schedule, self.parts, self.static = schedule, parts, dict(static or {})
+        self.schedule, self.parts = schedule, parts
+        self.identity = dict(identity or {})
+        self.static = {**(static or {}), **self.identity}
         self.is_main, self.desc = rank == 0, desc
         self.generator = torch.Generator().manual_seed(seed + rank)
         self.np_rng = np.random.default_rng(seed)
@@ -130,6 +135,10 @@ class TrainingLoop:
     # -- state ---------------------------------------------------------------------------------------------
     def _load(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
+        for name, value in self.identity.items():
+            if name in state and state[name] != value:
+                raise ValueError(f"{self.checkpoint_path} is a run of {name}={state[name]!r}, this one has "
+                                 f"{name}={value!r}; use another run directory, or resume=false to start over")
         for name, part in self.parts.items():
             if name not in state:
                 continue  # a part that older checkpoints did not save keeps its fresh state
