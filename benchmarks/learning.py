@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from pwm.utils.common import die_with_parent
+from pwm.utils.common import atomic_savefig, die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "benchmarks" / "reference" / "tdmpc2_published_curves.csv"
@@ -388,7 +388,7 @@ def plot(results, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("eval episode reward")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

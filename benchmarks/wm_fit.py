@@ -40,7 +40,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pwm.utils.common import die_with_parent
+from pwm.utils.common import atomic_savefig, die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 CFG_DIR = REPO / "scripts" / "cfg" / "alg"
@@ -216,10 +216,8 @@ def plot(frame, path: Path) -> None:
         ax.grid(alpha=0.3)
     left.legend(fontsize=7)
     fig.tight_layout()
-    partial = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(partial, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    partial.replace(path)
 
 
 def main() -> None:

@@ -168,3 +168,28 @@ def test_git_commit_names_the_checkout_and_marks_uncommitted_changes(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "a.txt").write_text("2")
     assert git_commit(tmp_path) == f"{head}+dirty"
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """atomic_savefig: a PNG of the figure; a save that fails leaves the previous file and no temp file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pwm.utils.common import atomic_savefig
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = atomic_savefig(fig, tmp_path / "curve.png", dpi=50)
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+    def fails_halfway(handle, **kwargs):
+        handle.write(before[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", fails_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_savefig(fig, path, dpi=50)
+    plt.close(fig)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["curve.png"]

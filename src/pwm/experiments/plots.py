@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from pwm.experiments.runs import Run  # noqa: E402
 from pwm.experiments.statistics import REWARD  # noqa: E402
+from pwm.utils.common import atomic_savefig  # noqa: E402
 
 
 def _curve(ax, runs: list[Run], x: str, label: str, color: str) -> None:
@@ -44,7 +45,7 @@ def plot_curves(groups: dict[str, list[Run]], title: str, path: Path, thresholds
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -84,7 +85,7 @@ def plot_diagnostics(groups: dict[str, list[Run]], title: str, path: Path) -> Pa
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -111,6 +112,6 @@ def plot_aggregate(aggregates: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -100,6 +100,12 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     return _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` atomically (temp file + rename); the format comes from ``path``'s suffix."""
+    path = Path(path)
+    return _atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or None, **kwargs))
+
+
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
     """Exclusive lock on ``path`` between processes (parallel sweep jobs writing shared files)."""
