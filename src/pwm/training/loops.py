@@ -239,8 +239,8 @@ def pretrain_world_model(
                         seed=seed, rank=rank, resume=settings.resume,
                         parts={"world_model": agent.wm, "wm_optim": agent.wm_optim, "plateau": plateau,
                                "best_world_model": best},
-                        static={"meta": meta}, identity=pretrain_schedule_identity(settings), tensorboard=settings.tensorboard, wandb=settings.wandb,
-                        logger_config=meta, desc=desc)
+                        static={"meta": meta}, identity=pretrain_schedule_identity(settings),
+                        tensorboard=settings.tensorboard, wandb=settings.wandb, logger_config=meta, desc=desc)
 
     def step(iteration: int) -> dict[str, float]:
         with loop.clock():
