@@ -129,6 +129,11 @@ def test_report_accepts_when_all_criteria_hold(tmp_path):
     out = tmp_path / "report"
     for name in report["figures"] + ["report.md", "report.json", "runs.csv"]:
         assert (out / name).stat().st_size > 0, name
+    # a task whose runs moved away loses its figures on the next build; other files stay
+    for stale in ("curves_task-gone_default.png", "diagnostics_task-gone_default.png", "notes.png"):
+        (out / stale).write_bytes(b"old")
+    assert build_report(tmp_path, bootstrap_reps=50)["figures"] == report["figures"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(report["figures"] + ["notes.png"])
     text = (out / "report.md").read_text()
     assert "**ACCEPT**" in text and "| default | flow-K4-uniform | 6 | 1,005 |" in text
     assert "| equal wall-clock |" in text and "| task-a | default | flow-K4-uniform | 3 | 80.5 ± 0.4 | n/a | n/a | n/a |" in text

@@ -118,4 +118,15 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
               "learned_bars": learned_bars}
     atomic_write_text(json.dumps(report, indent=2, default=float), out_dir / "report.json")
     atomic_write_text(render_markdown(report, parity_table, table), out_dir / "report.md")
+    _remove_stale_figures(out_dir, figures)
     return report
+
+
+def _remove_stale_figures(out_dir: Path, figures: list[Path]) -> None:
+    """Delete the figures of an earlier report in ``out_dir`` that this one did not draw (a task whose runs
+    moved away), so the folder shows only what ``report.md`` describes; other files are left alone."""
+    kept = {figure.name for figure in figures}
+    for pattern in ("curves_*.png", "diagnostics_*.png", "aggregate_iqm.png"):
+        for path in out_dir.glob(pattern):
+            if path.name not in kept:
+                path.unlink()
