@@ -184,6 +184,7 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     path = atomic_savefig(fig, tmp_path / "curve.png", dpi=50)
     before = path.read_bytes()
     assert before[:8] == b"\x89PNG\r\n\x1a\n"
+
     def fails_halfway(handle, **kwargs):
         handle.write(before[:100])
         raise OSError("disk full")
