@@ -246,9 +246,11 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert params["alg"] == "pwm_tiny,pwm_tiny_flow" and v2.alg.batch_size == v1.alg.batch_size
     # every model trains to the cap under the decaying rate; the first seed, run first, is checked at half of it
     # (a task's cap doubles from 40k while seed 0's check fails: cartpole-balance, ab.yaml's default, starts at 80k)
-    passed, doubled = (compose_ab("+study=cpu_v2", f"task={task}").pretrain for task in ("cup-catch", "cartpole-swingup"))
+    passed, doubled, twice = (compose_ab("+study=cpu_v2", f"task={task}").pretrain
+                              for task in ("cup-catch", "cheetah-run", "cartpole-swingup"))
     assert passed.min_iterations == passed.iterations == 40000 and v2.pretrain.lr_schedule == "linear"
     assert doubled.min_iterations == doubled.iterations == 80000 == v2.pretrain.iterations
+    assert twice.min_iterations == twice.iterations == 160000  # its flow failed the check at 80k too
     assert list(v2.pretrain.half_budget_seeds) == [0] and compose_ab().pretrain.half_budget_seeds == []
     assert v2.report.convergence == "half_budget" and compose_ab().report.convergence == "plateau"
     assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")
