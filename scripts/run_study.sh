@@ -8,7 +8,10 @@
 #   STAGES=main bash scripts/run_study.sh          # the main A/B only (36 runs)
 #   STUDY=cpu bash scripts/run_study.sh            # another preset of scripts/cfg/study/ (cpu: the first version)
 #   bash scripts/run_study.sh hydra/launcher=slurm hydra.launcher.partition=<p>   # extra args: every stage
+#   bash scripts/run_study.sh status               # run nothing: each job's progress and the time left per stage
 set -euo pipefail
+status_only=false
+if [ "${1:-}" = status ]; then status_only=true; shift; fi
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
@@ -39,6 +42,15 @@ log="$report_dir/commands.md"
 stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, uniform tau, H=16, frozen WM) are shared
   local name=$1; shift
   local command=("$python" scripts/ab_compare.py -m "+study=$study" "$@")
+  if $status_only; then  # the same jobs, read, not run: no hydra folders or logs, no archive or commands.md line
+    local scratch
+    scratch=$(mktemp -d)
+    echo "== stage $name"
+    "${command[@]}" status_only=true hydra/launcher=basic hydra/hydra_logging=disabled hydra/job_logging=disabled \
+      hydra.output_subdir=null "hydra.sweep.dir=$scratch"
+    rm -rf "$scratch"
+    return
+  fi
   "${command[@]}"
   "$python" -m pwm.experiments.archive save "$root" "$report_dir/runs"
   local commit

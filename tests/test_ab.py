@@ -142,7 +142,7 @@ def test_a_run_folder_of_another_pretraining_budget_is_refused(tmp_path):
 
     alg = compose_ab("alg=pwm_tiny").alg
     cap_40k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=cup-catch").pretrain, "pretrain")
-    cap_80k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=cartpole-swingup").pretrain, "pretrain")
+    cap_80k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=cheetah-run").pretrain, "pretrain")
     check_run_model(tmp_path / "run", alg, cap_40k)
     assert json.loads((tmp_path / "run" / "job.json").read_text())["pretrain"] == pretrain_budget(cap_40k)
     check_run_model(tmp_path / "run", alg, cap_40k)
@@ -250,7 +250,7 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
                               for task in ("cup-catch", "cheetah-run", "cartpole-swingup"))
     assert passed.min_iterations == passed.iterations == 40000 and v2.pretrain.lr_schedule == "linear"
     assert doubled.min_iterations == doubled.iterations == 80000 == v2.pretrain.iterations
-    assert twice.min_iterations == twice.iterations == 160000  # its flow failed the check at 80k too
+    assert twice.min_iterations == twice.iterations == 160000  # a variant failed the check at 80k too
     assert list(v2.pretrain.half_budget_seeds) == [0] and compose_ab().pretrain.half_budget_seeds == []
     assert v2.report.convergence == "half_budget" and compose_ab().report.convergence == "plateau"
     assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")
@@ -313,6 +313,18 @@ def test_ab_multirun_with_integrate_steps_sweep_shares_the_baseline(tmp_path):
     summaries = [json.loads((tmp_path / "runs" / r / "summary.json").read_text()) for r in runs]
     assert len({(s["params/actor"], s["params/critic"]) for s in summaries}) == 1
     assert (tmp_path / "report" / "report.md").exists() and os.listdir(tmp_path / "data" / "pendulum-swingup")
+    # status_only walks the same jobs and runs none: the shared baseline once per flow setting, all done
+    grid = ("ab_compare.py", "-m", "task=pendulum-swingup", "seed=0", "alg=pwm_tiny,pwm_tiny_flow",
+            "flow.integrate_steps=2,4", f"general.root={tmp_path}", *TINY_AB, "status_only=true")
+    done = run_script(*grid, "hydra/launcher=basic").stdout
+    assert done.count("done     pendulum-swingup") == 4 and "4 jobs: 4 done, 0 started, 0 waiting" in done
+    (tmp_path / "runs" / runs[2] / "summary.json").unlink()  # as if K4's job stopped before its summary
+    status = run_script(*grid, "hydra/launcher=basic").stdout
+    assert "started  pendulum-swingup" in status and "flow-K4-uniform seed0: pretrain 4/4, policy 4/4" in status
+    assert "4 jobs: 3 done, 1 started, 0 waiting" in status
+    assert sorted(p.name for p in tmp_path.glob("runs/**/seed0")) == ["seed0"] * 3  # no folder of its own
+    refused = run_script(*grid, check=False)  # the default joblib launcher would lose the totals
+    assert refused.returncode != 0 and "status_only=true needs hydra/launcher=basic" in refused.stderr
 
 
 def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):

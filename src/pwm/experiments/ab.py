@@ -28,6 +28,7 @@ from pwm.data.tdmpc2_format import load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.experiments.runs import model_size
+from pwm.experiments.status import JobStatus, job_status, measured_rates, summary_is_complete
 from pwm.training.loops import check_offline_agent, pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_matmul_precision, set_threads
@@ -212,6 +213,19 @@ def pretrain_half_budget(cfg: DictConfig, alg: DictConfig, data_dir: Path, setti
             "pretrain_half_heldout_error_final": summary["heldout_error_final"]}
 
 
+def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]] | None = None) -> JobStatus:
+    """What :func:`run_ab_job` would do with ``cfg`` and how long it would take, without doing any of it
+    (``status_only=true``; :mod:`pwm.experiments.status`). ``rates`` default to those measured under the root."""
+    alg = variant_alg(cfg.alg, cfg.flow)
+    status = job_status(run_dir_for(cfg, alg), task=cfg.task, setting=cfg.setting or "default",
+                        variant=variant_label(alg), seed=int(cfg.seed),
+                        model=model_size({"alg": OmegaConf.to_container(alg, resolve=True)}),
+                        pretrain_iterations=int(cfg.pretrain.iterations), policy_iterations=int(cfg.train.iterations),
+                        half_budget_check=cfg.seed in half_budget_seeds(cfg),
+                        rates=measured_rates(cfg.general.root) if rates is None else rates)
+    return status
+
+
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
     check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
@@ -227,7 +241,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         summary_path = run_dir / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
-            if summary.get("iterations") == cfg.train.iterations or summary.get("stopped_by_budget"):
+            if summary_is_complete(summary, cfg.train.iterations):
                 return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
         data_dir, random_reference = ensure_dataset(cfg)
         half_budget = {}

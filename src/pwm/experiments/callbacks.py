@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -15,7 +16,22 @@ class ABReportCallback(Callback):
     """Build the report over every run under ``general.root`` (all settings and sweeps run there).
 
     In a multirun this runs once, in the launching process, after every job (local or SLURM) ended.
+    Under ``status_only=true`` it writes no report: it prints the jobs' totals
+    (:func:`pwm.experiments.status.status_totals`), gathered as each job ends in this process.
     """
+
+    def __init__(self) -> None:
+        self._statuses: list[dict[str, Any]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.get("status_only") and job_return.status == JobStatus.COMPLETED:
+            self._statuses.append(job_return.return_value)
+
+    def _status(self) -> None:
+        from pwm.experiments.status import status_totals
+
+        print(status_totals(self._statuses), flush=True)
+        self._statuses = []
 
     def _report(self, config: DictConfig) -> None:
         from pwm.experiments.report import ConvergenceRule, LearnedBar, build_report
@@ -34,7 +50,7 @@ class ABReportCallback(Callback):
         log.info("report: %s/report.md", config.report.dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(config)
+        self._status() if config.get("status_only") else self._report(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(config)
+        self._status() if config.get("status_only") else self._report(config)

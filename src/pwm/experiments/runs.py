@@ -39,7 +39,7 @@ def select_runs(runs: list[Run], task: str, setting: str, variants: tuple[str, .
             and (variants is None or r.summary["variant"] in variants)]
 
 
-def _csv(path: Path) -> Path | None:
+def metrics_file(path: Path) -> Path | None:
     """``path`` or its gzipped twin (archived runs, :mod:`pwm.experiments.archive`), whichever exists."""
     gzipped = path.with_name(path.name + ".gz")
     return path if path.exists() else gzipped if gzipped.exists() else None
@@ -49,10 +49,10 @@ def load_runs(root: str | Path) -> list[Run]:
     """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv`` (or ``metrics.csv.gz``)."""
     runs = []
     for summary_path in sorted(Path(root).rglob("summary.json")):
-        metrics_path = _csv(summary_path.parent / "metrics.csv")
+        metrics_path = metrics_file(summary_path.parent / "metrics.csv")
         if metrics_path is None:
             continue
-        pretrain_path = _csv(summary_path.parent / "pretrain" / "metrics.csv")
+        pretrain_path = metrics_file(summary_path.parent / "pretrain" / "metrics.csv")
         runs.append(Run(summary_path.parent, json.loads(summary_path.read_text()), pd.read_csv(metrics_path),
                         pd.read_csv(pretrain_path) if pretrain_path is not None else None))
     return runs

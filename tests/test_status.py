@@ -1,0 +1,102 @@
+"""A study's status: each job's progress read from its run folder and the time left at measured rates."""
+
+import gzip
+import json
+
+import pytest
+
+from pwm.experiments.status import csv_progress, job_status, measured_rates, status_line, status_totals
+
+MODEL = "latent32-wm64x64-actor64x64"
+
+
+def write_metrics(path, iterations, seconds_per_iteration, every=10, gzipped=False):
+    """A phase's metrics.csv as the loops write it: a row every ``every`` iterations (the last one included)."""
+    rows = ["iteration,wm/loss,time/elapsed_s"]
+    logged = list(range(every - 1, iterations, every))
+    if iterations and (not logged or logged[-1] != iterations - 1):
+        logged.append(iterations - 1)
+    rows += [f"{i},0.5,{(i + 1) * seconds_per_iteration}" for i in logged]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(rows) + "\n"
+    if gzipped:
+        with gzip.open(path.with_name(path.name + ".gz"), "wt") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+
+
+def run_folder(root, task="cup-catch", variant="baseline", seed=0):
+    folder = root / "runs" / task / "default" / variant / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"model": MODEL}))
+    return folder
+
+
+def status_of(folder, rates, pretrain=100, policy=20, check=True):
+    return job_status(folder, task="cup-catch", setting="default", variant=folder.parent.name, seed=0, model=MODEL,
+                      pretrain_iterations=pretrain, policy_iterations=policy, half_budget_check=check, rates=rates)
+
+
+def test_csv_progress_reads_the_last_logged_iteration_of_plain_and_archived_metrics(tmp_path):
+    write_metrics(tmp_path / "a" / "metrics.csv", 35, 0.5)
+    assert csv_progress(tmp_path / "a" / "metrics.csv") == (35, 17.5)
+    write_metrics(tmp_path / "b" / "metrics.csv", 40, 0.25, gzipped=True)
+    assert csv_progress(tmp_path / "b" / "metrics.csv") == (40, 10.0)
+    assert csv_progress(tmp_path / "none" / "metrics.csv") is None
+    (tmp_path / "header.csv").write_text("iteration,time/elapsed_s\n")
+    assert csv_progress(tmp_path / "header.csv") is None
+
+
+def test_measured_rates_pool_every_logged_iteration_of_a_variant(tmp_path):
+    first, second = run_folder(tmp_path, seed=0), run_folder(tmp_path, seed=1)
+    write_metrics(first / "pretrain_half" / "metrics.csv", 50, 0.2)  # 10 s
+    write_metrics(first / "pretrain" / "metrics.csv", 100, 0.2)      # 20 s
+    write_metrics(first / "metrics.csv", 20, 1.0)                    # 20 s, a finished run's policy
+    (first / "summary.json").write_text(json.dumps({"iterations": 20, "final_reward": 1.0}))
+    write_metrics(second / "pretrain" / "metrics.csv", 50, 0.8)      # 40 s
+    write_metrics(second / "metrics.csv", 10, 9.0)                   # unfinished policy: not a rate yet
+    flow = run_folder(tmp_path, variant="flow-K4-uniform")
+    write_metrics(flow / "pretrain" / "metrics.csv", 10, 3.0)
+    rates = measured_rates(tmp_path)
+    assert rates[("baseline", MODEL)] == pytest.approx({"pretrain": 70.0 / 200, "policy": 1.0})
+    assert rates[("flow-K4-uniform", MODEL)] == pytest.approx({"pretrain": 3.0})
+
+
+def test_job_status_counts_each_phase_and_the_time_left(tmp_path):
+    rates = {("baseline", MODEL): {"pretrain": 0.5, "policy": 2.0}}
+    folder = run_folder(tmp_path)
+    waiting = status_of(folder, rates)
+    assert waiting.state == "waiting"
+    assert [(name, p.iterations, p.total) for name, p in waiting.phases.items()] == [
+        ("check", 0, 50), ("pretrain", 0, 100), ("policy", 0, 20)]
+    assert waiting.remaining_s == pytest.approx(50 * 0.5 + 100 * 0.5 + 20 * 2.0)
+    assert status_of(folder, rates, check=False).remaining_s == pytest.approx(100 * 0.5 + 20 * 2.0)
+
+    write_metrics(folder / "pretrain_half" / "metrics.csv", 50, 0.1)
+    write_metrics(folder / "pretrain" / "metrics.csv", 40, 0.25)  # a started phase goes on at its own rate
+    started = status_of(folder, rates)
+    assert started.state == "started" and started.phases["pretrain"].iterations == 40
+    assert started.remaining_s == pytest.approx(60 * 0.25 + 20 * 2.0)
+    assert "pretrain 40/100" in status_line(started) and "left 1m" in status_line(started)
+
+    write_metrics(folder / "pretrain" / "metrics.csv", 70, 0.25)  # the plateau rule ended it at 70
+    write_metrics(folder / "metrics.csv", 5, 1.0)
+    policy = status_of(folder, rates)
+    assert policy.phases["pretrain"].iterations == 100 and policy.remaining_s == pytest.approx(15 * 1.0)
+
+    (folder / "summary.json").write_text(json.dumps({"iterations": 20, "final_reward": 812.25}))
+    done = status_of(folder, rates)
+    assert (done.state, done.remaining_s, done.last_reward) == ("done", 0.0, 812.25)
+    assert status_line(done).endswith("last evaluation 812.2")
+    assert status_of(folder, rates, policy=30).state == "started"  # a summary of fewer updates is not this job's
+
+
+def test_a_variant_without_a_measured_rate_leaves_its_time_unknown(tmp_path):
+    folder = run_folder(tmp_path, variant="flow-K8-uniform")
+    unknown = status_of(folder, {("flow-K8-uniform", MODEL): {"pretrain": 0.5}})  # no finished policy yet
+    assert unknown.remaining_s is None and status_line(unknown).endswith("left ?")
+    totals = status_totals([unknown.as_dict(), status_of(run_folder(tmp_path), {("baseline", MODEL): {
+        "pretrain": 1.0, "policy": 6.0}}, check=False).as_dict()])
+    assert totals == ("2 jobs: 0 done, 0 started, 2 waiting; left at the measured rates: 4m of job time, "
+                      "plus 1 jobs of a variant with no rate measured yet")
