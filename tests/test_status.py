@@ -100,3 +100,30 @@ def test_a_variant_without_a_measured_rate_leaves_its_time_unknown(tmp_path):
         "pretrain": 1.0, "policy": 6.0}}, check=False).as_dict()])
     assert totals == ("2 jobs: 0 done, 0 started, 2 waiting; left at the measured rates: 4m of job time, "
                       "plus 1 jobs of a variant with no rate measured yet")
+
+
+def test_a_folder_of_another_budget_is_reported_as_refused_and_nothing_is_written(tmp_path):
+    """The job a status query describes is the one run_ab_job would run: after a preset's cap changed, the old
+    cap's folder stops it (pwm.experiments.ab.check_run_model), and the status says so; a query writes nothing."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from pwm.experiments.ab import ab_job_status, check_run_model, run_dir_for, variant_alg
+    from pwm.training.settings import PretrainSettings
+
+    def cfg(task):
+        with initialize_config_dir(config_dir=str(REPO / "scripts" / "cfg"), version_base="1.3"):
+            return compose(config_name="ab", overrides=["+study=cpu_v2", f"task={task}", "alg=pwm_tiny",
+                                                        "setting=default", f"general.root={tmp_path}"])
+
+    job = cfg("cheetah-run")  # an 80k cap
+    waiting = ab_job_status(job, rates={})
+    assert (waiting.state, waiting.phases["pretrain"].total) == ("waiting", 80000)
+    assert not (tmp_path / "runs").exists()
+    run_dir = run_dir_for(job, variant_alg(job.alg, job.flow))
+    check_run_model(run_dir, variant_alg(job.alg, job.flow),  # a job of a 40k cap started in that folder
+                    PretrainSettings.from_cfg(cfg("cup-catch").pretrain, "pretrain"))
+    refused = ab_job_status(job, rates={})
+    assert refused.state == "refused" and refused.remaining_s is None
+    assert "another pretraining budget (pretrain.iterations: 40000 -> 80000" in status_line(refused)
+    assert "1 refused (see above; not in the time left)" in status_totals([refused.as_dict()])

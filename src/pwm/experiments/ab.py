@@ -118,9 +118,11 @@ def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
     return Path(cfg.general.root) / "runs" / cfg.task / (cfg.setting or "default") / variant_label(alg) / f"seed{cfg.seed}"
 
 
-def check_run_model(run_dir: Path, alg: DictConfig, pretrain: PretrainSettings | None = None) -> None:
+def check_run_model(run_dir: Path, alg: DictConfig, pretrain: PretrainSettings | None = None,
+                    record: bool = True) -> None:
     """Refuse a run folder that holds (or held) a run of other network sizes, other algorithm settings or,
-    when ``pretrain`` is given, another world-model pretraining budget.
+    when ``pretrain`` is given, another world-model pretraining budget. ``record=False`` only checks (a status
+    query), without writing ``job.json``.
 
     The folder name says task, setting, variant and seed but not the model size, the ``alg`` settings
     left at their defaults or a preset's pretraining cap, so without this a job of ``alg=pwm_5M``, one run
@@ -146,9 +148,9 @@ def check_run_model(run_dir: Path, alg: DictConfig, pretrain: PretrainSettings |
     budget = pretrain_budget(pretrain) if pretrain is not None else None
     if budget is not None:
         _check_pretrain_budget(run_dir, budget, job.get("pretrain"), summary.get("pretrain_iterations"))
-    if "alg" not in job or (budget is not None and "pretrain" not in job):
-        record = {"model": current, "alg": resolved, **({"pretrain": budget} if budget is not None else {})}
-        atomic_write_text(json.dumps(record, indent=2), job_path)
+    if record and ("alg" not in job or (budget is not None and "pretrain" not in job)):
+        entry = {"model": current, "alg": resolved, **({"pretrain": budget} if budget is not None else {})}
+        atomic_write_text(json.dumps(entry, indent=2), job_path)
 
 
 #: The pretraining settings that make a different world model (not how often it is logged or checkpointed).
@@ -217,12 +219,17 @@ def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]
     """What :func:`run_ab_job` would do with ``cfg`` and how long it would take, without doing any of it
     (``status_only=true``; :mod:`pwm.experiments.status`). ``rates`` default to those measured under the root."""
     alg = variant_alg(cfg.alg, cfg.flow)
-    status = job_status(run_dir_for(cfg, alg), task=cfg.task, setting=cfg.setting or "default",
+    run_dir = run_dir_for(cfg, alg)
+    status = job_status(run_dir, task=cfg.task, setting=cfg.setting or "default",
                         variant=variant_label(alg), seed=int(cfg.seed),
                         model=model_size({"alg": OmegaConf.to_container(alg, resolve=True)}),
                         pretrain_iterations=int(cfg.pretrain.iterations), policy_iterations=int(cfg.train.iterations),
                         half_budget_check=cfg.seed in half_budget_seeds(cfg),
                         rates=measured_rates(cfg.general.root) if rates is None else rates)
+    try:  # the job would stop here: its folder holds another run
+        check_run_model(run_dir, alg, PretrainSettings.from_cfg(cfg.pretrain, "pretrain"), record=False)
+    except ValueError as refusal:
+        status.state, status.note, status.remaining_s = "refused", str(refusal), None
     return status
 
 

@@ -7,7 +7,9 @@ as the real run, so the list is the one Hydra would launch; each job reads its r
 
 - ``done``: its ``summary.json`` is complete (the rule :func:`pwm.experiments.ab.run_ab_job` skips by);
 - ``started``: some phase has progress (an interrupted or running job; it resumes from its checkpoints);
-- ``waiting``: nothing yet.
+- ``waiting``: nothing yet;
+- ``refused``: its folder holds a run of another model, alg settings or pretraining budget (a preset's cap
+  changed): the job would stop with that message until the folder is moved.
 
 A job's phases, in the order it runs them: the half-budget check (seeds of ``pretrain.half_budget_seeds``),
 world-model pretraining, policy extraction. Progress is read from each phase's ``metrics.csv`` (its last
@@ -44,7 +46,8 @@ class Progress:
 
 @dataclass
 class JobStatus:
-    """One A/B job's state (``done`` | ``started`` | ``waiting``), its phases' progress and time left."""
+    """One A/B job's state (``done`` | ``started`` | ``waiting`` | ``refused``), its phases' progress and
+    time left, and for ``refused`` the reason (``note``)."""
 
     task: str
     setting: str
@@ -55,11 +58,12 @@ class JobStatus:
     phases: dict[str, Progress] = field(default_factory=dict)
     last_reward: float | None = None  # the last evaluation's (the report averages the last few)
     remaining_s: float | None = None
+    note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"task": self.task, "setting": self.setting, "variant": self.variant, "seed": self.seed,
                 "model": self.model, "state": self.state, "last_reward": self.last_reward,
-                "remaining_s": self.remaining_s,
+                "remaining_s": self.remaining_s, "note": self.note,
                 "phases": {name: vars(progress) for name, progress in self.phases.items()}}
 
 
@@ -160,6 +164,8 @@ def status_line(status: JobStatus) -> str:
     head = f"{status.state:8s} {status.task} {status.setting} {status.variant} seed{status.seed}"
     if status.state == "done":
         return f"{head}: last evaluation {status.last_reward:.1f}"
+    if status.state == "refused":
+        return f"{head}: {status.note}"
     phases = ", ".join(f"{name} {p.iterations}/{p.total}" for name, p in status.phases.items())
     return f"{head}: {phases}; left {format_duration(status.remaining_s)}"
 
@@ -168,9 +174,11 @@ def status_totals(statuses: list[dict[str, Any]]) -> str:
     """One line over jobs given as :meth:`JobStatus.as_dict`: how many are in each state, and the time left
     summed over jobs (one job per core: the wall-clock on N cores is about this over N)."""
     states = [status["state"] for status in statuses]
-    left = [status["remaining_s"] for status in statuses if status["state"] != "done"]
+    left = [status["remaining_s"] for status in statuses if status["state"] in ("started", "waiting")]
     unknown = sum(seconds is None for seconds in left)
     total = sum(seconds for seconds in left if seconds is not None)
+    refused = f", {states.count('refused')} refused (see above; not in the time left)" if "refused" in states else ""
     return (f"{len(states)} jobs: {states.count('done')} done, {states.count('started')} started, "
-            f"{states.count('waiting')} waiting; left at the measured rates: {format_duration(total)} of job time"
+            f"{states.count('waiting')} waiting{refused}; "
+            f"left at the measured rates: {format_duration(total)} of job time"
             + (f", plus {unknown} jobs of a variant with no rate measured yet" if unknown else ""))
