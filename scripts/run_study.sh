@@ -53,6 +53,7 @@ stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, 
   fi
   "${command[@]}"
   "$python" -m pwm.experiments.archive save "$root" "$report_dir/runs"
+  "$python" -m pwm.experiments.budget "$report_dir"  # held-out error and reward at every cap tried: budget.png
   local commit
   commit=$("$python" -c "from pwm.utils.common import git_commit; print(git_commit('.') or 'unknown')")
   echo "- $(date -u +%Y-%m-%dT%H:%MZ) \`$commit\` $name: \`${command[*]:1}\`" >>"$log"

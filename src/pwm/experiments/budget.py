@@ -1,0 +1,140 @@
+"""World-model quality and reward against the pretraining budget, over every cap a study tried.
+
+A study that doubles a task's cap until the half-budget check passes (``report.convergence=half_budget``,
+``pretrain.iterations_by_task``) leaves one run per cap (archived next to each other, e.g. ``runs/``,
+``budget_40k/runs/``, ``budget_80k/runs/``), each with the held-out error of its own world model and of its
+half-budget check. This puts them on one axis per task: the held-out error at every budget tried (where the
+rule's verdict came from) and the final reward of the policy extracted at each cap (whether the extra
+pretraining bought anything). A budget that two folders hold (a cap's run is the next cap's check) must
+agree, or the folders mix two studies.
+
+    python -m pwm.experiments.budget results/study_v2     # budget.csv and budget.png in that folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pwm.experiments.runs import metrics_file  # noqa: E402
+from pwm.experiments.statistics import REWARD, final_reward  # noqa: E402
+from pwm.utils.common import atomic_savefig, atomic_write_text  # noqa: E402
+
+COLUMNS = ["task", "setting", "variant", "seed", "pretrain_iterations", "heldout_error", "final_reward", "source"]
+
+
+def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:
+    """One row per (task, setting, variant, seed, pretraining iterations) under ``folder``: the held-out error
+    (mean of the last held-out evaluations, as the rule compares) and, for a cap's run, the mean reward of its
+    last ``final_evals`` evaluations (NaN for a half-budget check, which extracts no policy)."""
+    rows: dict[tuple, dict] = {}
+    for summary_path in sorted(Path(folder).rglob("summary.json")):
+        summary = json.loads(summary_path.read_text())
+        metrics = metrics_file(summary_path.parent / "metrics.csv")
+        reward = final_reward(pd.read_csv(metrics), final_evals) if metrics is not None else math.nan
+        identity = (summary["task"], summary.get("setting", "default"), summary["variant"], int(summary["seed"]))
+        measured = [(summary.get("pretrain_half_iterations"), summary.get("pretrain_half_heldout_error_final"),
+                     math.nan),
+                    (summary.get("pretrain_iterations"), summary.get("pretrain_heldout_error_final"), reward)]
+        for iterations, error, run_reward in measured:
+            if iterations is None or error is None:
+                continue
+            key = (*identity, int(iterations))
+            row = dict(zip(COLUMNS, (*key, float(error), run_reward, str(summary_path.parent))))
+            if key in rows:
+                _merge(rows[key], row)
+            else:
+                rows[key] = row
+    return pd.DataFrame(list(rows.values()), columns=COLUMNS).sort_values(COLUMNS[:5], ignore_index=True)
+
+
+def _merge(kept: dict, other: dict) -> None:
+    """Two folders hold one budget (a cap's run and the next cap's check): the same world model, same error."""
+    if not math.isclose(kept["heldout_error"], other["heldout_error"], rel_tol=1e-6):
+        raise ValueError(f"{kept['source']} and {other['source']} disagree on the held-out error of "
+                         f"{other['task']} {other['variant']} seed {other['seed']} at {other['pretrain_iterations']} "
+                         f"iterations ({kept['heldout_error']:.6g} vs {other['heldout_error']:.6g}): "
+                         "the folders hold runs of different studies")
+    if math.isnan(kept["final_reward"]):
+        kept["final_reward"], kept["source"] = other["final_reward"], other["source"]
+
+
+def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default", tolerance: float = 0.1) -> Path:
+    """Per task, held-out error (top) and final reward (bottom) against pretraining iterations, one line per
+    variant through the mean over seeds; each doubling's change of the error is written next to it, bold
+    red where it fell by more than ``tolerance`` (not converged by the rule)."""
+    points = points[points.setting == setting]
+    tasks = sorted(points.task.unique())
+    if not tasks:
+        raise ValueError(f"no runs of setting {setting!r} to plot")
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 6.4), squeeze=False, sharex="col")
+    budgets_tried = sorted(points.pretrain_iterations.unique())
+    colors = {}
+    for column, task in enumerate(tasks):
+        for variant, rows in points[points.task == task].groupby("variant"):
+            color = colors.setdefault(variant, f"C{len(colors)}")
+            means = rows.groupby("pretrain_iterations")[["heldout_error", "final_reward"]].mean()
+            budgets = means.index.to_numpy()
+            axes[0, column].plot(budgets, means.heldout_error, marker="o", color=color, label=variant)
+            for low, high in zip(budgets[:-1], budgets[1:]):
+                if high == 2 * low:
+                    change = means.heldout_error[high] / means.heldout_error[low] - 1
+                    axes[0, column].annotate(f"{100 * change:+.0f}%", (high, means.heldout_error[high]), fontsize=7,
+                                             color="red" if change < -tolerance else color,
+                                             fontweight="bold" if change < -tolerance else "normal",
+                                             textcoords="offset points", xytext=(4, 4))
+            rewarded = means.final_reward.dropna()
+            axes[1, column].plot(rewarded.index, rewarded.to_numpy(), marker="o", color=color, label=variant)
+            seeds = rows.dropna(subset=["final_reward"])
+            axes[1, column].scatter(seeds.pretrain_iterations, seeds.final_reward, color=color, s=8, alpha=0.5)
+        axes[0, column].set_title(task)
+        for row in (0, 1):
+            axes[row, column].set_xscale("log", base=2)
+            axes[row, column].set_xticks(budgets_tried, [_short(budget) for budget in budgets_tried])
+            axes[row, column].minorticks_off()
+            axes[row, column].set_xlim(budgets_tried[0] / 1.3, budgets_tried[-1] * 1.5)
+        axes[1, column].set_xlabel("pretraining iterations")
+        axes[0, column].set_yscale("log")
+    axes[0, 0].set_ylabel("held-out error")
+    axes[1, 0].set_ylabel(f"final reward ({REWARD})")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("World-model quality and reward against the pretraining budget (red: fell more than "
+                 f"{100 * tolerance:.0f}% on doubling, not converged)", fontsize=9)
+    fig.tight_layout()
+    saved = atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return saved
+
+
+def _short(iterations: int) -> str:
+    return f"{iterations / 1000:g}k" if iterations >= 1000 else str(iterations)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a study's results folder (every summary.json under it)")
+    parser.add_argument("--out", type=Path, default=None, help="where budget.csv and budget.png go (default: folder)")
+    parser.add_argument("--final-evals", type=int, default=3, help="evaluations averaged for a run's reward")
+    parser.add_argument("--setting", default="default", help="the setting plotted (the CSV holds every one)")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="the half-budget rule's largest fall")
+    args = parser.parse_args()
+    points = budget_points(args.folder, args.final_evals)
+    if points.empty:
+        parser.error(f"no run summaries under {args.folder}")
+    out = args.out or args.folder
+    atomic_write_text(points.drop(columns="source").to_csv(index=False, float_format="%.6g"), out / "budget.csv")
+    plot_budget(points, out / "budget.png", args.setting, args.tolerance)
+    print(f"{len(points)} budgets of {points.task.nunique()} tasks: {out / 'budget.csv'}, {out / 'budget.png'}")
+
+
+if __name__ == "__main__":
+    main()
