@@ -70,8 +70,9 @@ def _merge(kept: dict, other: dict) -> None:
 
 def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default", tolerance: float = 0.1) -> Path:
     """Per task, held-out error (top) and final reward (bottom) against pretraining iterations, one line per
-    variant through the mean over seeds; each doubling's change of the error is written next to it, bold
-    red where it fell by more than ``tolerance`` (not converged by the rule)."""
+    variant through the mean over seeds (each seed a dot: their spread at one cap is the run-to-run variation
+    the rule's tolerance competes with); each doubling's change of the error is written next to it, bold red
+    where it fell by more than ``tolerance`` (not converged by the rule)."""
     points = points[points.setting == setting]
     tasks = sorted(points.task.unique())
     if not tasks:
@@ -85,6 +86,7 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
             means = rows.groupby("pretrain_iterations")[["heldout_error", "final_reward"]].mean()
             budgets = means.index.to_numpy()
             axes[0, column].plot(budgets, means.heldout_error, marker="o", color=color, label=variant)
+            axes[0, column].scatter(rows.pretrain_iterations, rows.heldout_error, color=color, s=8, alpha=0.5)
             for low, high in zip(budgets[:-1], budgets[1:]):
                 if high == 2 * low:
                     change = means.heldout_error[high] / means.heldout_error[low] - 1
