@@ -19,8 +19,8 @@ study="${STUDY:-cpu_v2}"
 stages="${STAGES:-main integrate_steps tau_sampling horizon finetune}"
 python=.venv/bin/python
 
-# the preset is the one source of the study's folders, sweep tasks and seeds, and flow variant
-read -r root report_dir sweep_tasks sweep_seeds flow_alg < <("$python" - "$study" <<'EOF'
+# the preset is the one source of the study's folders, sweep tasks and seeds, flow variant and convergence tolerance
+read -r root report_dir sweep_tasks sweep_seeds flow_alg tolerance < <("$python" - "$study" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 with initialize_config_dir(config_dir=str(Path("scripts/cfg").resolve()), version_base=None):
     cfg = compose("ab", overrides=[f"+study={sys.argv[1]}"], return_hydra_config=True)
 flow_alg = next(alg for alg in str(cfg.hydra.sweeper.params.alg).split(",") if alg.endswith("_flow"))
-print(cfg.general.root, cfg.report.dir, cfg.sweeps.tasks, cfg.sweeps.seeds, flow_alg)
+print(cfg.general.root, cfg.report.dir, cfg.sweeps.tasks, cfg.sweeps.seeds, flow_alg, cfg.report.half_budget_tolerance)
 EOF
 )
 [ -n "$flow_alg" ] || { echo "run_study.sh: cannot compose scripts/cfg/study/$study.yaml (STUDY=$study)" >&2; exit 2; }
@@ -53,7 +53,7 @@ stage() {  # stage <name> <ab_compare overrides...>: the main grid's runs (K=4, 
   fi
   "${command[@]}"
   "$python" -m pwm.experiments.archive save "$root" "$report_dir/runs"
-  "$python" -m pwm.experiments.budget "$report_dir"  # held-out error and reward at every cap tried: budget.png
+  "$python" -m pwm.experiments.budget "$report_dir" --tolerance "$tolerance"  # every cap tried: budget.png
   local commit
   commit=$("$python" -c "from pwm.utils.common import git_commit; print(git_commit('.') or 'unknown')")
   echo "- $(date -u +%Y-%m-%dT%H:%MZ) \`$commit\` $name: \`${command[*]:1}\`" >>"$log"

@@ -282,7 +282,7 @@ def test_run_study_reads_its_folders_and_sweeps_from_the_preset(tmp_path):
                               capture_output=True)
 
     assert read("cpu").stdout.split() == ["runs/study", "results/study", "cartpole-swingup,cup-catch", "0",
-                                          "pwm_tiny_flow"]
+                                          "pwm_tiny_flow", "0.1"]
     assert read("cpu_pwm_objective").stdout.split()[:2] == ["runs/study_pwm_objective", "results/study_pwm_objective"]
     assert read("cpu_v2").stdout.split()[:2] == ["runs/study_v2", "results/study_v2"]
     assert 'study="${STUDY:-cpu_v2}"' in script  # the study in progress is the default

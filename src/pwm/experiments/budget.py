@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where budget.csv and budget.png go (default: folder)")
     parser.add_argument("--final-evals", type=int, default=3, help="evaluations averaged for a run's reward")
     parser.add_argument("--setting", default="default", help="the setting plotted (the CSV holds every one)")
-    parser.add_argument("--tolerance", type=float, default=0.1, help="the half-budget rule's largest fall")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="the half-budget rule's largest fall "
+                        "(the preset's report.half_budget_tolerance; run_study.sh passes it)")
     args = parser.parse_args()
     points = budget_points(args.folder, args.final_evals)
     if points.empty:
