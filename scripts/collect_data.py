@@ -8,13 +8,19 @@
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pwm.data.collect import CollectConfig, collect_dataset
+from pwm.data.collect import CollectConfig, collect_dataset, collect_portably
 from pwm.training.evaluation import checkpoint_policy
 
 
 @hydra.main(config_path="cfg", config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    config = CollectConfig(**OmegaConf.to_container(cfg, resolve=True))
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    portable = settings.pop("portable_numerics")
+    config = CollectConfig(**settings)
+    if portable:
+        collect_portably(config)
+        print(f"collected into {cfg.out_dir} (portable numerics)")
+        return
     policies = None
     if config.policy == "checkpoint":
         policies = {task: checkpoint_policy(path, config.deterministic) for task, path in (config.checkpoints or {}).items()}

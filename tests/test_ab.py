@@ -1,5 +1,6 @@
 """A/B jobs end to end, sweep presets and launcher configs."""
 
+import dataclasses
 import json
 import math
 import os
@@ -158,6 +159,14 @@ def test_a_run_folder_of_another_pretraining_budget_is_refused(tmp_path):
         check_run_model(legacy, alg, cap_80k)
     check_run_model(legacy, alg, cap_40k)
     assert json.loads((legacy / "job.json").read_text())["pretrain"]["iterations"] == 40000
+    # a job.json from before the decay after a plateau was recorded ran without it
+    before = json.loads((tmp_path / "run" / "job.json").read_text())
+    del before["pretrain"]["anneal_iterations"]
+    (tmp_path / "run" / "job.json").write_text(json.dumps(before))
+    check_run_model(tmp_path / "run", alg, cap_40k)
+    annealed = dataclasses.replace(cap_40k, lr_schedule="constant", anneal_iterations=1000)
+    with pytest.raises(ValueError, match="pretrain.anneal_iterations: 0 -> 1000"):
+        check_run_model(tmp_path / "run", alg, annealed)
 
 
 def _restored_run_passes_the_guard(summary, alg, folder):
@@ -327,10 +336,29 @@ def test_ab_multirun_with_integrate_steps_sweep_shares_the_baseline(tmp_path):
     assert refused.returncode != 0 and "status_only=true needs hydra/launcher=basic" in refused.stderr
 
 
+def test_a_job_on_other_data_than_its_tasks_finished_runs_is_refused_naming_both(tmp_path):
+    """A study resumed on another machine re-collects its data: a job whose dataset differs from the one its
+    task's finished runs read, or whose task has a finished run that did not record it, does not start."""
+    from pwm.experiments.ab import check_same_data
+
+    task_runs = tmp_path / "runs" / "cup-catch"
+    finished = task_runs / "default" / "baseline" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text(json.dumps({"data_sha256": "a" * 64}))
+    check_same_data(task_runs, "a" * 64, tmp_path / "data")
+    check_same_data(tmp_path / "runs" / "no-runs-yet", "b" * 64, tmp_path / "data")
+    with pytest.raises(ValueError, match=f"{finished} read dataset aaaaaaaaaaaa, but this job's dataset "
+                                         f"{tmp_path / 'data'} is bbbbbbbbbbbb"):
+        check_same_data(task_runs, "b" * 64, tmp_path / "data")
+    (finished / "summary.json").write_text(json.dumps({"task": "cup-catch"}))  # from before fingerprints
+    with pytest.raises(ValueError, match="did not record which dataset it read"):
+        check_same_data(task_runs, "a" * 64, tmp_path / "data")
+
+
 def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
     """A SAC replay collected without random-action or final-policy episodes is not reused as one with
     them; without them the recipe is the one datasets collected before those options recorded."""
-    from pwm.data.tdmpc2_format import write_episodes
+    from pwm.data.tdmpc2_format import dataset_fingerprint, write_episodes
     from pwm.experiments.ab import ensure_dataset
 
     data_dir = tmp_path / "data" / "cartpole-balance"
@@ -348,4 +376,9 @@ def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match="sac_stop_return"):
         ensure_dataset(cfg)
     cfg.data.sac_stop_return = None
-    assert ensure_dataset(cfg)[0] == data_dir
+    with pytest.raises(ValueError, match="portable_numerics"):  # data collected before it, or without it
+        ensure_dataset(cfg)
+    cfg.data.portable_numerics = False
+    folder, facts = ensure_dataset(cfg)
+    assert folder == data_dir and facts["data_sha256"] == dataset_fingerprint(data_dir)  # recorded on first use
+    assert json.loads((data_dir / "fingerprint.json").read_text()) == {"data_sha256": facts["data_sha256"]}

@@ -6,7 +6,7 @@ import torch
 from tensordict import TensorDict
 
 from pwm.data.buffer import EpisodeBuffer
-from pwm.data.tdmpc2_format import DatasetError, load_dataset, read_chunk, write_episodes
+from pwm.data.tdmpc2_format import DatasetError, dataset_fingerprint, load_dataset, read_chunk, write_episodes
 from pwm.envs.rollout import COLLECT_SEED_OFFSET, random_policy, run_episode
 from pwm.envs.tasks import make_env
 
@@ -217,6 +217,52 @@ def test_sac_stop_return_ends_learning_after_the_first_episode_that_reaches_it(t
     assert never_steps == 900 and reached_steps == 399
     with pytest.raises(ValueError, match="sac_stop_return applies to policy=sac only"):
         collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "r"), sac_stop_return=1.0))
+
+
+def test_dataset_fingerprint_follows_the_content_not_the_bytes_of_the_files(tmp_path):
+    """Equal episodes in equally named files give one fingerprint, however they were serialised; one value,
+    one file name or one episode's task id changed gives another."""
+    import pickle
+
+    data = episodes()
+    write_episodes(tmp_path / "a" / "0.pt", *data)
+    write_episodes(tmp_path / "b" / "0.pt", *data)
+    reference = dataset_fingerprint(tmp_path / "a")
+    assert len(reference) == 64 and dataset_fingerprint(tmp_path / "b") == reference
+    chunk = torch.load(tmp_path / "b" / "0.pt", weights_only=False)  # the same content, another pickle protocol
+    torch.save(chunk, tmp_path / "b" / "0.pt", pickle_protocol=pickle.HIGHEST_PROTOCOL - 3)
+    assert dataset_fingerprint(tmp_path / "b") == reference
+    for name, change in (("reward", lambda o, a, r, t: r.__setitem__((1, 3), r[1, 3] + 0.01)),
+                         ("task", lambda o, a, r, t: t.__setitem__(2, 1)),
+                         ("file name", None)):
+        changed = [x.clone() for x in data]
+        if change is not None:
+            change(*changed)
+        folder = tmp_path / name
+        write_episodes(folder / ("1.pt" if change is None else "0.pt"), *changed)
+        assert dataset_fingerprint(folder) != reference, name
+
+
+def test_portable_collection_runs_in_a_fresh_process_with_the_portable_settings(tmp_path, monkeypatch):
+    """collect_portably runs collect_dataset in a child process under PORTABLE_NUMERICS_ENV and writes what
+    collect_dataset writes in this one (random actions do not depend on the numerics); a failure there is an
+    error here naming the exit code."""
+    import subprocess
+
+    from pwm.data import collect
+    from pwm.data.collect import PORTABLE_NUMERICS_ENV, CollectConfig, collect_dataset, collect_portably
+
+    calls, real_run = [], subprocess.run
+    monkeypatch.setattr(collect.subprocess, "run", lambda *a, **kw: calls.append(kw["env"]) or real_run(*a, **kw))
+    config = CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "child"), episodes=2, seed=4)
+    collect_portably(config)
+    assert len(calls) == 1 and all(calls[0][key] == value for key, value in PORTABLE_NUMERICS_ENV.items())
+    collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "here"), episodes=2, seed=4))
+    assert dataset_fingerprint(tmp_path / "child") == dataset_fingerprint(tmp_path / "here")
+    with pytest.raises(RuntimeError, match=r"collecting \['no-such-task'\] into .* failed \(exit code 1"):
+        collect_portably(CollectConfig(tasks=["no-such-task"], out_dir=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="not policy=checkpoint"):
+        collect_portably(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "c"), policy="checkpoint"))
 
 
 def test_missing_task_is_named_not_numbered(tmp_path):

@@ -297,6 +297,33 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
     assert any("world model did not converge in" in r for r in comparison["invalid_reasons"])
 
 
+def test_runs_on_other_data_or_another_cpu_make_the_comparison_invalid_naming_them(tmp_path):
+    """A pair read different datasets, or ran on different CPUs: both are named, with the runs of each
+    value. Runs that recorded neither (before these were recorded) are not judged; a run that did not
+    record one beside runs that did is a difference."""
+    def run(task, variant, seed, data, cpu):
+        write_run(tmp_path, task, variant, seed, [10, 40, 90], 1.0, [1.0],
+                  summary_extra={key: value for key, value in (("data_sha256", data), ("cpu", cpu)) if value})
+
+    for seed in range(2):
+        run("task-a", "baseline", seed, "a" * 64, "Intel Xeon+avx512")
+        run("task-a", "flow-K4-uniform", seed, "a" * 64 if seed == 0 else "b" * 64, "Intel Xeon+avx512")
+        run("task-b", "baseline", seed, None, None)
+        run("task-b", "flow-K4-uniform", seed, None, None)
+        run("task-c", "baseline", seed, "c" * 64, "Intel Xeon+avx512")
+        run("task-c", "flow-K4-uniform", seed, "c" * 64 if seed == 0 else None, "AMD EPYC" if seed == 1 else
+            "Intel Xeon+avx512")
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50)["comparisons"]
+    assert comparison["verdict"] == "invalid"
+    assert comparison["invalid_reasons"] == [
+        "task-a: runs on 2 different datasets (a pair must read the same data): aaaaaaaaaaaa: baseline seed 0, "
+        "baseline seed 1, flow-K4-uniform seed 0; bbbbbbbbbbbb: flow-K4-uniform seed 1",
+        "task-c: runs on 2 different datasets (a pair must read the same data): cccccccccccc: baseline seed 0, "
+        "baseline seed 1, flow-K4-uniform seed 0; unrecorded: flow-K4-uniform seed 1",
+        "task-c: runs on 2 different CPUs (wall-clock is not comparable across machines): AMD EPYC: flow-K4-uniform "
+        "seed 1; Intel Xeon+avx512: baseline seed 0, baseline seed 1, flow-K4-uniform seed 0"]
+
+
 @pytest.mark.parametrize("rule, tolerance, key", [("budget", 0.1, "report.convergence"),
                                                   ("half_budget", 1.0, "report.half_budget_tolerance"),
                                                   ("half_budget", -0.1, "report.half_budget_tolerance")])

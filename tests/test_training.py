@@ -135,9 +135,54 @@ def test_linear_pretraining_schedule_decays_the_world_model_rate_alone_then_rest
     assert extended["iterations"] == 8
 
 
+def test_annealing_after_the_plateau_decays_the_rate_then_stops_and_resumes_exactly(tmp_path, monkeypatch):
+    """anneal_iterations=10: the plateau (patience 2, evaluations every 5) is reached after 20 iterations;
+    updates 20..29 then run at initial + (lr_final - initial) * (k + 1 - 20) / 10, training stops at 30 (not
+    at the cap of 40) as converged, and keeps its best evaluation (the annealed one at 30). A run killed
+    during the decay resumes it where it was."""
+    def errors():
+        return iter([1.0, 0.5, 0.6, 0.7, 0.4, 0.3])
+
+    def record_rates(learner, seen):
+        update = learner.update_world_model
+
+        def recording_update(*args, **kwargs):
+            seen.append(learner.wm_optim.param_groups[0]["lr"])
+            return update(*args, **kwargs)
+
+        learner.update_world_model = recording_update
+
+    sequence = errors()
+    monkeypatch.setattr("pwm.training.loops.world_model_quality",
+                        lambda *args, **kwargs: {"wm_eval/heldout_error": next(sequence)})
+    cfg = pretrain_cfg(anneal_iterations=10, lr_final=1e-4)
+    learner, seen = agent(), []
+    record_rates(learner, seen)
+    summary = pretrain_world_model(learner, linear_buffer(), tmp_path / "full", cfg, 16, 0, {})
+    assert summary["iterations"] == 30 and summary["converged"] is True and summary["plateau_iterations"] == 20
+    assert summary["best_iteration"] == 30 and summary["heldout_error"] == 0.3
+    assert seen == pytest.approx([3e-3] * 20 + [3e-3 - 2.9e-4 * (k + 1) for k in range(10)])
+    assert learner.wm_optim.param_groups[0]["lr"] == pytest.approx(3e-3)  # what follows starts from the rate
+
+    sequence = errors()
+    killed, resumed_rates = agent(), []
+    killed.update_world_model = crash_after(killed.update_world_model, 23)  # last checkpoint: 20, the plateau
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_world_model(killed, linear_buffer(), tmp_path / "split", cfg, 16, 0, {})
+    sequence = iter([0.4, 0.3])  # the evaluations after the checkpoint
+    resumed = agent(seed=5)
+    record_rates(resumed, resumed_rates)
+    again = pretrain_world_model(resumed, linear_buffer(), tmp_path / "split", cfg, 16, 0, {})
+    assert again["iterations"] == 30 and again["plateau_iterations"] == 20 and resumed_rates == seen[20:]
+    for (key, a), b in zip(learner.wm.state_dict().items(), resumed.wm.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("lr_schedule", "cosine", "pretrain.lr_schedule must be one of"),
     ("lr_final", 0.0, "pretrain.lr_final must be > 0"),
+    ("anneal_iterations", 7, r"anneal_iterations must be >= 0 and a multiple of pretrain.eval_every \(5\), got 7"),
+    ("anneal_iterations", -5, "pretrain.anneal_iterations must be >= 0"),
 ])
 def test_bad_pretraining_schedule_settings_are_named(tmp_path, key, value, message):
     with pytest.raises(ValueError, match=message):

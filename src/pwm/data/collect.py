@@ -3,6 +3,11 @@ TD-MPC2's layout."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +18,7 @@ from tqdm.auto import tqdm
 from pwm.data.tdmpc2_format import write_episodes
 from pwm.envs.rollout import COLLECT_SEED_OFFSET, Episode, Policy, random_policy, run_episode
 from pwm.envs.tasks import action_dim, make_env, set_obs_width, task_set
-from pwm.utils.common import set_threads
+from pwm.utils.common import die_with_parent, set_threads
 
 def pad_episode(episode: Episode, obs_dim: int, act_dim: int) -> Episode:
     """Zero-pad observations and actions to the multi-task widths (row 0 of action stays NaN)."""
@@ -24,6 +29,14 @@ def pad_episode(episode: Episode, obs_dim: int, act_dim: int) -> Episode:
 
 
 COLLECT_POLICIES = ("random", "checkpoint", "sac")
+
+#: Environment of :func:`collect_portably`: MKL's AVX2 code branch in its strict reproducible mode and ATen's AVX2
+#: kernels, so a SAC learner's float results (and with them its whole replay) are the same bits on any x86-64 CPU
+#: with AVX2. Unset, MKL picks a branch per CPU: the same recipe gave different replays on an Intel Xeon and an
+#: AMD EPYC (README), so a study continued on another machine would pair runs on different data. Measured on an
+#: AMD EPYC (Zen 5): ATen's AVX2 and AVX-512 kernels gave identical replays, MKL's default and AVX2 branches did not;
+#: a 3k-step SAC replay took 45 s with these settings and 50 s without.
+PORTABLE_NUMERICS_ENV = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 @dataclass
@@ -46,6 +59,23 @@ class CollectConfig:
     pad_act_dim: int | None = None
     seed: int = 0
     threads: int | None = 1
+
+
+def collect_portably(cfg: CollectConfig) -> None:
+    """:func:`collect_dataset` in a fresh Python process under :data:`PORTABLE_NUMERICS_ENV`.
+
+    A fresh process because MKL and ATen read those settings once, when torch loads. Not for
+    ``policy=checkpoint`` (its policies are objects of this process). Raises ``RuntimeError`` naming the
+    exit code if the collection fails; its output (progress bars, errors) goes to this process's.
+    """
+    if cfg.policy == "checkpoint":
+        raise ValueError("portable collection takes policy=random or policy=sac, not policy=checkpoint")
+    env = {**os.environ, **PORTABLE_NUMERICS_ENV}
+    done = subprocess.run([sys.executable, "-m", "pwm.data.collect", json.dumps(dataclasses.asdict(cfg))], env=env,
+                          preexec_fn=die_with_parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"collecting {cfg.tasks} into {cfg.out_dir} failed (exit code {done.returncode}; "
+                           "its error is printed above)")
 
 
 def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = None) -> list:
@@ -131,3 +161,7 @@ def collect_dataset(cfg: CollectConfig, policies: dict[str, Policy] | None = Non
                 ))
         env.close()
     return written
+
+
+if __name__ == "__main__":  # collect_portably's child process: one CollectConfig as JSON
+    collect_dataset(CollectConfig(**json.loads(sys.argv[1])))

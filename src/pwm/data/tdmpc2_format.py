@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import logging
 import mmap as mmap_module
 from pathlib import Path
@@ -201,6 +202,21 @@ def dataset_files(data_dir: str | Path) -> list[Path]:
     if not files:
         raise DatasetError(f"dataset folder {data_dir} holds no *.pt files")
     return files
+
+
+def dataset_fingerprint(data_dir: str | Path) -> str:
+    """SHA-256 (hex) of a dataset's content: each ``*.pt`` file's path within ``data_dir`` and the bytes of
+    its four fields, in :func:`dataset_files` order. Equal fingerprints = the same episodes in the same
+    files, whatever machine wrote them and however the files were serialised."""
+    data_dir, digest = Path(data_dir), hashlib.sha256()
+    for path in dataset_files(data_dir):
+        digest.update(path.relative_to(data_dir).as_posix().encode())
+        chunk = read_chunk(path, check_values=False)
+        for field in FIELDS:
+            tensor = chunk[field].contiguous()
+            digest.update(f"{field}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def heldout_mask(first_episode: int, num: int, fraction: float) -> torch.Tensor:

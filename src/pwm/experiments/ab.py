@@ -23,15 +23,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pwm.algorithms.build import alg_changes, build_pwm, is_flow_config, variant_name
-from pwm.data.collect import CollectConfig, collect_dataset
-from pwm.data.tdmpc2_format import load_dataset
+from pwm.data.collect import CollectConfig, collect_dataset, collect_portably
+from pwm.data.tdmpc2_format import dataset_fingerprint, load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.experiments.runs import model_size
 from pwm.experiments.status import JobStatus, job_status, measured_rates, summary_is_complete
 from pwm.training.loops import check_offline_agent, pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
-from pwm.utils.common import atomic_write_text, file_lock, git_commit, seed_everything, set_matmul_precision, set_threads
+from pwm.utils.common import (atomic_write_text, cpu_model, file_lock, git_commit, seed_everything,
+                              set_matmul_precision, set_threads)
 from pwm.utils.extras import check_optional_extras
 
 FLOW_KNOBS = ("integrate_steps", "fm_tau_sampling", "latent_projection", "detach_velocity_target", "endpoint_loss_coef",
@@ -70,9 +71,12 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
     """Collect the task's shared dataset once (``cfg.data``), whoever asks first, and measure the
     random policy's evaluation reward on the task (the bar a learned policy must clear).
 
-    Returns the dataset folder and the random-policy reference (``random_reward``,
-    ``random_reward_std``), both kept in the folder; a folder collected with other ``cfg.data``
-    settings is an error rather than silently reused.
+    Returns the dataset folder and the facts a run records about it, all kept in the folder: the
+    random-policy reference (``random_reward``, ``random_reward_std``, ``random_success``, ``episodes``)
+    and ``data_sha256``, the :func:`~pwm.data.tdmpc2_format.dataset_fingerprint` (runs compared with each
+    other must have read the same data). A folder collected with other ``cfg.data`` settings is an error
+    rather than silently reused. With ``cfg.data.portable_numerics`` the collection runs in a fresh process
+    under :data:`~pwm.data.collect.PORTABLE_NUMERICS_ENV` (the same data on any x86-64 CPU with AVX2).
     """
     data_dir = Path(cfg.data.dir)
     recipe = {"task": cfg.task, "policy": cfg.data.policy, "seed": int(cfg.data.seed),
@@ -85,23 +89,34 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
     recipe.update({key: episodes for key, episodes in extras.items() if episodes})
     if stop_return is not None:
         recipe["sac_stop_return"] = float(stop_return)
+    portable = bool(cfg.data.get("portable_numerics", False))
+    if portable:
+        recipe["portable_numerics"] = True
     with file_lock(data_dir.parent / f".{data_dir.name}.lock"):
         recipe_path, reference_path = data_dir / "collect.json", data_dir / "random_policy.json"
+        fingerprint_path = data_dir / "fingerprint.json"
         if list(data_dir.glob("*.pt")):
             found = json.loads(recipe_path.read_text()) if recipe_path.exists() else None
             if found is not None and found != recipe:
                 raise ValueError(f"{data_dir} was collected with {found}, but data is now {recipe}; "
                                  "use another general.root or data.dir, or delete the folder")
         else:
-            job_threads = torch.get_num_threads()
-            try:  # the other jobs wait for this dataset, so collection may use their cores too
-                collect_dataset(CollectConfig(
-                    tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
-                    policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, **extras, sac_stop_return=stop_return,
-                    seed=cfg.data.seed, threads=cfg.data.threads))
-            finally:
-                torch.set_num_threads(job_threads)
+            # the other jobs wait for this dataset, so collection may use their cores too (data.threads)
+            collect = CollectConfig(
+                tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
+                policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, **extras, sac_stop_return=stop_return,
+                seed=cfg.data.seed, threads=cfg.data.threads)
+            if portable:
+                collect_portably(collect)
+            else:
+                job_threads = torch.get_num_threads()
+                try:
+                    collect_dataset(collect)
+                finally:
+                    torch.set_num_threads(job_threads)
             atomic_write_text(json.dumps(recipe, indent=2), recipe_path)
+        if not fingerprint_path.exists():  # also for a folder collected before fingerprints were recorded
+            atomic_write_text(json.dumps({"data_sha256": dataset_fingerprint(data_dir)}, indent=2), fingerprint_path)
         if not reference_path.exists():
             env = make_env(cfg.task, seed=RANDOM_REFERENCE_SEED)
             metrics, _ = evaluate_policy(env, random_policy(env.act_dim, np.random.default_rng(0)),
@@ -111,7 +126,26 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
                          "random_reward_std": metrics["eval/episode_reward_std"],
                          "random_success": metrics["eval/success"], "episodes": int(cfg.data.random_episodes)}
             atomic_write_text(json.dumps(reference, indent=2), reference_path)
-        return data_dir, json.loads(reference_path.read_text())
+        return data_dir, {**json.loads(reference_path.read_text()), **json.loads(fingerprint_path.read_text())}
+
+
+def check_same_data(task_runs: Path, data_sha256: str, data_dir: Path) -> None:
+    """Refuse to start a job whose dataset differs from the one the finished runs of its task read.
+
+    ``task_runs``: ``<root>/runs/<task>``; its ``summary.json`` files name their dataset's fingerprint. A
+    study resumed on another machine re-collects its data, and its new runs would otherwise be paired with
+    runs on other data (the report would then call the comparison invalid, after the compute is spent).
+    Finished runs that did not record a fingerprint (from before it was recorded) cannot be matched either.
+    """
+    for summary_path in sorted(task_runs.rglob("summary.json")):
+        recorded = json.loads(summary_path.read_text()).get("data_sha256")
+        if recorded != data_sha256:
+            found = f"read dataset {recorded[:12]}" if recorded else "did not record which dataset it read"
+            raise ValueError(
+                f"{summary_path.parent} {found}, but this job's dataset {data_dir} is {data_sha256[:12]}: runs "
+                "compared with each other must read the same data (pwm.data.collect.PORTABLE_NUMERICS_ENV makes "
+                "a recipe collect the same data on any x86-64 CPU with AVX2); move that task's runs aside or use "
+                "another general.root")
 
 
 def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
@@ -155,7 +189,9 @@ def check_run_model(run_dir: Path, alg: DictConfig, pretrain: PretrainSettings |
 
 #: The pretraining settings that make a different world model (not how often it is logged or checkpointed).
 PRETRAIN_BUDGET_KEYS = ("iterations", "min_iterations", "lr_schedule", "lr_final", "eval_every", "window",
-                        "patience", "min_improvement", "heldout_windows")
+                        "patience", "min_improvement", "heldout_windows", "anneal_iterations")
+#: What a ``job.json`` written before a key was recorded ran with.
+PRETRAIN_BUDGET_BEFORE_RECORDED = {"anneal_iterations": 0}
 
 
 def pretrain_budget(settings: PretrainSettings) -> dict[str, Any]:
@@ -166,6 +202,7 @@ def pretrain_budget(settings: PretrainSettings) -> dict[str, Any]:
 def _check_pretrain_budget(run_dir: Path, budget: dict[str, Any], recorded: dict[str, Any] | None,
                            pretrained_iterations: int | None) -> None:
     if recorded is not None:
+        recorded = {**PRETRAIN_BUDGET_BEFORE_RECORDED, **recorded}
         changes = [f"pretrain.{key}: {recorded.get(key)!r} -> {budget[key]!r}" for key in PRETRAIN_BUDGET_KEYS
                    if recorded.get(key) != budget[key]]
     elif pretrained_iterations is not None:  # a finished run from before job.json recorded its budget
@@ -250,7 +287,8 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
             summary = json.loads(summary_path.read_text())
             if summary_is_complete(summary, cfg.train.iterations):
                 return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
-        data_dir, random_reference = ensure_dataset(cfg)
+        data_dir, data_facts = ensure_dataset(cfg)
+        check_same_data(Path(cfg.general.root) / "runs" / cfg.task, data_facts["data_sha256"], data_dir)
         half_budget = {}
         if cfg.seed in checked_seeds:
             half_budget = pretrain_half_budget(cfg, alg, data_dir, pretrain_settings, run_dir)
@@ -267,9 +305,11 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "is_flow": is_flow_config(alg), "expected_iterations": int(cfg.train.iterations),
                     "pretrain_elapsed_s": pretrain["train_elapsed_s"],
                     "pretrain_iterations": pretrain["iterations"], "pretrain_converged": pretrain["converged"],
+                    "pretrain_plateau_iterations": pretrain["plateau_iterations"],
                     "pretrain_heldout_error": pretrain["heldout_error"],
                     "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
-                    "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), **random_reference,
+                    "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), "cpu": cpu_model(),
+                    **data_facts,
                     "matmul_precision": cfg.matmul_precision,
                     "alg": OmegaConf.to_container(alg)}
         return train_offline(agent, buffer, eval_env, run_dir, train_settings, alg.batch_size, cfg.seed,

@@ -202,6 +202,8 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "heldout_trend_per_1k": heldout_trend(run.pretrain),
             **_half_budget(s),
             "commit": s.get("commit"),
+            "cpu": s.get("cpu"),
+            "data_sha256": s.get("data_sha256"),
             **_best_heldout(run.pretrain),
             "dynamics_loss_final": _column_stat(run.pretrain.tail(1) if run.pretrain is not None else None,
                                                 "wm/dynamics_loss", "mean"),

@@ -139,8 +139,9 @@ def _not_learned_detail(runs: pd.DataFrame, task: str, variant: str) -> str:
 
 def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: str,
                     convergence: ConvergenceRule | None = None) -> list[str]:
-    """Why a comparison cannot be judged: variants that did not learn, world models that did not converge
-    (by ``convergence``, default :class:`ConvergenceRule` ()).
+    """Why a comparison cannot be judged: runs on different data or CPUs (:func:`like_for_like_reasons`),
+    variants that did not learn, world models that did not converge (by ``convergence``, default
+    :class:`ConvergenceRule` ()).
 
     Args:
         per_task: one row per task with ``random_reward``, ``learned_margin`` and, per variant key
@@ -151,7 +152,7 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
             and ``saturated_fraction``, quoted beside a variant that did not learn).
     """
     convergence = convergence or ConvergenceRule()
-    reasons = []
+    reasons = like_for_like_reasons(list(per_task["task"]), runs)
     for _, row in per_task.iterrows():
         if not np.isfinite(row["random_reward"]):
             reasons.append(f"{row['task']}: no random-policy reference reward to check learning against")
@@ -174,6 +175,28 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
         if unchecked:
             reasons.append(f"{variant}: world-model convergence unchecked in {unchecked} of {len(flags)} runs "
                            "(no held-out episodes)")
+    return reasons
+
+
+def like_for_like_reasons(tasks: list[str], runs: pd.DataFrame) -> list[str]:
+    """A reason for each task whose runs read different datasets (``data_sha256``) or ran on different CPUs
+    (``cpu``): a paired comparison needs the same data, and equal wall-clock the same machine. Runs from
+    before these were recorded (None in every run of a task) are not judged; None beside a recorded value
+    is a difference (``runs``: rows of :func:`run_table`)."""
+    reasons = []
+    for task in tasks:
+        rows = runs[runs.task == task]
+        for column, what, why in (("data_sha256", "datasets", "a pair must read the same data"),
+                                  ("cpu", "CPUs", "wall-clock is not comparable across machines")):
+            if column not in rows:
+                continue
+            values = rows[column].map(lambda value: value if isinstance(value, str) else "unrecorded")
+            if values.nunique() > 1:
+                groups = "; ".join(
+                    f"{value[:12] if column == 'data_sha256' else value}: "
+                    + ", ".join(f"{row.variant} seed {row.seed}" for row in rows[values == value].itertuples())
+                    for value in sorted(values.unique()))
+                reasons.append(f"{task}: runs on {values.nunique()} different {what} ({why}): {groups}")
     return reasons
 
 

@@ -215,7 +215,9 @@ def pretrain_world_model(
     error (``heldout_error``, the kept weights') and the mean of the last ``window`` evaluations
     (``heldout_error_final``: where training ended, without the minimum's luck of the draw). ``lr_schedule=linear`` decays the
     world model's learning rate linearly from its initial value (at iteration 0) to ``lr_final`` (at
-    the cap); ``constant`` keeps it. Without held-out episodes it
+    the cap); ``constant`` keeps it, and with ``anneal_iterations`` > 0 decays it to ``lr_final`` over that
+    many iterations after the plateau, then stops (``plateau_iterations`` in the summary: where the
+    plateau was reached). Without held-out episodes it
     runs to the cap and ``converged`` is None (unchecked).
 
     Rank 0 logs (mean metrics every ``log_every`` iterations, diagnostics at every evaluation) and
@@ -228,7 +230,7 @@ def pretrain_world_model(
     settings = PretrainSettings.from_cfg(settings, "pretrain")
     cap = settings.iterations
     plateau = PlateauRule(settings.patience, settings.min_improvement, settings.min_iterations,
-                          settings.window)
+                          settings.window, settings.anneal_iterations)
     best = BestWeights()
     heldout = None
     if buffer.num_heldout_windows and settings.heldout_windows:
@@ -246,6 +248,8 @@ def pretrain_world_model(
         with loop.clock():
             if settings.lr_schedule == "linear":
                 agent.set_pretraining_progress(iteration / cap, settings.lr_final)
+            elif plateau.reached:
+                agent.set_pretraining_progress(plateau.anneal_fraction(iteration), settings.lr_final)
             batch = buffer.sample(batch_size, loop.generator).to(agent.device)
             return agent.update_world_model(batch.obs, batch.action, batch.reward,
                                             batch.task if agent.wm.multitask else None)
@@ -255,7 +259,7 @@ def pretrain_world_model(
                                       heldout.task if agent.wm.multitask else None, gamma=agent.gamma)
         if plateau.update(iteration, metrics["wm_eval/heldout_error"]):
             best.keep(agent.wm)
-        if _all_ranks_agree(plateau.converged(iteration)):
+        if plateau.mark_and_check_stop(iteration, _all_ranks_agree(plateau.converged(iteration))):
             loop.request_stop()
         loop.show(heldout=f"{metrics['wm_eval/heldout_error']:.4f}",
                   best=f"{plateau.best:.4f}@{plateau.best_iteration + 1}")
@@ -270,9 +274,10 @@ def pretrain_world_model(
              log_extra=lambda: {"nan/wm_skipped_steps": float(agent.nan_counts["wm"]),
                                 "wm/lr": float(agent.wm_optim.param_groups[0]["lr"])})
     progress = loop.progress
-    converged = plateau.converged(progress.iteration - 1) if heldout is not None else None
+    converged = plateau.reached if heldout is not None else None
     return {"iterations": progress.iteration, "train_elapsed_s": progress.train_elapsed_s,
-            "converged": converged, "best_iteration": plateau.best_iteration + 1,
+            "converged": converged, "plateau_iterations": plateau.plateau_iterations if plateau.reached else None,
+            "best_iteration": plateau.best_iteration + 1,
             "heldout_error": plateau.best if heldout is not None else float("nan"),
             "heldout_error_final": plateau.window_mean() if heldout is not None else float("nan"),
             "wm_nan_skipped_steps": agent.nan_counts["wm"], "checkpoint": str(loop.checkpoint_path)}
@@ -282,7 +287,9 @@ def pretrain_schedule_identity(settings: PretrainSettings) -> dict[str, Any]:
     """Under ``lr_schedule=linear`` the cap sets every iteration's rate, so a checkpoint resumes only under
     its own cap and final rate (a constant-rate run may be extended by raising ``iterations``)."""
     if settings.lr_schedule != "linear":
-        return {}
+        # a plateau's decay sets the rates after it, so its length and final rate are part of a run
+        return ({"pretrain_anneal": {"iterations": settings.anneal_iterations, "lr_final": settings.lr_final}}
+                if settings.anneal_iterations else {})
     return {"pretrain_lr_schedule": {"iterations": settings.iterations, "lr_final": settings.lr_final}}
 
 

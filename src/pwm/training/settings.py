@@ -131,9 +131,16 @@ class PretrainSettings(LoopSettings):
     log_every: int = 10
     lr_schedule: str = "constant"  # constant | linear: the world model's rate decays to lr_final over the cap
     lr_final: float = 1.0e-5
+    anneal_iterations: int = 0  # constant schedule: decay to lr_final over this many iterations after the plateau
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in PRETRAIN_LR_SCHEDULES:
             raise ValueError(f"pretrain.lr_schedule must be one of {PRETRAIN_LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.anneal_iterations < 0 or self.anneal_iterations % max(self.eval_every, 1):
+            raise ValueError(f"pretrain.anneal_iterations must be >= 0 and a multiple of pretrain.eval_every "
+                             f"({self.eval_every}), got {self.anneal_iterations}")
+        if self.anneal_iterations and self.lr_schedule != "constant":
+            raise ValueError(f"pretrain.anneal_iterations decays a constant rate after the plateau; with "
+                             f"pretrain.lr_schedule={self.lr_schedule!r} set it to 0")
         if not self.lr_final > 0:
             raise ValueError(f"pretrain.lr_final must be > 0, got {self.lr_final}")

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -133,6 +134,24 @@ def git_commit(path: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``, which also names e.g. "AMD EPYC"; elsewhere
+    ``platform.processor()``), with ``+avx512`` when it has AVX-512: runs timed on different CPUs are not
+    comparable by wall-clock (one A/B took 9.5 minutes on an Intel Xeon with AVX-512, 18 on an AMD EPYC
+    without)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in info.splitlines():  # "key<tabs>: value", the first processor's block first
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value)
+    name = " ".join(fields.get("model name", platform.machine()).split())
+    flags = fields.get("flags", "").split()
+    return name + ("+avx512" if "avx512f" in flags else "")
 
 
 #: ``prctl`` option asking the kernel to signal this process when its parent exits (linux/prctl.h).
