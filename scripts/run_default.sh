@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: install (if needed), then a 10-18-minute A/B comparison of the
+# The main job on its embedded default: install (if needed), then a 12-16-minute A/B comparison of the
 # flow-matching and MLP world models on 2 CPU cores (cartpole-balance, the replay of a SAC agent as
 # data, pwm_small models pretrained until their held-out error plateaus, seed 0, 2 parallel jobs).
 # Output: runs/ab/report/report.md (+ PNG plots, report.json). Extra arguments go to ab_compare.py.

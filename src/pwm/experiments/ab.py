@@ -67,7 +67,7 @@ def variant_label(alg_cfg: DictConfig) -> str:
     return f"{label}-endpoint{endpoint:g}" if endpoint else label
 
 
-def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, float]]:
+def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     """Collect the task's shared dataset once (``cfg.data``), whoever asks first, and measure the
     random policy's evaluation reward on the task (the bar a learned policy must clear).
 

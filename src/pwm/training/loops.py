@@ -274,7 +274,8 @@ def pretrain_world_model(
              log_extra=lambda: {"nan/wm_skipped_steps": float(agent.nan_counts["wm"]),
                                 "wm/lr": float(agent.wm_optim.param_groups[0]["lr"])})
     progress = loop.progress
-    converged = plateau.reached if heldout is not None else None
+    # the rule's own test as well: a finished checkpoint from before the plateau was marked has no mark
+    converged = (plateau.reached or plateau.converged(progress.iteration - 1)) if heldout is not None else None
     return {"iterations": progress.iteration, "train_elapsed_s": progress.train_elapsed_s,
             "converged": converged, "plateau_iterations": plateau.plateau_iterations if plateau.reached else None,
             "best_iteration": plateau.best_iteration + 1,
