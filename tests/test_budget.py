@@ -12,12 +12,14 @@ from conftest import REPO
 from pwm.experiments.budget import budget_points, plot_budget
 
 
-def write_run(folder, cap, error, half_error, rewards, task="cup-catch", variant="baseline", seed=0):
-    """An archived A/B run: its summary (cap and half-budget check) and its evaluations."""
+def write_run(folder, cap, error, half_error, rewards, task="cup-catch", variant="baseline", seed=0, data=None):
+    """An archived A/B run: its summary (cap and half-budget check, optionally its data's fingerprint) and its
+    evaluations."""
     run = folder / "runs" / task / "default" / variant / f"seed{seed}"
     run.mkdir(parents=True)
     summary = {"task": task, "setting": "default", "variant": variant, "seed": seed,
-               "pretrain_iterations": cap, "pretrain_heldout_error_final": error}
+               "pretrain_iterations": cap, "pretrain_heldout_error_final": error,
+               **({"data_sha256": data} if data else {})}
     if half_error is not None:
         summary.update(pretrain_half_iterations=cap // 2, pretrain_half_heldout_error_final=half_error)
     (run / "summary.json").write_text(json.dumps(summary))
@@ -46,7 +48,21 @@ def test_two_folders_that_disagree_on_a_budget_are_named(tmp_path):
     write_run(tmp_path / "budget_8", 8, error=0.5, half_error=0.8, rewards=[1])
     write_run(tmp_path / "current", 16, error=0.4, half_error=0.55, rewards=[1])  # its check is not that run
     with pytest.raises(ValueError, match=r"budget_8.*and .*current.*disagree on the held-out error of cup-catch "
-                                         r"baseline seed 0 at 8 iterations \(0.5 vs 0.55\)"):
+                                         r"baseline seed 0 \(data unrecorded\) at 8 iterations \(0.5 vs 0.55\)"):
+        budget_points(tmp_path)
+
+
+def test_runs_on_other_data_are_other_world_models_kept_apart(tmp_path):
+    """A study restarted on portable data holds a budget twice, on two datasets: both are kept, each under
+    its data's fingerprint; two folders on one dataset must still agree."""
+    write_run(tmp_path / "xeon_data", 8, error=0.5, half_error=0.8, rewards=[1])
+    write_run(tmp_path / "current", 8, error=0.3, half_error=0.6, rewards=[2], data="ab" * 32)
+    points = budget_points(tmp_path)
+    assert points[["data", "pretrain_iterations", "heldout_error"]].values.tolist() == [
+        ["abababababab", 4, 0.6], ["abababababab", 8, 0.3], ["unrecorded", 4, 0.8], ["unrecorded", 8, 0.5]]
+    assert plot_budget(points, tmp_path / "budget.png").read_bytes()[:4] == b"\x89PNG"
+    write_run(tmp_path / "current_16", 16, error=0.2, half_error=0.35, rewards=[3], data="ab" * 32)
+    with pytest.raises(ValueError, match=r"cup-catch baseline seed 0 \(data abababababab\) at 8 iterations"):
         budget_points(tmp_path)
 
 

@@ -29,19 +29,25 @@ from pwm.experiments.runs import metrics_file  # noqa: E402
 from pwm.experiments.statistics import REWARD, final_reward  # noqa: E402
 from pwm.utils.common import atomic_savefig, atomic_write_text  # noqa: E402
 
-COLUMNS = ["task", "setting", "variant", "seed", "pretrain_iterations", "heldout_error", "final_reward", "source"]
+COLUMNS = ["task", "setting", "variant", "seed", "data", "pretrain_iterations", "heldout_error", "final_reward",
+           "source"]
+#: ``data`` of runs that did not record their dataset's fingerprint (before it was recorded).
+UNRECORDED = "unrecorded"
 
 
 def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:
-    """One row per (task, setting, variant, seed, pretraining iterations) under ``folder``: the held-out error
-    (mean of the last held-out evaluations, as the rule compares) and, for a cap's run, the mean reward of its
-    last ``final_evals`` evaluations (NaN for a half-budget check, which extracts no policy)."""
+    """One row per (task, setting, variant, seed, dataset, pretraining iterations) under ``folder``: the held-out
+    error (mean of the last held-out evaluations, as the rule compares) and, for a cap's run, the mean reward of
+    its last ``final_evals`` evaluations (NaN for a half-budget check, which extracts no policy). ``data``: the
+    first 12 hex digits of the run's dataset fingerprint, or ``unrecorded``; runs on other data are other
+    world models, so their budgets are kept apart."""
     rows: dict[tuple, dict] = {}
     for summary_path in sorted(Path(folder).rglob("summary.json")):
         summary = json.loads(summary_path.read_text())
         metrics = metrics_file(summary_path.parent / "metrics.csv")
         reward = final_reward(pd.read_csv(metrics), final_evals) if metrics is not None else math.nan
-        identity = (summary["task"], summary.get("setting", "default"), summary["variant"], int(summary["seed"]))
+        data = (summary.get("data_sha256") or UNRECORDED)[:12]
+        identity = (summary["task"], summary.get("setting", "default"), summary["variant"], int(summary["seed"]), data)
         measured = [(summary.get("pretrain_half_iterations"), summary.get("pretrain_half_heldout_error_final"),
                      math.nan),
                     (summary.get("pretrain_iterations"), summary.get("pretrain_heldout_error_final"), reward)]
@@ -54,14 +60,15 @@ def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:
                 _merge(rows[key], row)
             else:
                 rows[key] = row
-    return pd.DataFrame(list(rows.values()), columns=COLUMNS).sort_values(COLUMNS[:5], ignore_index=True)
+    return pd.DataFrame(list(rows.values()), columns=COLUMNS).sort_values(COLUMNS[:6], ignore_index=True)
 
 
 def _merge(kept: dict, other: dict) -> None:
     """Two folders hold one budget (a cap's run and the next cap's check): the same world model, same error."""
     if not math.isclose(kept["heldout_error"], other["heldout_error"], rel_tol=1e-6):
         raise ValueError(f"{kept['source']} and {other['source']} disagree on the held-out error of "
-                         f"{other['task']} {other['variant']} seed {other['seed']} at {other['pretrain_iterations']} "
+                         f"{other['task']} {other['variant']} seed {other['seed']} (data {other['data']}) at "
+                         f"{other['pretrain_iterations']} "
                          f"iterations ({kept['heldout_error']:.6g} vs {other['heldout_error']:.6g}): "
                          "the folders hold runs of different studies")
     if math.isnan(kept["final_reward"]):
@@ -72,7 +79,8 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
     """Per task, held-out error (top) and final reward (bottom) against pretraining iterations, one line per
     variant through the mean over seeds (each seed a dot: their spread at one cap is the run-to-run variation
     the rule's tolerance competes with); each doubling's change of the error is written next to it, bold red
-    where it fell by more than ``tolerance`` (not converged by the rule)."""
+    where it fell by more than ``tolerance`` (not converged by the rule). A task whose runs read more than one
+    dataset gets one line per variant and dataset, labelled with the data's fingerprint."""
     points = points[points.setting == setting]
     tasks = sorted(points.task.unique())
     if not tasks:
@@ -81,11 +89,14 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
     budgets_tried = sorted(points.pretrain_iterations.unique())
     colors = {}
     for column, task in enumerate(tasks):
-        for variant, rows in points[points.task == task].groupby("variant"):
-            color = colors.setdefault(variant, f"C{len(colors)}")
+        task_points = points[points.task == task]
+        several_datasets = task_points.data.nunique() > 1
+        for (variant, data), rows in task_points.groupby(["variant", "data"]):
+            label = f"{variant} [data {data}]" if several_datasets else variant
+            color = colors.setdefault(label, f"C{len(colors)}")
             means = rows.groupby("pretrain_iterations")[["heldout_error", "final_reward"]].mean()
             budgets = means.index.to_numpy()
-            axes[0, column].plot(budgets, means.heldout_error, marker="o", color=color, label=variant)
+            axes[0, column].plot(budgets, means.heldout_error, marker="o", color=color, label=label)
             axes[0, column].scatter(rows.pretrain_iterations, rows.heldout_error, color=color, s=8, alpha=0.5)
             for low, high in zip(budgets[:-1], budgets[1:]):
                 if high == 2 * low:
@@ -95,7 +106,7 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
                                              fontweight="bold" if change < -tolerance else "normal",
                                              textcoords="offset points", xytext=(4, 4))
             rewarded = means.final_reward.dropna()
-            axes[1, column].plot(rewarded.index, rewarded.to_numpy(), marker="o", color=color, label=variant)
+            axes[1, column].plot(rewarded.index, rewarded.to_numpy(), marker="o", color=color, label=label)
             seeds = rows.dropna(subset=["final_reward"])
             axes[1, column].scatter(seeds.pretrain_iterations, seeds.final_reward, color=color, s=8, alpha=0.5)
         axes[0, column].set_title(task)
@@ -108,7 +119,8 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
         axes[0, column].set_yscale("log")
     axes[0, 0].set_ylabel("held-out error")
     axes[1, 0].set_ylabel(f"final reward ({REWARD})")
-    axes[0, 0].legend(fontsize=7)
+    for column in range(len(tasks)):  # a task's own legend: labels with a dataset are that task's
+        axes[0, column].legend(fontsize=6)
     fig.suptitle("World-model quality and reward against the pretraining budget (red: fell more than "
                  f"{100 * tolerance:.0f}% on doubling, not converged)", fontsize=9)
     fig.tight_layout()
