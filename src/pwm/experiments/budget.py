@@ -25,14 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pwm.experiments.runs import metrics_file  # noqa: E402
+from pwm.experiments.runs import UNRECORDED, metrics_file  # noqa: E402
 from pwm.experiments.statistics import REWARD, final_reward  # noqa: E402
 from pwm.utils.common import atomic_savefig, atomic_write_text  # noqa: E402
 
 COLUMNS = ["task", "setting", "variant", "seed", "data", "pretrain_iterations", "heldout_error", "final_reward",
            "source"]
-#: ``data`` of runs that did not record their dataset's fingerprint (before it was recorded).
-UNRECORDED = "unrecorded"
 
 
 def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:

@@ -153,6 +153,10 @@ def model_size(summary: dict[str, Any]) -> str:
     return f"latent{wm.get('latent_dim')}-wm{units}-actor{'x'.join(str(u) for u in actor.get('units', []))}"
 
 
+#: What a run that did not record its dataset's fingerprint or its CPU (from before they were recorded) shows.
+UNRECORDED = "unrecorded"
+
+
 def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
     """One row per run: identity, outcome (``final_reward``: mean of the last ``final_evals``
     evaluations; ``last_reward``: the last one), cost and stability statistics (``value_bias_final``:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pwm.algorithms.pwm import SATURATED_ACTION
-from pwm.experiments.runs import Run, model_size, select_runs
+from pwm.experiments.runs import UNRECORDED, Run, model_size, select_runs
 from pwm.experiments.statistics import (
     REWARD, Criteria, final_reward, paired_outcome, reward_at_wall, reward_criterion, time_to_threshold)
 
@@ -190,7 +190,7 @@ def like_for_like_reasons(tasks: list[str], runs: pd.DataFrame) -> list[str]:
                                   ("cpu", "CPUs", "wall-clock is not comparable across machines")):
             if column not in rows:
                 continue
-            values = rows[column].map(lambda value: value if isinstance(value, str) else "unrecorded")
+            values = rows[column].map(lambda value: value if isinstance(value, str) else UNRECORDED)
             if values.nunique() > 1:
                 groups = "; ".join(
                     f"{value[:12] if column == 'data_sha256' else value}: "
