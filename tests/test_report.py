@@ -263,8 +263,8 @@ def test_invalid_verdict_names_the_variant_and_the_reason(tmp_path, baseline_fin
 
 def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_path):
     """report.convergence=half_budget: per task and variant, a checked run whose held-out error fell by more than
-    the tolerance from half the cap to the cap did not converge, and a task without a checked run is unchecked;
-    the plateau flags (all False here) are not read."""
+    the tolerance from half the cap to the cap did not converge, one whose error rose by more overtrained, and a
+    task without a checked run is unchecked; the plateau flags (all False here) are not read."""
     def checked(half, final):
         return {"pretrain_half_heldout_error_final": half, "pretrain_heldout_error_final": final}
 
@@ -276,6 +276,10 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
         write_run(tmp_path, "task-b", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False)
         write_run(tmp_path, "task-b", "flow-K4-uniform", seed, [10, 40, 90], 1.0, [1.0], converged=False,
                   summary_extra=checked(0.1, 0.1) if seed == 1 else None)
+        write_run(tmp_path, "task-c", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False,
+                  summary_extra=checked(0.1, 0.108) if seed == 0 else None)  # 8% worse: within the tolerance
+        write_run(tmp_path, "task-c", "flow-K4-uniform", seed, [10, 40, 90], 1.0, [1.0], converged=False,
+                  summary_extra=checked(0.1, 0.125) if seed == 0 else None)  # 25% worse: overtrained
     rule = ConvergenceRule("half_budget", 0.1)
     (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=rule)["comparisons"]
     assert comparison["verdict"] == "invalid"
@@ -283,13 +287,16 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
         "task-a: flow-K4-uniform's world model did not converge (seed 0: held-out error 0.1 at half the cap, 0.085 at "
         "the cap, 15% lower; more than 10%)",
         "task-b: baseline's world-model convergence unchecked (no run of pretrain.half_budget_seeds pretrained for "
-        "half the cap)"]
+        "half the cap)",
+        "task-c: flow-K4-uniform's world model overtrained (seed 0: held-out error 0.1 at half the cap, 0.125 at the "
+        "cap, 25% higher; more than 10%): half the cap gives the better model"]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| 0.1 -> 0.085 (-15%, seed 0) |" in text and "| 0.1 -> 0.095 (-5%, seed 0) |" in text
-    for seed in range(2):  # checked at 10% too on task-b: under a 20% tolerance the comparison is judged
+    assert "| 0.1 -> 0.125 (+25%, seed 0) |" in text
+    for seed in range(2):  # checked at 10% too on task-b: under a 30% tolerance the comparison is judged
         write_run(tmp_path, "task-b", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False,
                   folder=f"checked{seed}", summary_extra=checked(0.1, 0.09))
-    (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=ConvergenceRule("half_budget", 0.2))[
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=ConvergenceRule("half_budget", 0.3))[
         "comparisons"]
     assert comparison["invalid_reasons"] == [] and comparison["verdict"] != "invalid"
     # the plateau rule reads the flags, which say no

@@ -1,6 +1,6 @@
 """World-model quality and reward against the pretraining budget, over every cap a study tried.
 
-A study that doubles a task's cap until the half-budget check passes (``report.convergence=half_budget``,
+A study that doubles (or halves) a task's cap until the half-budget check passes (``report.convergence=half_budget``,
 ``pretrain.iterations_by_task``) leaves one run per cap (archived next to each other, e.g. ``runs/``,
 ``budget_40k/runs/``, ``budget_80k/runs/``), each with the held-out error of its own world model and of its
 half-budget check. This puts them on one axis per task: the held-out error at every budget tried (where the
@@ -77,7 +77,8 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
     """Per task, held-out error (top) and final reward (bottom) against pretraining iterations, one line per
     variant through the mean over seeds (each seed a dot: their spread at one cap is the run-to-run variation
     the rule's tolerance competes with); each doubling's change of the error is written next to it, bold red
-    where it fell by more than ``tolerance`` (not converged by the rule). A task whose runs read more than one
+    where it fell by more than ``tolerance`` (not converged by the rule), bold purple where it rose by more
+    (overtrained). A task whose runs read more than one
     dataset gets one line per variant and dataset, labelled with the data's fingerprint."""
     points = points[points.setting == setting]
     tasks = sorted(points.task.unique())
@@ -99,9 +100,10 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
             for low, high in zip(budgets[:-1], budgets[1:]):
                 if high == 2 * low:
                     change = means.heldout_error[high] / means.heldout_error[low] - 1
+                    outside = abs(change) > tolerance
                     axes[0, column].annotate(f"{100 * change:+.0f}%", (high, means.heldout_error[high]), fontsize=7,
-                                             color="red" if change < -tolerance else color,
-                                             fontweight="bold" if change < -tolerance else "normal",
+                                             color=("red" if change < 0 else "purple") if outside else color,
+                                             fontweight="bold" if outside else "normal",
                                              textcoords="offset points", xytext=(4, 4))
             rewarded = means.final_reward.dropna()
             axes[1, column].plot(rewarded.index, rewarded.to_numpy(), marker="o", color=color, label=label)
@@ -119,8 +121,8 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
     axes[1, 0].set_ylabel(f"final reward ({REWARD})")
     for column in range(len(tasks)):  # a task's own legend: labels with a dataset are that task's
         axes[0, column].legend(fontsize=6)
-    fig.suptitle("World-model quality and reward against the pretraining budget (red: fell more than "
-                 f"{100 * tolerance:.0f}% on doubling, not converged)", fontsize=9)
+    fig.suptitle("World-model quality and reward against the pretraining budget (on doubling, red: fell more than "
+                 f"{100 * tolerance:.0f}%, not converged; purple: rose more than that, overtrained)", fontsize=9)
     fig.tight_layout()
     saved = atomic_savefig(fig, path, dpi=110)
     plt.close(fig)

@@ -97,9 +97,12 @@ class ConvergenceRule:
 
     ``plateau``: every run's flag from pretraining's plateau rule. ``half_budget``: per task and variant,
     on the runs that also pretrained for half the cap (``pretrain.half_budget_seeds``), the held-out
-    error where pretraining ended is at most ``tolerance`` (relative) below the one at half the cap: the
-    last doubling of the budget bought little, so the next would buy less. Under a decaying learning
-    rate the plateau flag cannot tell (the error falls until the rate is gone).
+    error where pretraining ended is within ``tolerance`` (relative) of the one at half the cap. More than
+    that below: the last doubling of the budget still bought much, so the model is short of converged.
+    More than that above: the cap overtrains, and half of it gives the better model (a small dataset
+    overfitted; cup-catch's baseline at 40k on the study's portable data: +74%, and its policy fell back to
+    199 where the 20k model's reached 949). Under a decaying learning rate the plateau flag cannot tell
+    (the error falls until the rate is gone).
     """
 
     rule: str = "plateau"
@@ -202,8 +205,9 @@ def like_for_like_reasons(tasks: list[str], runs: pd.DataFrame) -> list[str]:
 
 def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str, tolerance: float) -> list[str]:
     """:class:`ConvergenceRule` ``half_budget``: a reason for each task and variant whose world model's
-    held-out error fell by more than ``tolerance`` from half the cap to the cap on a checked run, and for
-    each one without a checked run (``runs``: rows of :func:`run_table`)."""
+    held-out error fell (not converged) or rose (overtrained) by more than ``tolerance`` from half the cap
+    to the cap on a checked run, and for each one without a checked run (``runs``: rows of
+    :func:`run_table`)."""
     reasons = []
     for task in tasks:
         for variant in ("baseline", flow_variant):
@@ -216,6 +220,11 @@ def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str,
                 reasons.append(f"{task}: {variant}'s world model did not converge (seed {row.seed}: held-out error "
                                f"{row.half_budget_heldout_error_final:.4g} at half the cap, {row.heldout_error_final:.4g} "
                                f"at the cap, {row.half_budget_drop:.0%} lower; more than {tolerance:.0%})")
+            for row in checked[checked.half_budget_drop < -tolerance].itertuples():
+                reasons.append(f"{task}: {variant}'s world model overtrained (seed {row.seed}: held-out error "
+                               f"{row.half_budget_heldout_error_final:.4g} at half the cap, {row.heldout_error_final:.4g} "
+                               f"at the cap, {-row.half_budget_drop:.0%} higher; more than {tolerance:.0%}): half the "
+                               "cap gives the better model")
     return reasons
 
 
