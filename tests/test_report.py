@@ -293,6 +293,21 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| 0.1 -> 0.085 (-15%, seed 0) |" in text and "| 0.1 -> 0.095 (-5%, seed 0) |" in text
     assert "| 0.1 -> 0.125 (+25%, seed 0) |" in text
+    # task-a's flow at twice its cap (20 -> 40 iterations), archived: a doubling that bought nothing forgives the
+    # fall (its optimum lies between); one that bought more than the tolerance, or another seed's, does not
+    def doubled_archive(name, seed, error):
+        write_run(tmp_path / name, "task-a", "flow-K4-uniform", seed, [10, 40, 90], 1.0, [1.0],
+                  summary_extra={"pretrain_iterations": 40, "pretrain_heldout_error_final": error})
+        return str(tmp_path / name)
+
+    bought_nothing, bought_much, other_seed = (doubled_archive("flat", 0, 0.09), doubled_archive("fell", 0, 0.07),
+                                               doubled_archive("seed1", 1, 0.09))
+    for folders, forgiven in (((bought_nothing,), True), ((bought_much, other_seed), False), ((other_seed,), False)):
+        rule = ConvergenceRule("half_budget", 0.1, folders)
+        (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=rule)["comparisons"]
+        assert any(r.startswith("task-a: flow-K4-uniform's world model did not converge")
+                   for r in comparison["invalid_reasons"]) is not forgiven, folders
+        assert len(comparison["invalid_reasons"]) == 3 - forgiven
     for seed in range(2):  # checked at 10% too on task-b: under a 30% tolerance the comparison is judged
         write_run(tmp_path, "task-b", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False,
                   folder=f"checked{seed}", summary_extra=checked(0.1, 0.09))

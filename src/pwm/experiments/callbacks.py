@@ -43,7 +43,8 @@ class ABReportCallback(Callback):
             LearnedBar(report_cfg.learned_std_margin, report_cfg.learned_min_gain, report_cfg.learned_min_scale),
             Criteria(final_evals=report_cfg.final_evals, hold_evals=report_cfg.hold_evals,
                      tie_tolerance=report_cfg.tie_tolerance, confidence=report_cfg.confidence),
-            convergence=ConvergenceRule(report_cfg.convergence, report_cfg.half_budget_tolerance))
+            convergence=ConvergenceRule(report_cfg.convergence, report_cfg.half_budget_tolerance,
+                                        tuple(report_cfg.budget_dirs)))
         for comparison in report["comparisons"]:
             log.info("A/B %s vs baseline [%s, %s]: %s", comparison["flow_variant"], comparison["setting"],
                      comparison["model"], comparison["verdict"].upper())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,10 +104,17 @@ class ConvergenceRule:
     overfitted; cup-catch's baseline at 40k on the study's portable data: +74%, and its policy fell back to
     199 where the 20k model's reached 949). Under a decaying learning rate the plateau flag cannot tell
     (the error falls until the rate is gone).
+
+    ``budget_dirs``: folders of archived runs at other caps (``report.budget_dirs``; read by
+    :func:`pwm.experiments.budget.budget_points`). A checked run whose error fell by more than ``tolerance``
+    still counts as converged when a run of its task, setting, variant, seed and data at twice its cap is
+    there and that run's error is not more than ``tolerance`` below its own: the next doubling was tried
+    and bought no more (a halved cap, whose optimum lies between it and the overtrained double).
     """
 
     rule: str = "plateau"
     tolerance: float = 0.1
+    budget_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rule not in CONVERGENCE_RULES:
@@ -167,7 +175,8 @@ def invalid_reasons(per_task: pd.DataFrame, runs: pd.DataFrame, flow_variant: st
                                f"< random {row['random_reward']:.1f} + margin {row['learned_margin']:.1f})"
                                + _not_learned_detail(runs, row["task"], variant))
     if convergence.rule == "half_budget":
-        return reasons + half_budget_reasons(list(per_task["task"]), runs, flow_variant, convergence.tolerance)
+        return reasons + half_budget_reasons(list(per_task["task"]), runs, flow_variant, convergence.tolerance,
+                                             _budgets_tried(convergence.budget_dirs))
     for variant in ("baseline", flow_variant):
         flags = runs[runs.variant == variant].pretrain_converged.tolist()
         unchecked = sum(f is None or (isinstance(f, float) and math.isnan(f)) for f in flags)
@@ -203,11 +212,34 @@ def like_for_like_reasons(tasks: list[str], runs: pd.DataFrame) -> list[str]:
     return reasons
 
 
-def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str, tolerance: float) -> list[str]:
+def _budgets_tried(folders: tuple[str, ...]) -> pd.DataFrame | None:
+    """Every budget the runs under ``folders`` pretrained for (:func:`pwm.experiments.budget.budget_points`;
+    a folder not made yet holds none), or None without folders."""
+    from pwm.experiments.budget import budget_points  # it plots; the verdict alone needs no matplotlib
+
+    frames = [budget_points(folder) for folder in folders if Path(folder).is_dir()]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _doubled_error(budgets: pd.DataFrame | None, row: Any) -> float | None:
+    """The held-out error of a run like ``row`` (same task, setting, variant, seed and data) at twice its
+    cap, if ``budgets`` holds one."""
+    if budgets is None or budgets.empty or not np.isfinite(row.pretrain_iterations):
+        return None
+    data = (row.data_sha256 if isinstance(row.data_sha256, str) else UNRECORDED)[:12]
+    same = budgets[(budgets.task == row.task) & (budgets.setting == row.setting) & (budgets.variant == row.variant)
+                   & (budgets.seed == row.seed) & (budgets.data == data)
+                   & (budgets.pretrain_iterations == 2 * int(row.pretrain_iterations))]
+    return float(same.heldout_error.mean()) if not same.empty else None
+
+
+def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str, tolerance: float,
+                        budgets: pd.DataFrame | None = None) -> list[str]:
     """:class:`ConvergenceRule` ``half_budget``: a reason for each task and variant whose world model's
     held-out error fell (not converged) or rose (overtrained) by more than ``tolerance`` from half the cap
     to the cap on a checked run, and for each one without a checked run (``runs``: rows of
-    :func:`run_table`)."""
+    :func:`run_table`). A fall is forgiven when ``budgets`` (:func:`_budgets_tried`) holds the same run at
+    twice the cap and that doubling bought at most ``tolerance``."""
     reasons = []
     for task in tasks:
         for variant in ("baseline", flow_variant):
@@ -217,6 +249,9 @@ def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str,
                 reasons.append(f"{task}: {variant}'s world-model convergence unchecked (no run of "
                                "pretrain.half_budget_seeds pretrained for half the cap)")
             for row in checked[checked.half_budget_drop > tolerance].itertuples():
+                doubled = _doubled_error(budgets, row)
+                if doubled is not None and (row.heldout_error_final - doubled) / row.heldout_error_final <= tolerance:
+                    continue
                 reasons.append(f"{task}: {variant}'s world model did not converge (seed {row.seed}: held-out error "
                                f"{row.half_budget_heldout_error_final:.4g} at half the cap, {row.heldout_error_final:.4g} "
                                f"at the cap, {row.half_budget_drop:.0%} lower; more than {tolerance:.0%})")
