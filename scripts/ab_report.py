@@ -26,13 +26,15 @@ def main() -> None:
     parser.add_argument("--convergence", choices=CONVERGENCE_RULES, default=convergence.rule,
                         help="when world models count as converged (report.convergence of ab.yaml)")
     parser.add_argument("--half-budget-tolerance", type=float, default=convergence.tolerance)
-    parser.add_argument("--budget-dir", action="append", default=[], help="a folder of runs at other caps "
-                        "(report.budget_dirs; repeatable): a run short of converged whose double was tried is judged by it")
+    parser.add_argument("--budget-dir", action="append", default=[],
+                        help="a folder of runs at other caps (report.budget_dirs; repeatable): a run short of "
+                        "converged whose double was tried is judged by it")
     args = parser.parse_args()
     criteria = Criteria(args.final_evals, args.hold_evals, args.tie_tolerance, args.confidence)
     bar = LearnedBar(args.learned_std_margin, args.learned_min_gain, args.learned_min_scale)
     report = build_report(args.root, args.out_dir, tuple(args.thresholds), args.bootstrap_reps, bar, criteria,
-                          convergence=ConvergenceRule(args.convergence, args.half_budget_tolerance, tuple(args.budget_dir)))
+                          convergence=ConvergenceRule(args.convergence, args.half_budget_tolerance,
+                                                      tuple(args.budget_dir)))
     for c in report["comparisons"]:
         print(f"{c['flow_variant']} vs baseline [{c['setting']}, {c['model']}]: {c['verdict'].upper()}")
 

@@ -122,7 +122,7 @@ def test_a_folder_of_another_budget_is_reported_as_refused_and_nothing_is_writte
     assert not (tmp_path / "runs").exists()
     run_dir = run_dir_for(job, variant_alg(job.alg, job.flow))
     check_run_model(run_dir, variant_alg(job.alg, job.flow),  # a job of a 40k cap started in that folder
-                    PretrainSettings.from_cfg(cfg("cup-catch").pretrain, "pretrain"))
+                    PretrainSettings.from_cfg(cfg("walker-walk").pretrain, "pretrain"))
     refused = ab_job_status(job, rates={})
     assert refused.state == "refused" and refused.remaining_s is None
     assert "another pretraining budget (pretrain.iterations: 40000 -> 80000" in status_line(refused)

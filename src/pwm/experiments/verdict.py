@@ -257,9 +257,9 @@ def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str,
                                f"at the cap, {row.half_budget_drop:.0%} lower; more than {tolerance:.0%})")
             for row in checked[checked.half_budget_drop < -tolerance].itertuples():
                 reasons.append(f"{task}: {variant}'s world model overtrained (seed {row.seed}: held-out error "
-                               f"{row.half_budget_heldout_error_final:.4g} at half the cap, {row.heldout_error_final:.4g} "
-                               f"at the cap, {-row.half_budget_drop:.0%} higher; more than {tolerance:.0%}): half the "
-                               "cap gives the better model")
+                               f"{row.half_budget_heldout_error_final:.4g} at half the cap, "
+                               f"{row.heldout_error_final:.4g} at the cap, {-row.half_budget_drop:.0%} higher; more "
+                               f"than {tolerance:.0%}): half the cap gives the better model")
     return reasons
 
 
