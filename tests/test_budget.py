@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from pwm.experiments.budget import budget_points, plot_budget
+from pwm.experiments.budget import budget_points, doubling_changes, plot_budget
 
 
 def write_run(folder, cap, error, half_error, rewards, task="cup-catch", variant="baseline", seed=0, data=None):
@@ -77,3 +77,14 @@ def test_the_command_writes_the_table_and_the_figure(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "pwm.experiments.budget", str(tmp_path / "out")], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert empty.returncode != 0 and "no run summaries under" in empty.stderr
+
+
+def test_a_doubling_changes_over_the_seeds_run_at_both_budgets():
+    """Seed 0 ran 10k, 20k and 40k; seeds 1-2 only 20k: each doubling compares seed 0 alone (the later seeds'
+    errors would make 20k -> 40k look flat), and a budget without its double gives nothing."""
+    rows = pd.DataFrame({"seed": [0, 0, 0, 1, 2], "pretrain_iterations": [10000, 20000, 40000, 20000, 20000],
+                         "heldout_error": [0.1, 0.05, 0.08, 0.11, 0.09]})
+    changes = doubling_changes(rows)
+    assert changes.keys() == {(10000, 20000), (20000, 40000)}
+    assert changes[(10000, 20000)] == pytest.approx(-0.5) and changes[(20000, 40000)] == pytest.approx(0.6)
+    assert doubling_changes(rows[rows.pretrain_iterations != 20000]) == {}

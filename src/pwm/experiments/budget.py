@@ -76,7 +76,8 @@ def _merge(kept: dict, other: dict) -> None:
 def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default", tolerance: float = 0.1) -> Path:
     """Per task, held-out error (top) and final reward (bottom) against pretraining iterations, one line per
     variant through the mean over seeds (each seed a dot: their spread at one cap is the run-to-run variation
-    the rule's tolerance competes with); each doubling's change of the error is written next to it, bold red
+    the rule's tolerance competes with); each doubling's change of the error (:func:`doubling_changes`, over the
+    seeds run at both budgets) is written next to it, bold red
     where it fell by more than ``tolerance`` (not converged by the rule), bold purple where it rose by more
     (overtrained). A task whose runs read more than one
     dataset gets one line per variant and dataset, labelled with the data's fingerprint."""
@@ -97,14 +98,12 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
             budgets = means.index.to_numpy()
             axes[0, column].plot(budgets, means.heldout_error, marker="o", color=color, label=label)
             axes[0, column].scatter(rows.pretrain_iterations, rows.heldout_error, color=color, s=8, alpha=0.5)
-            for low, high in zip(budgets[:-1], budgets[1:]):
-                if high == 2 * low:
-                    change = means.heldout_error[high] / means.heldout_error[low] - 1
-                    outside = abs(change) > tolerance
-                    axes[0, column].annotate(f"{100 * change:+.0f}%", (high, means.heldout_error[high]), fontsize=7,
-                                             color=("red" if change < 0 else "purple") if outside else color,
-                                             fontweight="bold" if outside else "normal",
-                                             textcoords="offset points", xytext=(4, 4))
+            for (_, high), change in doubling_changes(rows).items():
+                outside = abs(change) > tolerance
+                axes[0, column].annotate(f"{100 * change:+.0f}%", (high, means.heldout_error[high]), fontsize=7,
+                                         color=("red" if change < 0 else "purple") if outside else color,
+                                         fontweight="bold" if outside else "normal",
+                                         textcoords="offset points", xytext=(4, 4))
             rewarded = means.final_reward.dropna()
             axes[1, column].plot(rewarded.index, rewarded.to_numpy(), marker="o", color=color, label=label)
             seeds = rows.dropna(subset=["final_reward"])
@@ -127,6 +126,23 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
     saved = atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return saved
+
+
+def doubling_changes(rows: pd.DataFrame) -> dict[tuple[int, int], float]:
+    """Relative change of the held-out error for each doubling ``(low, 2 * low)`` in one variant's ``rows`` of
+    :func:`budget_points`, over the seeds run at both budgets only: a cap's later seeds (no half-budget check)
+    would otherwise move one end of the mean and hide what the check measured."""
+    changes = {}
+    budgets = sorted(rows.pretrain_iterations.unique())
+    for low in budgets:
+        if 2 * low not in budgets:
+            continue
+        at = {budget: rows[rows.pretrain_iterations == budget].set_index("seed").heldout_error
+              for budget in (low, 2 * low)}
+        seeds = at[low].index.intersection(at[2 * low].index)
+        if len(seeds):
+            changes[(int(low), int(2 * low))] = float(at[2 * low][seeds].mean() / at[low][seeds].mean() - 1)
+    return changes
 
 
 def _short(iterations: int) -> str:
