@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pwm.experiments.runs import UNRECORDED, metrics_file  # noqa: E402
+from pwm.experiments.runs import data_label, metrics_file  # noqa: E402
 from pwm.experiments.statistics import REWARD, final_reward  # noqa: E402
 from pwm.utils.common import atomic_savefig, atomic_write_text  # noqa: E402
 
@@ -44,8 +44,8 @@ def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:
         summary = json.loads(summary_path.read_text())
         metrics = metrics_file(summary_path.parent / "metrics.csv")
         reward = final_reward(pd.read_csv(metrics), final_evals) if metrics is not None else math.nan
-        data = (summary.get("data_sha256") or UNRECORDED)[:12]
-        identity = (summary["task"], summary.get("setting", "default"), summary["variant"], int(summary["seed"]), data)
+        identity = (summary["task"], summary.get("setting", "default"), summary["variant"], int(summary["seed"]),
+                    data_label(summary.get("data_sha256")))
         measured = [(summary.get("pretrain_half_iterations"), summary.get("pretrain_half_heldout_error_final"),
                      math.nan),
                     (summary.get("pretrain_iterations"), summary.get("pretrain_heldout_error_final"), reward)]
@@ -77,10 +77,9 @@ def plot_budget(points: pd.DataFrame, path: str | Path, setting: str = "default"
     """Per task, held-out error (top) and final reward (bottom) against pretraining iterations, one line per
     variant through the mean over seeds (each seed a dot: their spread at one cap is the run-to-run variation
     the rule's tolerance competes with); each doubling's change of the error (:func:`doubling_changes`, over the
-    seeds run at both budgets) is written next to it, bold red
-    where it fell by more than ``tolerance`` (not converged by the rule), bold purple where it rose by more
-    (overtrained). A task whose runs read more than one
-    dataset gets one line per variant and dataset, labelled with the data's fingerprint."""
+    seeds run at both budgets) is written next to it, bold red where it fell by more than ``tolerance`` (not
+    converged by the rule), bold purple where it rose by more (overtrained). A task whose runs read more than
+    one dataset gets one line per variant and dataset, labelled with the data's fingerprint."""
     points = points[points.setting == setting]
     tasks = sorted(points.task.unique())
     if not tasks:

@@ -157,6 +157,11 @@ def model_size(summary: dict[str, Any]) -> str:
 UNRECORDED = "unrecorded"
 
 
+def data_label(data_sha256: Any) -> str:
+    """A run's dataset as budgets and figures key it: the fingerprint's first 12 hex digits, or :data:`UNRECORDED`."""
+    return (data_sha256 if isinstance(data_sha256, str) and data_sha256 else UNRECORDED)[:12]
+
+
 def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
     """One row per run: identity, outcome (``final_reward``: mean of the last ``final_evals``
     evaluations; ``last_reward``: the last one), cost and stability statistics (``value_bias_final``:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pwm.algorithms.pwm import SATURATED_ACTION
-from pwm.experiments.runs import UNRECORDED, Run, model_size, select_runs
+from pwm.experiments.runs import UNRECORDED, Run, data_label, model_size, select_runs
 from pwm.experiments.statistics import (
     REWARD, Criteria, final_reward, paired_outcome, reward_at_wall, reward_criterion, time_to_threshold)
 
@@ -226,9 +226,8 @@ def _doubled_error(budgets: pd.DataFrame | None, row: Any) -> float | None:
     cap, if ``budgets`` holds one."""
     if budgets is None or budgets.empty or not np.isfinite(row.pretrain_iterations):
         return None
-    data = (row.data_sha256 if isinstance(row.data_sha256, str) else UNRECORDED)[:12]
     same = budgets[(budgets.task == row.task) & (budgets.setting == row.setting) & (budgets.variant == row.variant)
-                   & (budgets.seed == row.seed) & (budgets.data == data)
+                   & (budgets.seed == row.seed) & (budgets.data == data_label(row.data_sha256))
                    & (budgets.pretrain_iterations == 2 * int(row.pretrain_iterations))]
     return float(same.heldout_error.mean()) if not same.empty else None
 
