@@ -57,6 +57,47 @@ def test_half_budget_check_leaves_the_job_its_own_run(tmp_path):
     assert not (tmp_path / "bad_precision").exists()
 
 
+def test_a_cap_per_variant_gives_each_variant_its_own_pretraining(tmp_path):
+    """A task's cap may be {baseline: N, flow: M} (the half-budget check can split the variants at one cap):
+    each variant's job pretrains for its own cap and is checked at half of it, its status counts its own cap,
+    and an entry without both variants or with a bad count is refused, naming it."""
+    from pwm.experiments.ab import ab_job_status, run_ab_job, with_variant_cap
+
+    tiny = [override for override in TINY_AB if not override.startswith("pretrain.iterations=")]
+    per_variant = "pretrain.iterations={baseline:4,flow:6}"
+    summaries = {}
+    for alg in ("pwm_tiny", "pwm_tiny_flow"):
+        cfg = compose_ab(f"alg={alg}", "setting=default", f"general.root={tmp_path}", *tiny, per_variant,
+                         "pretrain.half_budget_seeds=[0]")
+        status = ab_job_status(cfg, rates={})
+        summaries[alg] = run_ab_job(cfg)
+        assert OmegaConf.is_dict(cfg.pretrain.iterations)  # the caller's config is left as it was
+        assert (status.phases["pretrain"].total, status.phases["check"].total) == (
+            summaries[alg]["pretrain_iterations"], summaries[alg]["pretrain_half_iterations"])
+        job = json.loads((tmp_path / "runs" / "cartpole-balance" / "default" / summaries[alg]["variant"] / "seed0"
+                          / "job.json").read_text())
+        assert job["pretrain"]["iterations"] == summaries[alg]["pretrain_iterations"]
+    assert [summaries[alg]["pretrain_iterations"] for alg in ("pwm_tiny", "pwm_tiny_flow")] == [4, 6]
+    assert [summaries[alg]["pretrain_half_iterations"] for alg in ("pwm_tiny", "pwm_tiny_flow")] == [2, 3]
+    # the preset's split task, for every flow variant of a sweep as well
+    for alg, knob, cap in (("pwm_tiny", "flow.integrate_steps=2", 40000),
+                           ("pwm_tiny_flow", "flow.integrate_steps=2", 160000), ("pwm_tiny_flow", "seed=1", 160000)):
+        cfg = compose_ab("+study=cpu_v2", "task=cartpole-balance", f"alg={alg}", knob)
+        pretrain = with_variant_cap(cfg, variant_alg(cfg.alg, cfg.flow)).pretrain
+        assert pretrain.iterations == pretrain.min_iterations == cap
+    plain = compose_ab("alg=pwm_tiny")
+    assert with_variant_cap(plain, plain.alg) is plain  # one cap for both: the config as it is
+    for bad, message in (("{baseline:4}", r"pretrain.iterations \(task cartpole-balance\) per variant needs exactly "
+                                          r"the keys baseline and flow, got \['baseline'\]"),
+                         ("{baseline:0,flow:4}", r"pretrain.iterations \(task cartpole-balance\).baseline must be a "
+                                                 r"positive number of iterations, got 0"),
+                         ("{baseline:4,flow:4,mlp:2}", "got \\['baseline', 'flow', 'mlp'\\]")):
+        cfg = compose_ab("alg=pwm_tiny", f"general.root={tmp_path / 'bad'}", f"pretrain.iterations={bad}")
+        with pytest.raises(ValueError, match=message):
+            run_ab_job(cfg)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_flow_knobs_apply_only_to_flow_variants():
     cfg = compose_ab("alg=pwm_tiny_flow")
     flow = variant_alg(cfg.alg, {"integrate_steps": 8, "fm_tau_sampling": None})
@@ -143,7 +184,7 @@ def test_a_run_folder_of_another_pretraining_budget_is_refused(tmp_path):
 
     alg = compose_ab("alg=pwm_tiny").alg
     cap_40k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=walker-walk").pretrain, "pretrain")
-    cap_80k = PretrainSettings.from_cfg(compose_ab("+study=cpu_v2", "task=cheetah-run").pretrain, "pretrain")
+    cap_80k = dataclasses.replace(cap_40k, iterations=80000, min_iterations=80000)  # a doubled cap
     check_run_model(tmp_path / "run", alg, cap_40k)
     assert json.loads((tmp_path / "run" / "job.json").read_text())["pretrain"] == pretrain_budget(cap_40k)
     check_run_model(tmp_path / "run", alg, cap_40k)
@@ -254,14 +295,21 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert len(set(tasks)) == 6 and "finger-spin" not in tasks and "cartpole-balance-sparse" in tasks
     assert params["alg"] == "pwm_tiny,pwm_tiny_flow" and v2.alg.batch_size == v1.alg.batch_size
     # every model trains to the cap under the decaying rate; the first seed, run first, is checked at half of it
-    # (a task's cap doubles from 40k while seed 0's check says not converged, halves while it says overtrained:
-    # cartpole-balance, ab.yaml's default, starts at 80k)
-    unlisted, halved, doubled, twice = (compose_ab("+study=cpu_v2", f"task={task}").pretrain
-                                        for task in ("walker-walk", "cup-catch", "cheetah-run", "cartpole-swingup"))
-    assert unlisted.min_iterations == unlisted.iterations == 40000 and v2.pretrain.lr_schedule == "linear"
-    assert halved.min_iterations == halved.iterations == 20000
-    assert doubled.min_iterations == doubled.iterations == 80000 == v2.pretrain.iterations
-    assert twice.min_iterations == twice.iterations == 160000  # a variant failed the check at 80k too
+    # (a task's cap doubles from 40k while seed 0's check says not converged, halves while it says overtrained,
+    # each variant's own way when the check splits them)
+    from pwm.experiments.ab import with_variant_cap
+
+    def caps(task):
+        composed = [compose_ab("+study=cpu_v2", f"task={task}", f"alg={alg}") for alg in ("pwm_tiny", "pwm_tiny_flow")]
+        pretrain = [with_variant_cap(cfg, variant_alg(cfg.alg, cfg.flow)).pretrain for cfg in composed]
+        assert all(settings.min_iterations == settings.iterations for settings in pretrain), task
+        return tuple(settings.iterations for settings in pretrain)
+
+    assert caps("walker-walk") == (40000, 40000) and v2.pretrain.lr_schedule == "linear"  # unlisted
+    assert caps("cup-catch") == (20000, 20000)  # halved
+    assert caps("cartpole-swingup") == (160000, 160000)  # a variant failed the check at 80k too
+    assert caps("cartpole-balance") == (40000, 160000)  # split at 80k: baseline overtrained, flow not converged
+    assert caps("cheetah-run") == (80000, 40000)
     assert list(v2.pretrain.half_budget_seeds) == [0] and compose_ab().pretrain.half_budget_seeds == []
     assert v2.report.convergence == "half_budget" and compose_ab().report.convergence == "plateau"
     assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")

@@ -13,6 +13,7 @@ knobs are not part of the setting, so the baseline of a flow sweep is run once p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pwm.algorithms.build import alg_changes, build_pwm, is_flow_config, variant_name
 from pwm.data.collect import CollectConfig, collect_dataset, collect_portably
@@ -217,6 +218,27 @@ def _check_pretrain_budget(run_dir: Path, budget: dict[str, Any], recorded: dict
                          "use another general.root, or move the folder")
 
 
+def with_variant_cap(cfg: DictConfig, alg: DictConfig) -> DictConfig:
+    """``cfg`` with ``pretrain.iterations`` for the job's variant (``min_iterations`` and other interpolations
+    of it follow). A preset's cap may be one number or ``{baseline: N, flow: M}`` (e.g. a task's entry of
+    ``pretrain.iterations_by_task``): the half-budget check can split the variants at one cap, one model
+    overtrained while the other has not converged, and the check's rule then moves each variant's cap its own way.
+    ``cfg`` is returned as it is when the cap is one number."""
+    caps = cfg.pretrain.iterations
+    if not OmegaConf.is_dict(caps):
+        return cfg
+    where = f"pretrain.iterations (task {cfg.task})"
+    if set(caps) != {"baseline", "flow"}:
+        raise ValueError(f"{where} per variant needs exactly the keys baseline and flow, got {sorted(caps)}")
+    cap = caps[variant_name(alg)]
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"{where}.{variant_name(alg)} must be a positive number of iterations, got {cap!r}")
+    resolved = copy.deepcopy(cfg)
+    with open_dict(resolved):
+        resolved.pretrain.iterations = cap
+    return resolved
+
+
 def half_budget_seeds(cfg: DictConfig) -> list[int]:
     """``pretrain.half_budget_seeds``: the seeds whose jobs also run :func:`pretrain_half_budget`."""
     seeds = cfg.pretrain.get("half_budget_seeds")
@@ -256,6 +278,7 @@ def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]
     """What :func:`run_ab_job` would do with ``cfg`` and how long it would take, without doing any of it
     (``status_only=true``; :mod:`pwm.experiments.status`). ``rates`` default to those measured under the root."""
     alg = variant_alg(cfg.alg, cfg.flow)
+    cfg = with_variant_cap(cfg, alg)
     run_dir = run_dir_for(cfg, alg)
     status = job_status(run_dir, task=cfg.task, setting=cfg.setting or "default",
                         variant=variant_label(alg), seed=int(cfg.seed),
@@ -273,10 +296,11 @@ def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
     check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
+    alg = variant_alg(cfg.alg, cfg.flow)
+    cfg = with_variant_cap(cfg, alg)
     train_settings = OfflineSettings.from_cfg(cfg.train, "train")
     pretrain_settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
     checked_seeds = half_budget_seeds(cfg)
-    alg = variant_alg(cfg.alg, cfg.flow)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
     set_matmul_precision(cfg.matmul_precision)
