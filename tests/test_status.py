@@ -116,14 +116,14 @@ def test_a_folder_of_another_budget_is_reported_as_refused_and_nothing_is_writte
             return compose(config_name="ab", overrides=["+study=cpu_v2", f"task={task}", "alg=pwm_tiny",
                                                         "setting=default", f"general.root={tmp_path}"])
 
-    job = cfg("cheetah-run")  # an 80k cap
+    job = cfg("cheetah-run")  # its baseline's cap: 160k
     waiting = ab_job_status(job, rates={})
-    assert (waiting.state, waiting.phases["pretrain"].total) == ("waiting", 80000)
+    assert (waiting.state, waiting.phases["pretrain"].total) == ("waiting", 160000)
     assert not (tmp_path / "runs").exists()
     run_dir = run_dir_for(job, variant_alg(job.alg, job.flow))
     check_run_model(run_dir, variant_alg(job.alg, job.flow),  # a job of a 40k cap started in that folder
                     PretrainSettings.from_cfg(cfg("walker-walk").pretrain, "pretrain"))
     refused = ab_job_status(job, rates={})
     assert refused.state == "refused" and refused.remaining_s is None
-    assert "another pretraining budget (pretrain.iterations: 40000 -> 80000" in status_line(refused)
+    assert "another pretraining budget (pretrain.iterations: 40000 -> 160000" in status_line(refused)
     assert "1 refused (see above; not in the time left)" in status_totals([refused.as_dict()])
