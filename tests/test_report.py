@@ -319,6 +319,36 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
     assert any("world model did not converge in" in r for r in comparison["invalid_reasons"])
 
 
+def test_a_policy_setting_is_judged_by_the_double_of_the_world_models_it_pretrains():
+    """Settings that differ only in train.* (policy extraction) pretrain the same world models, so a finetune
+    run's fall is forgiven by the default setting's double; a setting of its own pretraining (alg.horizon=10)
+    is not, nor is another task's, seed's, dataset's or budget's run."""
+    from types import SimpleNamespace
+
+    from pwm.experiments.runs import pretraining_setting
+    from pwm.experiments.verdict import _doubled_error
+
+    assert pretraining_setting("default") == pretraining_setting("train.train_world_model=True") == "default"
+    assert pretraining_setting("alg.horizon=10,train.iterations=5") == "alg.horizon=10"
+    assert pretraining_setting("pretrain.lr_final=0.1,train.finetune_lr_scale=0.5") == "pretrain.lr_final=0.1"
+    assert pretraining_setting("alg.world_model_config.units=[64,64]") == "alg.world_model_config.units=[64,64]"
+    budgets = pd.DataFrame([("cup-catch", "default", "baseline", 0, "a" * 12, 40000, 0.08, 199.0, "x"),
+                            ("cup-catch", "alg.horizon=20", "baseline", 0, "a" * 12, 40000, 0.5, 199.0, "x")],
+                           columns=["task", "setting", "variant", "seed", "data", "pretrain_iterations",
+                                    "heldout_error", "final_reward", "source"])
+
+    def row(setting, task="cup-catch", seed=0, data="a" * 64, iterations=20000):
+        return SimpleNamespace(task=task, setting=setting, variant="baseline", seed=seed, data_sha256=data,
+                               pretrain_iterations=iterations)
+
+    assert _doubled_error(budgets, row("train.train_world_model=True")) == 0.08
+    assert _doubled_error(budgets, row("default")) == 0.08
+    assert _doubled_error(budgets, row("alg.horizon=20,train.train_world_model=True")) == 0.5
+    for other in (row("alg.horizon=10"), row("default", task="cartpole-balance"), row("default", seed=1),
+                  row("default", data="b" * 64), row("default", iterations=40000)):
+        assert _doubled_error(budgets, other) is None, other
+
+
 def test_runs_on_other_data_or_another_cpu_make_the_comparison_invalid_naming_them(tmp_path):
     """A pair read different datasets, or ran on different CPUs: both are named, with the runs of each
     value. Runs that recorded neither (before these were recorded) are not judged; a run that did not

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,16 @@ UNRECORDED = "unrecorded"
 def data_label(data_sha256: Any) -> str:
     """A run's dataset as budgets and figures key it: the fingerprint's first 12 hex digits, or :data:`UNRECORDED`."""
     return (data_sha256 if isinstance(data_sha256, str) and data_sha256 else UNRECORDED)[:12]
+
+
+def pretraining_setting(setting: str) -> str:
+    """The setting whose world models a run of ``setting`` pretrains: ``setting`` (a Hydra override_dirname,
+    ``key=value`` items joined by commas) without its ``train.*`` items, which act only after pretraining
+    (policy extraction), or ``default`` when none is left. ``train.train_world_model=True`` pretrains the default
+    setting's world models (same seed, data and batches); ``alg.horizon=10`` pretrains its own."""
+    items = re.split(r",(?=[\w.+~-]+=)", setting) if setting and setting != "default" else []
+    kept = [item for item in items if not item.startswith("train.")]
+    return ",".join(kept) if kept else "default"
 
 
 def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pwm.algorithms.pwm import SATURATED_ACTION
-from pwm.experiments.runs import UNRECORDED, Run, data_label, model_size, select_runs
+from pwm.experiments.runs import UNRECORDED, Run, data_label, model_size, pretraining_setting, select_runs
 from pwm.experiments.statistics import (
     REWARD, Criteria, final_reward, paired_outcome, reward_at_wall, reward_criterion, time_to_threshold)
 
@@ -107,9 +107,10 @@ class ConvergenceRule:
 
     ``budget_dirs``: folders of archived runs at other caps (``report.budget_dirs``; read by
     :func:`pwm.experiments.budget.budget_points`). A checked run whose error fell by more than ``tolerance``
-    still counts as converged when a run of its task, setting, variant, seed and data at twice its cap is
-    there and that run's error is not more than ``tolerance`` below its own: the next doubling was tried
-    and bought no more (a halved cap, whose optimum lies between it and the overtrained double).
+    still counts as converged when a run of its task, variant, seed and data at twice its cap is there (of its
+    setting, or of one that pretrains the same world models: :func:`~pwm.experiments.runs.pretraining_setting`)
+    and that run's error is not more than ``tolerance`` below its own: the next doubling was tried and bought
+    no more (a halved cap, whose optimum lies between it and the overtrained double).
     """
 
     rule: str = "plateau"
@@ -222,11 +223,12 @@ def _budgets_tried(folders: tuple[str, ...]) -> pd.DataFrame | None:
 
 
 def _doubled_error(budgets: pd.DataFrame | None, row: Any) -> float | None:
-    """The held-out error of a run like ``row`` (same task, setting, variant, seed and data) at twice its
-    cap, if ``budgets`` holds one."""
+    """The held-out error of a run like ``row`` (same task, variant, seed, data and pretraining setting,
+    :func:`~pwm.experiments.runs.pretraining_setting`) at twice its cap, if ``budgets`` holds one."""
     if budgets is None or budgets.empty or not np.isfinite(row.pretrain_iterations):
         return None
-    same = budgets[(budgets.task == row.task) & (budgets.setting == row.setting) & (budgets.variant == row.variant)
+    same_pretraining = budgets.setting.map(pretraining_setting) == pretraining_setting(row.setting)
+    same = budgets[(budgets.task == row.task) & same_pretraining & (budgets.variant == row.variant)
                    & (budgets.seed == row.seed) & (budgets.data == data_label(row.data_sha256))
                    & (budgets.pretrain_iterations == 2 * int(row.pretrain_iterations))]
     return float(same.heldout_error.mean()) if not same.empty else None
