@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -293,6 +294,16 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| 0.1 -> 0.085 (-15%, seed 0) |" in text and "| 0.1 -> 0.095 (-5%, seed 0) |" in text
     assert "| 0.1 -> 0.125 (+25%, seed 0) |" in text
+
+    def quality_cell(task, variant):  # the world-model quality table's converged column: the verdicts' rule
+        (cell,) = re.findall(rf"^\| {task} \| \S+ \| {variant} \| 2 \| ([^|]+) \| .* -> .*$", text, re.MULTILINE)
+        return cell
+
+    assert [quality_cell(task, variant) for task, variant in (
+        ("task-a", "flow-K4-uniform"), ("task-a", "baseline"), ("task-b", "baseline"), ("task-b", "flow-K4-uniform"),
+        ("task-c", "baseline"), ("task-c", "flow-K4-uniform"))] == [
+        "not converged: seed 0", "converged: seed 0", "unchecked", "converged: seed 1", "converged: seed 0",
+        "overtrained: seed 0"]  # the plateau flags all say not converged
     # task-a's flow at twice its cap (20 -> 40 iterations), archived: a doubling that bought nothing forgives the
     # fall (its optimum lies between); one that bought more than the tolerance, or another seed's, does not
     def doubled_archive(name, seed, error):
@@ -308,15 +319,28 @@ def test_half_budget_convergence_names_the_unconverged_and_the_unchecked(tmp_pat
         assert any(r.startswith("task-a: flow-K4-uniform's world model did not converge")
                    for r in comparison["invalid_reasons"]) is not forgiven, folders
         assert len(comparison["invalid_reasons"]) == 3 - forgiven
+        text = (tmp_path / "report" / "report.md").read_text()
+        assert (quality_cell("task-a", "flow-K4-uniform") == "converged by its 2x run: seed 0") is forgiven
+    # the double that bought 0.085 -> 0.07 is quoted beside the fall it does not forgive
+    assert comparison["invalid_reasons"][0] == ("task-a: flow-K4-uniform's world model did not converge (seed 0: "
+                                                "held-out error 0.1 at half the cap, 0.085 at the cap, 15% lower; "
+                                                "more than 10%)")
+    (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=ConvergenceRule(
+        "half_budget", 0.1, (bought_much,)))["comparisons"]
+    assert comparison["invalid_reasons"][0] == ("task-a: flow-K4-uniform's world model did not converge (seed 0: "
+                                                "held-out error 0.1 at half the cap, 0.085 at the cap, 15% lower; "
+                                                "more than 10%; at twice the cap 0.07, 18% lower again)")
     for seed in range(2):  # checked at 10% too on task-b: under a 30% tolerance the comparison is judged
         write_run(tmp_path, "task-b", "baseline", seed, [10, 40, 60], 1.0, [1.0], converged=False,
                   folder=f"checked{seed}", summary_extra=checked(0.1, 0.09))
     (comparison,) = build_report(tmp_path, bootstrap_reps=50, convergence=ConvergenceRule("half_budget", 0.3))[
         "comparisons"]
     assert comparison["invalid_reasons"] == [] and comparison["verdict"] != "invalid"
-    # the plateau rule reads the flags, which say no
+    # the plateau rule reads the flags, which say no, and so does the quality table
     (comparison,) = build_report(tmp_path, bootstrap_reps=50)["comparisons"]
     assert any("world model did not converge in" in r for r in comparison["invalid_reasons"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert quality_cell("task-a", "baseline") == "not converged: seed 0, 1"
 
 
 def test_a_policy_setting_is_judged_by_the_double_of_the_world_models_it_pretrains():
@@ -404,8 +428,8 @@ def test_a_shrinking_latent_spread_shows_first_and_kept_values(tmp_path):
     assert table.heldout_latent_spread.item() == pytest.approx(0.02) and table.heldout_latent_nmse_1.item() == 0.3
     # the kept evaluation's model is no better than copying its slow latents: the copy column says so
     assert table.heldout_latent_vs_copy_1.item() == 0.97 and table.heldout_copy_nmse_1.item() == 0.0015
-    assert ("| task-a | default | flow-K4-uniform | 1 | 1/1 | n/a | - | 0.3000 | 0.970 (0.0015) | 0.6000 |"
-            in (report_dir / "report.md").read_text())
+    assert ("| task-a | default | flow-K4-uniform | 1 | converged: seed 0 | n/a | - | 0.3000 | 0.970 (0.0015) "
+            "| 0.6000 |" in (report_dir / "report.md").read_text())
     assert "| 0.0800 -> 0.0200 |" in (report_dir / "report.md").read_text()
 
 

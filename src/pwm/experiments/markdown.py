@@ -17,6 +17,14 @@ def _half_budget(group: pd.DataFrame) -> str:
                      f"({-row.half_budget_drop:+.0%}, seed {row.seed})" for row in checked.itertuples()) or "-"
 
 
+def _convergence(group: pd.DataFrame) -> str:
+    """A group's runs by their ``convergence`` judgement (:func:`pwm.experiments.verdict.convergence_judgements`):
+    ``not converged: seed 0`` each, ``; ``-joined; ``unchecked`` if none was judged."""
+    judged = group[group.convergence.notna()].sort_values("seed")
+    seeds = judged.groupby("convergence", sort=False).seed.apply(lambda s: ", ".join(str(seed) for seed in s))
+    return "; ".join(f"{judgement}: seed {seed_list}" for judgement, seed_list in seeds.items()) or "unchecked"
+
+
 def _trend(trends: pd.Series) -> str:
     """Mean and range of :func:`~pwm.experiments.runs.heldout_trend` values as signed percentages."""
     trends = trends.dropna()
@@ -190,8 +198,10 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "brackets the normalised 1-step error that copy prediction scores: an encoder whose latents barely "
               "move between steps makes any model's normalised error small. Trend: how fast the held-out error was "
               "still changing when pretraining ended, per 1,000 iterations (a line fitted to its log over the "
-              f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): the converged flag is one "
-              "noisy comparison, the trend says how much more training would have bought. Half-budget check "
+              f"last {HELDOUT_TREND_ITERATIONS:,} iterations; mean and range over runs): what more training would "
+              "have bought. Converged: each checked run by the verdicts' rule (report.json's convergence: the "
+              "plateau flag, or the half-budget check with the archived run at twice the cap, if any). "
+              "Half-budget check "
               "(runs of pretrain.half_budget_seeds): how much lower the held-out error ended (mean of the last "
               "evaluations) than that of the same world model pretrained for half the cap: what the last doubling "
               "of the budget bought. Mean over runs.", "",
@@ -201,8 +211,7 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
               "| reward correlation | reward error (normalised) | latent spread: first -> kept |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, setting, variant), group in table.groupby(["task", "setting", "variant"]):
-        converged = sum(f is True for f in group.pretrain_converged)
-        lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {converged}/{len(group)} "
+        lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {_convergence(group)} "
                      f"| {_trend(group.heldout_trend_per_1k)} | {_half_budget(group)} "
                      f"| {_fmt(group.heldout_latent_nmse_1.mean(), 4)} "
                      f"| {_fmt(group.heldout_latent_vs_copy_1.mean(), 3)} ({_fmt(group.heldout_copy_nmse_1.mean(), 4)}) "

@@ -47,7 +47,8 @@ from pwm.experiments.plots import plot_aggregate, plot_curves, plot_diagnostics
 from pwm.experiments.published import pwm_published, tdmpc2_final
 from pwm.experiments.runs import Run, load_runs, run_table, select_runs
 from pwm.experiments.statistics import Criteria
-from pwm.experiments.verdict import ConvergenceRule, LearnedBar, compare, decide, parity, random_bar, task_thresholds
+from pwm.experiments.verdict import (
+    ConvergenceRule, LearnedBar, compare, convergence_judgements, decide, parity, random_bar, task_thresholds)
 from pwm.utils.common import atomic_write_text
 
 __all__ = ["BOOTSTRAP_REPS", "THRESHOLDS", "ConvergenceRule", "LearnedBar", "Run", "build_report", "decide", "load_runs"]
@@ -82,6 +83,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
     if not runs:
         raise FileNotFoundError(f"no A/B runs (summary.json + metrics.csv) under {root}")
     table = run_table(runs, criteria.final_evals)
+    table["convergence"] = convergence_judgements(table, convergence)
     atomic_write_text(table.to_csv(index=False), out_dir / "runs.csv")
     reference_kwargs = {"reference_dir": reference_dir} if reference_dir is not None else {}
     reference = tdmpc2_final(**reference_kwargs)

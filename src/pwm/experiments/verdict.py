@@ -234,13 +234,44 @@ def _doubled_error(budgets: pd.DataFrame | None, row: Any) -> float | None:
     return float(same.heldout_error.mean()) if not same.empty else None
 
 
+CONVERGED, NOT_CONVERGED, OVERTRAINED, CONVERGED_BY_DOUBLE = (
+    "converged", "not converged", "overtrained", "converged by its 2x run")
+
+
+def half_budget_judgement(row: Any, tolerance: float, budgets: pd.DataFrame | None = None) -> str | None:
+    """:class:`ConvergenceRule` ``half_budget`` on one run (a row of :func:`run_table`): None when it was not
+    checked (no ``half_budget_drop``); :data:`OVERTRAINED` when its held-out error rose by more than
+    ``tolerance`` from half the cap to the cap; :data:`CONVERGED` within it; on a larger fall
+    :data:`CONVERGED_BY_DOUBLE` when ``budgets`` (:func:`_budgets_tried`) holds the same run at twice the cap
+    and that doubling bought at most ``tolerance``, else :data:`NOT_CONVERGED`."""
+    drop = row.half_budget_drop
+    if drop is None or not np.isfinite(drop):
+        return None
+    if drop < -tolerance:
+        return OVERTRAINED
+    if drop <= tolerance:
+        return CONVERGED
+    doubled = _doubled_error(budgets, row)
+    if doubled is not None and (row.heldout_error_final - doubled) / row.heldout_error_final <= tolerance:
+        return CONVERGED_BY_DOUBLE
+    return NOT_CONVERGED
+
+
+def convergence_judgements(table: pd.DataFrame, convergence: ConvergenceRule) -> list[str | None]:
+    """Each run's convergence by ``convergence`` (rows of :func:`run_table`): by the half-budget rule
+    :func:`half_budget_judgement`; by the plateau rule :data:`CONVERGED` or :data:`NOT_CONVERGED` from its
+    flag. None: not checked (a run not of ``pretrain.half_budget_seeds``, or no held-out episodes)."""
+    if convergence.rule == "half_budget":
+        budgets = _budgets_tried(convergence.budget_dirs)
+        return [half_budget_judgement(row, convergence.tolerance, budgets) for row in table.itertuples()]
+    return [(CONVERGED if flag else NOT_CONVERGED) if isinstance(flag, (bool, np.bool_)) else None
+            for flag in table.pretrain_converged]
+
+
 def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str, tolerance: float,
                         budgets: pd.DataFrame | None = None) -> list[str]:
-    """:class:`ConvergenceRule` ``half_budget``: a reason for each task and variant whose world model's
-    held-out error fell (not converged) or rose (overtrained) by more than ``tolerance`` from half the cap
-    to the cap on a checked run, and for each one without a checked run (``runs``: rows of
-    :func:`run_table`). A fall is forgiven when ``budgets`` (:func:`_budgets_tried`) holds the same run at
-    twice the cap and that doubling bought at most ``tolerance``."""
+    """A reason for each task and variant whose checked run :func:`half_budget_judgement` finds not converged
+    or overtrained, and for each one without a checked run (``runs``: rows of :func:`run_table`)."""
     reasons = []
     for task in tasks:
         for variant in ("baseline", flow_variant):
@@ -249,18 +280,20 @@ def half_budget_reasons(tasks: list[str], runs: pd.DataFrame, flow_variant: str,
             if checked.empty:
                 reasons.append(f"{task}: {variant}'s world-model convergence unchecked (no run of "
                                "pretrain.half_budget_seeds pretrained for half the cap)")
-            for row in checked[checked.half_budget_drop > tolerance].itertuples():
-                doubled = _doubled_error(budgets, row)
-                if doubled is not None and (row.heldout_error_final - doubled) / row.heldout_error_final <= tolerance:
-                    continue
-                reasons.append(f"{task}: {variant}'s world model did not converge (seed {row.seed}: held-out error "
-                               f"{row.half_budget_heldout_error_final:.4g} at half the cap, {row.heldout_error_final:.4g} "
-                               f"at the cap, {row.half_budget_drop:.0%} lower; more than {tolerance:.0%})")
-            for row in checked[checked.half_budget_drop < -tolerance].itertuples():
-                reasons.append(f"{task}: {variant}'s world model overtrained (seed {row.seed}: held-out error "
-                               f"{row.half_budget_heldout_error_final:.4g} at half the cap, "
-                               f"{row.heldout_error_final:.4g} at the cap, {-row.half_budget_drop:.0%} higher; more "
-                               f"than {tolerance:.0%}): half the cap gives the better model")
+            for row in checked.itertuples():
+                judgement = half_budget_judgement(row, tolerance, budgets)
+                errors = (f"seed {row.seed}: held-out error {row.half_budget_heldout_error_final:.4g} at half the "
+                          f"cap, {row.heldout_error_final:.4g} at the cap")
+                if judgement == NOT_CONVERGED:
+                    doubled = _doubled_error(budgets, row)
+                    again = ("" if doubled is None else f"; at twice the cap {doubled:.4g}, "
+                             f"{(row.heldout_error_final - doubled) / row.heldout_error_final:.0%} lower again")
+                    reasons.append(f"{task}: {variant}'s world model did not converge ({errors}, "
+                                   f"{row.half_budget_drop:.0%} lower; more than {tolerance:.0%}{again})")
+                elif judgement == OVERTRAINED:
+                    reasons.append(f"{task}: {variant}'s world model overtrained ({errors}, "
+                                   f"{-row.half_budget_drop:.0%} higher; more than {tolerance:.0%}): half the cap "
+                                   "gives the better model")
     return reasons
 
 
