@@ -310,6 +310,7 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert caps("cartpole-swingup") == (160000, 160000)  # a variant failed the check at 80k too
     assert caps("cartpole-balance") == (40000, 160000)  # split at 80k: baseline overtrained, flow not converged
     assert caps("cheetah-run") == (320000, 40000)
+    assert caps("reacher-easy") == (80000, 160000)  # the baseline overtrained at 160k on portable data
     assert list(v2.pretrain.half_budget_seeds) == [0] and compose_ab().pretrain.half_budget_seeds == []
     assert v2.report.convergence == "half_budget" and compose_ab().report.convergence == "plateau"
     assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")
