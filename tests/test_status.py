@@ -92,6 +92,18 @@ def test_job_status_counts_each_phase_and_the_time_left(tmp_path):
     assert status_of(folder, rates, policy=30).state == "started"  # a summary of fewer updates is not this job's
 
 
+def test_a_halved_caps_job_with_its_pretraining_but_no_check_still_has_the_check_to_run(tmp_path):
+    """A halved cap's job takes its double's check as its pretraining (results/study_v2/commands.md): the
+    check it has not run is still left, although the phase after it has a log."""
+    rates = {("baseline", MODEL): {"pretrain": 0.5, "policy": 2.0}}
+    folder = run_folder(tmp_path)
+    write_metrics(folder / "pretrain" / "metrics.csv", 100, 0.25)
+    halved = status_of(folder, rates)
+    assert [(name, p.iterations) for name, p in halved.phases.items()] == [("check", 0), ("pretrain", 100),
+                                                                           ("policy", 0)]
+    assert halved.remaining_s == pytest.approx(50 * 0.5 + 20 * 2.0)
+
+
 def test_a_variant_without_a_measured_rate_leaves_its_time_unknown(tmp_path):
     folder = run_folder(tmp_path, variant="flow-K8-uniform")
     unknown = status_of(folder, {("flow-K8-uniform", MODEL): {"pretrain": 0.5}})  # no finished policy yet

@@ -140,8 +140,10 @@ def job_status(run_dir: Path, *, task: str, setting: str, variant: str, seed: in
     remaining: float | None = 0.0
     for name, progress in logged.items():
         done, elapsed = progress if progress is not None else (0, 0.0)
-        if started and list(logged).index(name) < list(logged).index(started[-1]):
-            done = totals[name]  # a later phase began: this one ended (the plateau rule may end it before its cap)
+        # a later phase began: this one ended (the plateau rule may end it before its cap), unless it has no log
+        # (a halved cap's job takes its double's check as its pretraining, then runs its own check)
+        if progress is not None and started and list(logged).index(name) < list(logged).index(started[-1]):
+            done = totals[name]
         done = min(done, totals[name])
         status.phases[name] = Progress(done, totals[name], elapsed)
         rate = elapsed / done if done else measured.get("policy" if name == "policy" else "pretrain")
