@@ -513,7 +513,10 @@ def test_settings_side_by_side_lists_every_variant_with_its_learned_count(tmp_pa
                       random_std=2.0)
     report = build_report(tmp_path, out_dir=tmp_path / "out", bootstrap_reps=50)
     assert report["learned_bars"]["task-a"] == pytest.approx(29.0)  # 25 + max(2 * 2, 0.1 * 25)
+    # the A/B grid's flow variant (4 runs) before the sweep's (2), although its name sorts after
+    assert [c["flow_variant"] for c in report["comparisons"]] == ["flow-K4-uniform", "flow-K2-uniform"]
     text = (tmp_path / "out" / "report.md").read_text()
+    assert re.findall(r"^### (flow-K\d-uniform) vs baseline", text, flags=re.M) == ["flow-K4-uniform", "flow-K2-uniform"]
     section = text.split("## Settings side by side (sweeps)")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| task-")]
     assert [row.split(" | ")[2] for row in rows] == ["baseline", "flow-K2-uniform", "flow-K4-uniform"]

@@ -110,6 +110,7 @@ def plot_aggregate(aggregates: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("IQM of normalised final reward (95% CI)")
         ax.grid(alpha=0.3)
+    axes[0][0].invert_yaxis()  # the report's order from the top, its main comparison first (shared by the panels)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)

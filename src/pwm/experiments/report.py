@@ -70,6 +70,8 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
     """Build the A/B report for every run under ``root``; returns the ``report.json`` content.
 
     ``convergence`` says when world models count as converged (default :class:`ConvergenceRule` ()).
+    Comparisons (one per setting, model size and flow variant) come in order of their flow variant's runs,
+    most first: a study's A/B grid before its sweeps.
 
     ``thresholds`` are fractions of each task's published TD-MPC2 reward (``reference_dir``, default
     the repository's ``benchmarks/reference``), or of its observed reward range where none is published.
@@ -94,11 +96,14 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, thresholds
                         "pwm_mt80_reward": pwm_reference["mt80"].get(task)}
                  for task in sorted(table.task.unique())}
     task_targets = {task: task_thresholds(runs, task, list(thresholds), reference) for task in sorted(table.task.unique())}
-    comparisons = []
-    for (setting, model), group in table.groupby(["setting", "model"]):
-        for flow_variant in sorted(group[group.is_flow].variant.unique()):
-            comparisons.append(compare(runs, table, setting, model, flow_variant, task_targets, criteria,
-                                       bootstrap_reps, learned_bar, convergence))
+    pairs = [(setting, model, flow_variant)
+             for (setting, model), group in table.groupby(["setting", "model"])
+             for flow_variant in sorted(group[group.is_flow].variant.unique())]
+    # The main grid first: a study's sweeps run a flow variant on fewer tasks and seeds than its A/B does.
+    flow_runs = table.groupby(["setting", "model", "variant"]).size()
+    pairs.sort(key=lambda pair: -flow_runs[pair])
+    comparisons = [compare(runs, table, setting, model, flow_variant, task_targets, criteria, bootstrap_reps,
+                           learned_bar, convergence) for setting, model, flow_variant in pairs]
     parity_table = parity(table)
     learned_bars = {task: sum(random_bar(rows, learned_bar, task_targets[task][1]))
                     for task, rows in table.groupby("task")}
