@@ -33,9 +33,9 @@ COLLECT_POLICIES = ("random", "checkpoint", "sac")
 #: Environment of :func:`collect_portably`: MKL's AVX2 code branch in its strict reproducible mode and ATen's AVX2
 #: kernels, so a SAC learner's float results (and with them its whole replay) are the same bits on any x86-64 CPU
 #: with AVX2. Unset, MKL picks a branch per CPU: the same recipe gave different replays on an Intel Xeon and an
-#: AMD EPYC (README), so a study continued on another machine would pair runs on different data. Measured on an
-#: AMD EPYC (Zen 5): ATen's AVX2 and AVX-512 kernels gave identical replays, MKL's default and AVX2 branches did not;
-#: a 3k-step SAC replay took 45 s with these settings and 50 s without.
+#: AMD EPYC (benchmarks/results/default_ab/README.md), so a study continued on another machine would pair runs on
+#: different data. Measured on an AMD EPYC (Zen 5): ATen's AVX2 and AVX-512 kernels gave identical replays, MKL's
+#: default and AVX2 branches did not; a 3k-step SAC replay took 45 s with these settings and 50 s without.
 PORTABLE_NUMERICS_ENV = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
