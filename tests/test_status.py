@@ -128,7 +128,7 @@ def test_a_folder_of_another_budget_is_reported_as_refused_and_nothing_is_writte
             return compose(config_name="ab", overrides=["+study=cpu_v2", f"task={task}", "alg=pwm_tiny",
                                                         "setting=default", f"general.root={tmp_path}"])
 
-    job = cfg("cartpole-swingup")  # its cap: 160k
+    job = cfg("cartpole-balance-sparse")  # its cap: 160k
     waiting = ab_job_status(job, rates={})
     assert (waiting.state, waiting.phases["pretrain"].total) == ("waiting", 160000)
     assert not (tmp_path / "runs").exists()
