@@ -57,6 +57,25 @@ def test_half_budget_check_leaves_the_job_its_own_run(tmp_path):
     assert not (tmp_path / "bad_precision").exists()
 
 
+def test_a_job_records_the_commit_it_started_on(tmp_path, monkeypatch):
+    """A run's summary names the checkout its process loaded, not the one the repository has moved to by the time
+    pretraining ends (study jobs pretrain for hours while commits land)."""
+    import pwm.experiments.ab as ab
+
+    checkout = {"commit": "started"}
+    pretrain = ab.pretrain_world_model
+
+    def pretrain_then_commit(*args, **kwargs):
+        result = pretrain(*args, **kwargs)
+        checkout["commit"] = "moved"
+        return result
+
+    monkeypatch.setattr(ab, "git_commit", lambda: checkout["commit"])
+    monkeypatch.setattr(ab, "pretrain_world_model", pretrain_then_commit)
+    summary = ab.run_ab_job(compose_ab("alg=pwm_tiny", "setting=default", f"general.root={tmp_path}", *TINY_AB))
+    assert (summary["commit"], checkout["commit"]) == ("started", "moved")
+
+
 def test_a_cap_per_variant_gives_each_variant_its_own_pretraining(tmp_path):
     """A task's cap may be {baseline: N, flow: M} (the half-budget check can split the variants at one cap):
     each variant's job pretrains for its own cap and is checked at half of it, its status counts its own cap,

@@ -304,6 +304,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
     set_matmul_precision(cfg.matmul_precision)
+    commit = git_commit()  # the code this process loaded: the checkout may move during hours of pretraining
     with file_lock(run_dir / ".lock"):
         check_run_model(run_dir, alg, pretrain_settings)
         summary_path = run_dir / "summary.json"
@@ -332,7 +333,7 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "pretrain_plateau_iterations": pretrain["plateau_iterations"],
                     "pretrain_heldout_error": pretrain["heldout_error"],
                     "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
-                    "finetune_wm": bool(cfg.train.train_world_model), "commit": git_commit(), "cpu": cpu_model(),
+                    "finetune_wm": bool(cfg.train.train_world_model), "commit": commit, "cpu": cpu_model(),
                     **data_facts,
                     "matmul_precision": cfg.matmul_precision,
                     "alg": OmegaConf.to_container(alg)}
