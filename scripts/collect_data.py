@@ -8,18 +8,18 @@
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pwm.data.collect import CollectConfig, collect_dataset, collect_portably
+from pwm.data.collect import CollectConfig, collect_dataset, collect_portably, numerics_name
 from pwm.training.evaluation import checkpoint_policy
 
 
 @hydra.main(config_path="cfg", config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     settings = OmegaConf.to_container(cfg, resolve=True)
-    portable = settings.pop("portable_numerics")
+    numerics = numerics_name(settings.pop("portable_numerics"))
     config = CollectConfig(**settings)
-    if portable:
-        collect_portably(config)
-        print(f"collected into {cfg.out_dir} (portable numerics)")
+    if numerics is not None:
+        collect_portably(config, numerics)
+        print(f"collected into {cfg.out_dir} ({numerics} numerics)")
         return
     policies = None
     if config.policy == "checkpoint":

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -336,6 +337,7 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert (v2.general.root, v2.report.dir) == ("runs/study_v2", "results/study_v2")
     for key in ("sac_steps", "sac_final_policy_episodes", "sac_stop_return", "random_mix_episodes", "seed"):
         assert v2.data[key] == v1.data[key], key  # the first version's data recipe
+    assert v2.data.portable_numerics is True and v1.data.portable_numerics is False  # vendor-neutral data
     assert compose_ab("+study=cpu_v2", "task=reacher-easy").data.sac_steps == 50000
     assert v2.train.iterations == v1.train.iterations and set(v2.sweeps.tasks.split(",")) <= set(tasks)
 
@@ -411,6 +413,7 @@ def test_a_job_on_other_data_than_its_tasks_finished_runs_is_refused_naming_both
     """A study resumed on another machine re-collects its data: a job whose dataset differs from the one its
     task's finished runs read, or whose task has a finished run that did not record it, does not start."""
     from pwm.experiments.ab import check_same_data
+    from pwm.utils.common import cpu_model
 
     task_runs = tmp_path / "runs" / "cup-catch"
     finished = task_runs / "default" / "baseline" / "seed0"
@@ -420,6 +423,10 @@ def test_a_job_on_other_data_than_its_tasks_finished_runs_is_refused_naming_both
     check_same_data(tmp_path / "runs" / "no-runs-yet", "b" * 64, tmp_path / "data")
     with pytest.raises(ValueError, match=f"{finished} read dataset aaaaaaaaaaaa, but this job's dataset "
                                          f"{tmp_path / 'data'} is bbbbbbbbbbbb"):
+        check_same_data(task_runs, "b" * 64, tmp_path / "data")
+    (finished / "summary.json").write_text(json.dumps({"data_sha256": "a" * 64, "cpu": "AMD EPYC 9B45+avx512"}))
+    with pytest.raises(ValueError, match=r"read dataset aaaaaaaaaaaa \(made on AMD EPYC 9B45\+avx512; this job runs "
+                                         f"on {re.escape(cpu_model())}\\), but this job's dataset"):
         check_same_data(task_runs, "b" * 64, tmp_path / "data")
     (finished / "summary.json").write_text(json.dumps({"task": "cup-catch"}))  # from before fingerprints
     with pytest.raises(ValueError, match="did not record which dataset it read"):
@@ -449,6 +456,21 @@ def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
     cfg.data.sac_stop_return = None
     with pytest.raises(ValueError, match="portable_numerics"):  # data collected before it, or without it
         ensure_dataset(cfg)
+    # recorded as true by the numerics of before 2026-12-07 (intel_avx2): reused by those numerics only
+    before_names = {"task": "cartpole-balance", "policy": "sac", "seed": 12345, "sac_steps": cfg.data.sac_steps,
+                    "portable_numerics": True}
+    (data_dir / "collect.json").write_text(json.dumps(before_names))
+    with pytest.raises(ValueError, match="data is now .*'portable_numerics': 'vendor_neutral'"):
+        ensure_dataset(cfg)
+    cfg.data.portable_numerics = "intel_avx2"
+    assert ensure_dataset(cfg)[0] == data_dir
+    cfg.data.portable_numerics = "avx3"
+    with pytest.raises(ValueError, match=r"portable_numerics='avx3': expected true, false or one of \['vendor_"):
+        ensure_dataset(cfg)
+    for recorded in ("fingerprint.json", "random_policy.json"):
+        (data_dir / recorded).unlink()
+    (data_dir / "collect.json").write_text(json.dumps({key: value for key, value in before_names.items()
+                                                       if key != "portable_numerics"}))
     cfg.data.portable_numerics = False
     folder, facts = ensure_dataset(cfg)
     assert folder == data_dir and facts["data_sha256"] == dataset_fingerprint(data_dir)  # recorded on first use

@@ -1,5 +1,7 @@
 """TD-MPC2 dataset format (writer, validating reader) and window sampling."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -244,25 +246,56 @@ def test_dataset_fingerprint_follows_the_content_not_the_bytes_of_the_files(tmp_
 
 
 def test_portable_collection_runs_in_a_fresh_process_with_the_portable_settings(tmp_path, monkeypatch):
-    """collect_portably runs collect_dataset in a child process under PORTABLE_NUMERICS_ENV and writes what
-    collect_dataset writes in this one (random actions do not depend on the numerics); a failure there is an
-    error here naming the exit code."""
+    """collect_portably runs collect_dataset in a child process under the numerics asked for (vendor_neutral
+    unless named) and writes what collect_dataset writes in this one (random actions do not depend on the
+    numerics); a failure there is an error here naming the exit code."""
     import subprocess
 
     from pwm.data import collect
-    from pwm.data.collect import PORTABLE_NUMERICS_ENV, CollectConfig, collect_dataset, collect_portably
+    from pwm.data.collect import NUMERICS_ENVS, CollectConfig, collect_dataset, collect_portably
 
     calls, real_run = [], subprocess.run
     monkeypatch.setattr(collect.subprocess, "run", lambda *a, **kw: calls.append(kw["env"]) or real_run(*a, **kw))
     config = CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "child"), episodes=2, seed=4)
     collect_portably(config)
-    assert len(calls) == 1 and all(calls[0][key] == value for key, value in PORTABLE_NUMERICS_ENV.items())
+    assert len(calls) == 1 and calls[0]["MKL_CBWR"] == "COMPATIBLE"
+    assert all(calls[0][key] == value for key, value in NUMERICS_ENVS["vendor_neutral"].items())
     collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "here"), episodes=2, seed=4))
     assert dataset_fingerprint(tmp_path / "child") == dataset_fingerprint(tmp_path / "here")
+    collect_portably(dataclasses.replace(config, out_dir=str(tmp_path / "intel")), "intel_avx2")
+    assert calls[1]["MKL_CBWR"] == "AVX2,STRICT"
+    with pytest.raises(ValueError, match=r"numerics='avx3': expected one of \['vendor_neutral', 'intel_avx2'\]"):
+        collect_portably(config, "avx3")
     with pytest.raises(RuntimeError, match=r"collecting \['no-such-task'\] into .* failed \(exit code 1"):
         collect_portably(CollectConfig(tasks=["no-such-task"], out_dir=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="not policy=checkpoint"):
         collect_portably(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path / "c"), policy="checkpoint"))
+
+
+def test_portable_numerics_setting_names_what_it_takes():
+    from pwm.data.collect import numerics_name
+
+    assert [numerics_name(value) for value in (True, False, None, "intel_avx2", "vendor_neutral")] == [
+        "vendor_neutral", None, None, "intel_avx2", "vendor_neutral"]
+    with pytest.raises(ValueError, match=r"portable_numerics='AVX2': expected true, false or one of"):
+        numerics_name("AVX2")
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="this torch build has no MKL")
+def test_mkl_runs_the_vendor_neutral_branch_it_is_asked_for():
+    """MKL silently ignores a branch it does not know or does not offer on this CPU and uses its per-CPU AUTO
+    branch (the fallback that made intel_avx2's data differ on an AMD EPYC), so check what MKL itself reports
+    using: vendor_neutral's COMPATIBLE branch is offered on every x86-64 CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from pwm.data.collect import NUMERICS_ENVS
+
+    matmul = "import torch; torch.set_num_threads(1); torch.randn(64, 32) @ torch.randn(32, 16)"
+    env = {**os.environ, **NUMERICS_ENVS["vendor_neutral"], "MKL_VERBOSE": "1"}
+    verbose = subprocess.run([sys.executable, "-c", matmul], env=env, capture_output=True, text=True, check=True)
+    assert "SGEMM" in verbose.stdout and "CNR:COMPATIBLE " in verbose.stdout, verbose.stdout[-500:]
 
 
 def test_missing_task_is_named_not_numbered(tmp_path):
@@ -340,3 +373,25 @@ def test_random_action_episodes_follow_a_checkpoint_policys_on_new_reset_seeds(t
     assert len({tuple(row.tolist()) for row in starts}) == 4
     with pytest.raises(ValueError, match="random_mix_episodes must be >= 0"):
         collect_dataset(CollectConfig(tasks=["cartpole-balance"], out_dir=str(tmp_path), random_mix_episodes=-1))
+
+
+def test_data_portability_benchmark_names_the_cpus_whose_data_differs():
+    """benchmarks/data_portability.py: this CPU's fingerprint of a recipe against the other CPUs' rows of the same
+    numerics and recipe; rows of another recipe or numerics are not compared."""
+    from conftest import load_benchmark
+
+    compare = load_benchmark("data_portability").compare
+    recipe = {"task": "cartpole-balance", "sac_steps": "3000", "seed": "12345"}
+
+    def row(cpu, numerics, fingerprint, **changed):
+        return {"cpu": cpu, "cpu_id": "family 6", "numerics": numerics, "fingerprint": fingerprint, "seconds": "9.0",
+                **recipe, **changed}
+
+    rows = [row("Xeon", "vendor_neutral", "a" * 64), row("Xeon", "intel_avx2", "b" * 64),
+            row("EPYC", "vendor_neutral", "a" * 64), row("EPYC", "intel_avx2", "c" * 64),
+            row("Zen", "vendor_neutral", "d" * 64, sac_steps="1000")]
+    mine = {"cpu": "Xeon", "cpu_id": "family 6", **recipe}
+    lines = compare(rows, mine)
+    assert len(lines) == 2 and "same on 2 CPUs" in lines[0] and lines[0].split()[:2] == ["vendor_neutral", "a" * 12]
+    assert "DIFFERS from EPYC, family 6 (cccccccccccc)" in lines[1]
+    assert "no other CPU has run this recipe yet" in compare(rows, {**mine, "cpu": "Zen", "sac_steps": "1000"})[0]

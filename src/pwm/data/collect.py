@@ -30,13 +30,40 @@ def pad_episode(episode: Episode, obs_dim: int, act_dim: int) -> Episode:
 
 COLLECT_POLICIES = ("random", "checkpoint", "sac")
 
-#: Environment of :func:`collect_portably`: MKL's AVX2 code branch in its strict reproducible mode and ATen's AVX2
-#: kernels, so a SAC learner's float results (and with them its whole replay) are the same bits on any x86-64 CPU
-#: with AVX2. Unset, MKL picks a branch per CPU: the same recipe gave different replays on an Intel Xeon and an
-#: AMD EPYC (benchmarks/results/default_ab/README.md), so a study continued on another machine would pair runs on
-#: different data. Measured on an AMD EPYC (Zen 5): ATen's AVX2 and AVX-512 kernels gave identical replays, MKL's
-#: default and AVX2 branches did not; a 3k-step SAC replay took 45 s with these settings and 50 s without.
-PORTABLE_NUMERICS_ENV = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: Numerics a collection can run under in a fresh process (``data.portable_numerics``), by name: the environment
+#: variables that pin the code paths of the libraries a SAC learner's float results come from. One rounding apart
+#: and a learner's replay drifts to other data, so a study continued on another machine would pair runs on different
+#: data. ATen's kernels follow the ISA alone (measured on an AMD EPYC, Zen 5: its AVX2 and AVX-512 kernels gave
+#: identical replays) and NumPy's did not matter (an Intel Xeon's AVX512_SPR, AVX512_ICL and AVX2 paths: identical
+#: replays), but MKL, which computes torch's float32 matrix products, picks its branch by vendor as well:
+#:
+#: * ``vendor_neutral``: MKL's COMPATIBLE branch (SSE2 without the approximation instructions rcpps/rsqrtps,
+#:   whose results differ between Intel and compatible CPUs). With AUTO, the only branch MKL offers on non-Intel
+#:   CPUs (oneMKL developer guide, "Specifying Code Branches"). It is the slowest: a 3k-step SAC replay took 69 s
+#:   under it, 37 s under intel_avx2 and 30 s with no settings (Intel Xeon, one thread; ``python
+#:   benchmarks/data_portability.py`` compares a CPU's data with the other CPUs' rows it has recorded).
+#: * ``intel_avx2``: MKL's AVX2 branch in its strict reproducible mode (the portable numerics until 2026-12-07).
+#:   MKL honours it on Intel CPUs only and silently uses its per-CPU AUTO branch elsewhere: a cheetah-run replay
+#:   under it came out 867d613b on an AMD EPYC (Zen 5) and 79766d06 on an Intel Xeon (results/study_v2/NOTES.md).
+NUMERICS_ENVS = {
+    "vendor_neutral": {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "intel_avx2": {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+#: What ``portable_numerics: true`` means.
+PORTABLE_NUMERICS = "vendor_neutral"
+
+
+def numerics_name(portable_numerics: bool | str | None) -> str | None:
+    """The :data:`NUMERICS_ENVS` name a ``portable_numerics`` setting asks for: ``true`` is
+    :data:`PORTABLE_NUMERICS`, ``false`` (or null) none (collect in this process), a name itself. Raises
+    ``ValueError`` naming the setting and the names it takes."""
+    if portable_numerics is None or portable_numerics is False:
+        return None
+    if portable_numerics is True:
+        return PORTABLE_NUMERICS
+    if portable_numerics in NUMERICS_ENVS:
+        return str(portable_numerics)
+    raise ValueError(f"portable_numerics={portable_numerics!r}: expected true, false or one of {list(NUMERICS_ENVS)}")
 
 
 @dataclass
@@ -61,8 +88,8 @@ class CollectConfig:
     threads: int | None = 1
 
 
-def collect_portably(cfg: CollectConfig) -> None:
-    """:func:`collect_dataset` in a fresh Python process under :data:`PORTABLE_NUMERICS_ENV`.
+def collect_portably(cfg: CollectConfig, numerics: str = PORTABLE_NUMERICS) -> None:
+    """:func:`collect_dataset` in a fresh Python process under ``NUMERICS_ENVS[numerics]``.
 
     A fresh process because MKL and ATen read those settings once, when torch loads. Not for
     ``policy=checkpoint`` (its policies are objects of this process). Raises ``RuntimeError`` naming the
@@ -70,7 +97,9 @@ def collect_portably(cfg: CollectConfig) -> None:
     """
     if cfg.policy == "checkpoint":
         raise ValueError("portable collection takes policy=random or policy=sac, not policy=checkpoint")
-    env = {**os.environ, **PORTABLE_NUMERICS_ENV}
+    if numerics not in NUMERICS_ENVS:
+        raise ValueError(f"numerics={numerics!r}: expected one of {list(NUMERICS_ENVS)}")
+    env = {**os.environ, **NUMERICS_ENVS[numerics]}
     done = subprocess.run([sys.executable, "-m", "pwm.data.collect", json.dumps(dataclasses.asdict(cfg))], env=env,
                           preexec_fn=die_with_parent)
     if done.returncode != 0:

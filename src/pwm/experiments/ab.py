@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pwm.algorithms.build import alg_changes, build_pwm, is_flow_config, variant_name
-from pwm.data.collect import CollectConfig, collect_dataset, collect_portably
+from pwm.data.collect import CollectConfig, collect_dataset, collect_portably, numerics_name
 from pwm.data.tdmpc2_format import dataset_fingerprint, load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
@@ -77,7 +77,7 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     and ``data_sha256``, the :func:`~pwm.data.tdmpc2_format.dataset_fingerprint` (runs compared with each
     other must have read the same data). A folder collected with other ``cfg.data`` settings is an error
     rather than silently reused. With ``cfg.data.portable_numerics`` the collection runs in a fresh process
-    under :data:`~pwm.data.collect.PORTABLE_NUMERICS_ENV` (the same data on any x86-64 CPU with AVX2).
+    under :data:`~pwm.data.collect.NUMERICS_ENVS` (``true``: ``vendor_neutral``, the same data whatever the CPU).
     """
     data_dir = Path(cfg.data.dir)
     recipe = {"task": cfg.task, "policy": cfg.data.policy, "seed": int(cfg.data.seed),
@@ -90,9 +90,9 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     recipe.update({key: episodes for key, episodes in extras.items() if episodes})
     if stop_return is not None:
         recipe["sac_stop_return"] = float(stop_return)
-    portable = bool(cfg.data.get("portable_numerics", False))
-    if portable:
-        recipe["portable_numerics"] = True
+    numerics = numerics_name(cfg.data.get("portable_numerics", False))
+    if numerics is not None:  # intel_avx2 records true: its datasets were collected before the numerics had names
+        recipe["portable_numerics"] = True if numerics == "intel_avx2" else numerics
     with file_lock(data_dir.parent / f".{data_dir.name}.lock"):
         recipe_path, reference_path = data_dir / "collect.json", data_dir / "random_policy.json"
         fingerprint_path = data_dir / "fingerprint.json"
@@ -107,8 +107,8 @@ def ensure_dataset(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
                 tasks=[cfg.task], out_dir=str(data_dir), episodes=cfg.data.episodes, episodes_per_file=10_000,
                 policy=cfg.data.policy, sac_steps=cfg.data.sac_steps, **extras, sac_stop_return=stop_return,
                 seed=cfg.data.seed, threads=cfg.data.threads)
-            if portable:
-                collect_portably(collect)
+            if numerics is not None:
+                collect_portably(collect, numerics)
             else:
                 job_threads = torch.get_num_threads()
                 try:
@@ -139,14 +139,16 @@ def check_same_data(task_runs: Path, data_sha256: str, data_dir: Path) -> None:
     Finished runs that did not record a fingerprint (from before it was recorded) cannot be matched either.
     """
     for summary_path in sorted(task_runs.rglob("summary.json")):
-        recorded = json.loads(summary_path.read_text()).get("data_sha256")
+        summary = json.loads(summary_path.read_text())
+        recorded = summary.get("data_sha256")
         if recorded != data_sha256:
             found = f"read dataset {recorded[:12]}" if recorded else "did not record which dataset it read"
+            made_on = f" (made on {summary['cpu']}; this job runs on {cpu_model()})" if summary.get("cpu") else ""
             raise ValueError(
-                f"{summary_path.parent} {found}, but this job's dataset {data_dir} is {data_sha256[:12]}: runs "
-                "compared with each other must read the same data (pwm.data.collect.PORTABLE_NUMERICS_ENV makes "
-                "a recipe collect the same data on any x86-64 CPU with AVX2); move that task's runs aside or use "
-                "another general.root")
+                f"{summary_path.parent} {found}{made_on}, but this job's dataset {data_dir} is {data_sha256[:12]}: "
+                "runs compared with each other must read the same data (data.portable_numerics=true makes a recipe "
+                "collect the same data whatever the CPU: pwm.data.collect.NUMERICS_ENVS); move that task's runs "
+                "aside or use another general.root")
 
 
 def run_dir_for(cfg: DictConfig, alg: DictConfig) -> Path:
