@@ -20,29 +20,24 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from pwm.data.collect import NUMERICS_ENVS, CollectConfig, collect_portably
 from pwm.data.tdmpc2_format import dataset_fingerprint
-from pwm.utils.common import atomic_write_text, cpu_model, git_commit
+from pwm.utils.common import atomic_write_text, cpu_model, cpuinfo_fields, git_commit
 
 FIELDS = ("cpu", "cpu_vendor", "cpu_id", "numerics", "task", "sac_steps", "seed", "fingerprint", "seconds", "commit")
+ROW_KEY = ("cpu", "cpu_id", "numerics", "task", "sac_steps", "seed")  # a new row replaces an old one of the same key
 
 
 def cpu_identity() -> tuple[str, str]:
     """The vendor (``GenuineIntel``, ``AuthenticAMD``: MKL picks its code branches by vendor as well as by ISA)
     and ``family F model M stepping S`` (virtual machines often report a generic model name); ``unknown`` off
     Linux."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
+    fields = cpuinfo_fields()
+    if not fields:
         return "unknown", "unknown"
     family, model, stepping = (fields.get(key, "?") for key in ("cpu family", "model", "stepping"))
     return fields.get("vendor_id", "unknown"), f"family {family} model {model} stepping {stepping}"
@@ -53,15 +48,7 @@ def collect(numerics: str, task: str, sac_steps: int, seed: int, out_dir: Path) 
     config = CollectConfig(tasks=[task], out_dir=str(out_dir), policy="sac", sac_steps=sac_steps, seed=seed,
                            episodes_per_file=10_000, threads=1)
     start = time.perf_counter()
-    if numerics == "native":  # a fresh process too, so no setting of this one leaks into it
-        import dataclasses
-        import json
-
-        done = subprocess.run([sys.executable, "-m", "pwm.data.collect", json.dumps(dataclasses.asdict(config))])
-        if done.returncode != 0:
-            raise RuntimeError(f"native collection of {task} failed (exit code {done.returncode})")
-    else:
-        collect_portably(config, numerics)
+    collect_portably(config, None if numerics == "native" else numerics)  # native too in a fresh process: no leaks
     return time.perf_counter() - start
 
 
@@ -97,12 +84,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             seconds = collect(numerics, args.task, args.sac_steps, args.seed, Path(scratch))
             fingerprint = dataset_fingerprint(scratch)
-        key = (cpu, cpu_id, numerics, args.task, str(args.sac_steps), str(args.seed))
-        rows = [row for row in rows if tuple(str(row[field]) for field in
-                                             ("cpu", "cpu_id", "numerics", "task", "sac_steps", "seed")) != key]
-        rows.append({"cpu": cpu, "cpu_vendor": vendor, "cpu_id": cpu_id, "numerics": numerics, "task": args.task,
-                     "sac_steps": args.sac_steps, "seed": args.seed, "fingerprint": fingerprint,
-                     "seconds": f"{seconds:.1f}", "commit": commit})
+        row = {"cpu": cpu, "cpu_vendor": vendor, "cpu_id": cpu_id, "numerics": numerics, "task": args.task,
+               "sac_steps": args.sac_steps, "seed": args.seed, "fingerprint": fingerprint,
+               "seconds": f"{seconds:.1f}", "commit": commit}
+        rows = [old for old in rows if any(str(old[field]) != str(row[field]) for field in ROW_KEY)] + [row]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()

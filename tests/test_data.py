@@ -249,6 +249,7 @@ def test_portable_collection_runs_in_a_fresh_process_with_the_portable_settings(
     """collect_portably runs collect_dataset in a child process under the numerics asked for (vendor_neutral
     unless named) and writes what collect_dataset writes in this one (random actions do not depend on the
     numerics); a failure there is an error here naming the exit code."""
+    import os
     import subprocess
 
     from pwm.data import collect
@@ -264,6 +265,8 @@ def test_portable_collection_runs_in_a_fresh_process_with_the_portable_settings(
     assert dataset_fingerprint(tmp_path / "child") == dataset_fingerprint(tmp_path / "here")
     collect_portably(dataclasses.replace(config, out_dir=str(tmp_path / "intel")), "intel_avx2")
     assert calls[1]["MKL_CBWR"] == "AVX2,STRICT"
+    collect_portably(dataclasses.replace(config, out_dir=str(tmp_path / "native")), None)
+    assert "MKL_CBWR" not in calls[2] or calls[2]["MKL_CBWR"] == os.environ.get("MKL_CBWR")
     with pytest.raises(ValueError, match=r"numerics='avx3': expected one of \['vendor_neutral', 'intel_avx2'\]"):
         collect_portably(config, "avx3")
     with pytest.raises(RuntimeError, match=r"collecting \['no-such-task'\] into .* failed \(exit code 1"):

@@ -88,8 +88,9 @@ class CollectConfig:
     threads: int | None = 1
 
 
-def collect_portably(cfg: CollectConfig, numerics: str = PORTABLE_NUMERICS) -> None:
-    """:func:`collect_dataset` in a fresh Python process under ``NUMERICS_ENVS[numerics]``.
+def collect_portably(cfg: CollectConfig, numerics: str | None = PORTABLE_NUMERICS) -> None:
+    """:func:`collect_dataset` in a fresh Python process under ``NUMERICS_ENVS[numerics]`` (None: under none of
+    those settings, the code paths this CPU's libraries pick, to compare with).
 
     A fresh process because MKL and ATen read those settings once, when torch loads. Not for
     ``policy=checkpoint`` (its policies are objects of this process). Raises ``RuntimeError`` naming the
@@ -97,9 +98,9 @@ def collect_portably(cfg: CollectConfig, numerics: str = PORTABLE_NUMERICS) -> N
     """
     if cfg.policy == "checkpoint":
         raise ValueError("portable collection takes policy=random or policy=sac, not policy=checkpoint")
-    if numerics not in NUMERICS_ENVS:
-        raise ValueError(f"numerics={numerics!r}: expected one of {list(NUMERICS_ENVS)}")
-    env = {**os.environ, **NUMERICS_ENVS[numerics]}
+    if numerics is not None and numerics not in NUMERICS_ENVS:
+        raise ValueError(f"numerics={numerics!r}: expected one of {list(NUMERICS_ENVS)} or None")
+    env = {**os.environ, **NUMERICS_ENVS.get(numerics, {})}
     done = subprocess.run([sys.executable, "-m", "pwm.data.collect", json.dumps(dataclasses.asdict(cfg))], env=env,
                           preexec_fn=die_with_parent)
     if done.returncode != 0:

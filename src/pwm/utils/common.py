@@ -141,17 +141,26 @@ def cpu_model() -> str:
     ``platform.processor()``), with ``+avx512`` when it has AVX-512: runs timed on different CPUs are not
     comparable by wall-clock (one A/B took 9.5 minutes on an Intel Xeon with AVX-512, 18 on an AMD EPYC
     without)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    fields = cpuinfo_fields()
+    if not fields:
         return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in info.splitlines():  # "key<tabs>: value", the first processor's block first
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value)
     name = " ".join(fields.get("model name", platform.machine()).split())
     flags = fields.get("flags", "").split()
     return name + ("+avx512" if "avx512f" in flags else "")
+
+
+def cpuinfo_fields() -> dict[str, str]:
+    """The first processor's fields in Linux's ``/proc/cpuinfo`` (``model name``, ``vendor_id``, ``cpu family``,
+    ``flags``, ...), values stripped; empty where there is no such file."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in info.splitlines():  # "key<tabs>: value", the first processor's block first
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 #: ``prctl`` option asking the kernel to signal this process when its parent exits (linux/prctl.h).
