@@ -75,6 +75,7 @@ def test_a_job_records_the_commit_it_started_on(tmp_path, monkeypatch):
     monkeypatch.setattr(ab, "pretrain_world_model", pretrain_then_commit)
     summary = ab.run_ab_job(compose_ab("alg=pwm_tiny", "setting=default", f"general.root={tmp_path}", *TINY_AB))
     assert (summary["commit"], checkout["commit"]) == ("started", "moved")
+    assert summary["eval_episodes"] == 1  # TINY_AB's: a run's final reward says over how many initial states
 
 
 def test_a_cap_per_variant_gives_each_variant_its_own_pretraining(tmp_path):
@@ -340,6 +341,8 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert v2.data.portable_numerics is True and v1.data.portable_numerics is False  # vendor-neutral data
     assert compose_ab("+study=cpu_v2", "task=reacher-easy").data.sac_steps == 50000
     assert v2.train.iterations == v1.train.iterations and set(v2.sweeps.tasks.split(",")) <= set(tasks)
+    # policies are judged on the random policy's initial states (the learned bar's), all of them
+    assert v2.train.eval_episodes == v2.data.random_episodes == 20 and v1.train.eval_episodes == 5
 
 
 def test_first_study_preset_keeps_its_recipe():

@@ -335,7 +335,8 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
                     "pretrain_plateau_iterations": pretrain["plateau_iterations"],
                     "pretrain_heldout_error": pretrain["heldout_error"],
                     "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
-                    "finetune_wm": bool(cfg.train.train_world_model), "commit": commit, "cpu": cpu_model(),
+                    "finetune_wm": bool(cfg.train.train_world_model), "eval_episodes": int(cfg.train.eval_episodes),
+                    "commit": commit, "cpu": cpu_model(),
                     **data_facts,
                     "matmul_precision": cfg.matmul_precision,
                     "alg": OmegaConf.to_container(alg)}
