@@ -478,3 +478,48 @@ def test_a_dataset_of_another_recipe_is_refused_naming_it(tmp_path):
     folder, facts = ensure_dataset(cfg)
     assert folder == data_dir and facts["data_sha256"] == dataset_fingerprint(data_dir)  # recorded on first use
     assert json.loads((data_dir / "fingerprint.json").read_text()) == {"data_sha256": facts["data_sha256"]}
+
+
+def test_further_policies_share_the_world_model_and_the_initial_states(tmp_path, monkeypatch):
+    """train.policy_seeds=2: a second policy, in policy1/, from the same pretrained world model with its own seed
+    (another actor), evaluated on the first one's initial states; the report reads one run of two policies."""
+    import pwm.training.loops as loops
+    from pwm.envs.rollout import EVAL_SEED_OFFSET
+    from pwm.experiments.ab import POLICY_SEED_STRIDE, run_ab_job
+    from pwm.experiments.runs import load_runs
+    from pwm.utils.common import load_checkpoint
+
+    evaluated_seeds = []
+    evaluate = loops.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        evaluated_seeds.append(kwargs["seed"])
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loops, "evaluate", recording_evaluate)
+
+    def job(*extra):
+        return run_ab_job(compose_ab("alg=pwm_tiny_flow", "setting=default", "seed=1", f"general.root={tmp_path}",
+                                     *TINY_AB, *extra))
+
+    summary = job("train.policy_seeds=2")
+    run = tmp_path / "runs" / "cartpole-balance" / "default" / "flow-K4-uniform" / "seed1"
+    further = json.loads((run / "policy1" / "summary.json").read_text())
+    assert (further["policy_index"], further["policy_seed"]) == (1, 1 + POLICY_SEED_STRIDE)
+    assert further["pretrain_heldout_error_final"] == summary["pretrain_heldout_error_final"]
+    assert summary["policy_final_rewards"] == [summary["final_reward"], further["final_reward"]]
+    assert set(evaluated_seeds) == {EVAL_SEED_OFFSET + 1} and len(evaluated_seeds) == 2 * 2  # 2 evaluations each
+    first, second = (load_checkpoint(folder / "checkpoint.pt")["agent"] for folder in (run, run / "policy1"))
+    for part, same in (("world_model", True), ("actor", False)):  # the world model frozen; its own seed's actor
+        weights = first[part].keys()
+        assert all(torch.equal(first[part][key], second[part][key]) for key in weights) is same, part
+    runs = load_runs(tmp_path / "runs")
+    assert len(runs) == 1 and runs[0].policy_count == 2
+    # a third policy later: only it trains; one on other initial states than the first's is refused
+    first_log = (run / "metrics.csv").read_text()
+    assert len(job("train.policy_seeds=3")["policy_final_rewards"]) == 3
+    assert (run / "metrics.csv").read_text() == first_log
+    with pytest.raises(ValueError, match="evaluated on 1 episodes, this job's train.eval_episodes=2"):
+        job("train.policy_seeds=4", "train.eval_episodes=2")
+    with pytest.raises(ValueError, match="train.policy_seeds must be >= 1"):
+        job("train.policy_seeds=0")

@@ -553,3 +553,36 @@ def test_heldout_trend_fits_the_last_iterations_of_pretraining_on_a_log_scale():
     assert heldout_trend(rows.assign(**{"wm_eval/heldout_error": late_flat})) == pytest.approx(0.0, abs=1e-9)
     assert math.isnan(heldout_trend(rows.tail(2))) and math.isnan(heldout_trend(None))
     assert _trend(pd.Series([-0.1, -0.3, np.nan])) == "-20% [-30, -10]"
+
+
+def test_a_runs_evaluations_are_the_mean_over_its_policies(tmp_path):
+    """A run's further policies (policy<k> folders, train.policy_seeds) are attached to it, not read as runs of
+    their own, and each evaluation's reward is the mean over the policies evaluated at that iteration."""
+    from pwm.experiments.budget import budget_points
+
+    run = tmp_path / "runs" / "cup-catch" / "default" / "baseline" / "seed0"
+    summary = {"task": "cup-catch", "setting": "default", "variant": "baseline", "seed": 0, "iterations": 4,
+               "pretrain_iterations": 8, "pretrain_heldout_error_final": 0.5, "final_reward": 200.0}
+    for folder, rewards, index in ((run, (100.0, 200.0), 0), (run / "policy1", (300.0, 600.0), 1),
+                                   (run / "policy2", (500.0, 100.0), 2)):
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({**summary, "policy_index": index}))
+        pd.DataFrame({"iteration": [1, 3], "time/train_elapsed_s": [1.0, 2.0],
+                      "eval/episode_reward": rewards}).to_csv(folder / "metrics.csv", index=False)
+    runs = load_runs(tmp_path / "runs")
+    assert len(runs) == 1 and runs[0].policy_count == 3
+    assert runs[0].evals["eval/episode_reward"].tolist() == [300.0, 300.0]  # (100+300+500)/3, (200+600+100)/3
+    table = run_table(runs, final_evals=1)
+    assert table.final_reward.tolist() == [300.0] and table.policies.tolist() == [3]
+    assert budget_points(tmp_path / "runs", final_evals=1).final_reward.tolist() == [300.0]
+    (run / "policy2" / "summary.json").unlink()  # an unfinished policy is not averaged in yet
+    assert load_runs(tmp_path / "runs")[0].evals["eval/episode_reward"].tolist() == [200.0, 400.0]
+    # archived and restored over an interrupted attempt at the run, the finished further policy comes back too
+    from pwm.experiments.archive import restore, save
+
+    assert save(tmp_path, tmp_path / "archive") == 2
+    fresh = tmp_path / "fresh" / "runs" / run.relative_to(tmp_path / "runs")
+    fresh.mkdir(parents=True)
+    (fresh / "metrics.csv").write_text("iteration\n0\n")
+    assert restore(tmp_path / "archive", tmp_path / "fresh") == 2
+    assert load_runs(tmp_path / "fresh" / "runs")[0].evals["eval/episode_reward"].tolist() == [200.0, 400.0]

@@ -139,3 +139,26 @@ def test_a_folder_of_another_budget_is_reported_as_refused_and_nothing_is_writte
     assert refused.state == "refused" and refused.remaining_s is None
     assert "another pretraining budget (pretrain.iterations: 40000 -> 160000" in status_line(refused)
     assert "1 refused (see above; not in the time left)" in status_totals([refused.as_dict()])
+
+
+def test_a_job_of_several_policies_is_done_when_all_are_and_counts_their_updates(tmp_path):
+    """train.policy_seeds > 1: the policy phase is every policy's updates, the job done only when all finished."""
+    folder = run_folder(tmp_path)
+    write_metrics(folder / "pretrain_half" / "metrics.csv", 50, 0.1)
+    write_metrics(folder / "pretrain" / "metrics.csv", 100, 0.1)
+    write_metrics(folder / "metrics.csv", 20, 0.5)
+    (folder / "summary.json").write_text(json.dumps({"iterations": 20, "final_reward": 7.0}))
+    write_metrics(folder / "policy1" / "metrics.csv", 5, 0.5)  # the second of three policies, a quarter done
+
+    def status(policies):
+        return job_status(folder, task="cup-catch", setting="default", variant="baseline", seed=0, model=MODEL,
+                          pretrain_iterations=100, policy_iterations=20, half_budget_check=True, rates={},
+                          policies=policies)
+
+    assert status(1).state == "done" and status(1).last_reward == 7.0
+    started = status(3)
+    assert started.state == "started" and started.phases["policy"].iterations == 25
+    assert started.phases["policy"].total == 60 and started.remaining_s == pytest.approx(35 * 0.5)
+    write_metrics(folder / "policy1" / "metrics.csv", 20, 0.5)
+    (folder / "policy1" / "summary.json").write_text(json.dumps({"iterations": 20, "final_reward": 9.0}))
+    assert status(3).state == "started" and status(2).state == "done"

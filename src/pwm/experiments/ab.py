@@ -4,6 +4,8 @@ Every job of a task reads the same offline dataset (collected once, under a file
 agent after seeding with the job seed (identical encoder, reward head, actor and critic initialisation
 across variants), pretrains the world model on identically ordered batches, then extracts a policy
 with identical batches and evaluates it on identical initial states. Only the dynamics differ.
+With ``train.policy_seeds`` = N > 1 it extracts N - 1 further policies from the same world model, each with
+its own seed, into ``<run>/policy<k>``, evaluated on the first one's initial states; the report averages them.
 
 Run directory: ``<root>/runs/<task>/<setting>/<variant>/seed<seed>`` where ``setting`` names the
 shared overrides of a sweep (e.g. ``alg.horizon=10``; ``default`` when none) and ``variant`` is
@@ -24,11 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pwm.algorithms.build import alg_changes, build_pwm, is_flow_config, variant_name
+from pwm.data.buffer import EpisodeBuffer
 from pwm.data.collect import CollectConfig, collect_dataset, collect_portably, numerics_name
 from pwm.data.tdmpc2_format import dataset_fingerprint, load_dataset
 from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
-from pwm.experiments.runs import model_size
+from pwm.envs.wrappers import TaskEnv
+from pwm.experiments.runs import POLICY_FOLDER, model_size
 from pwm.experiments.status import JobStatus, job_status, measured_rates, summary_is_complete
 from pwm.training.loops import check_offline_agent, pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
@@ -287,7 +291,8 @@ def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]
                         model=model_size({"alg": OmegaConf.to_container(alg, resolve=True)}),
                         pretrain_iterations=int(cfg.pretrain.iterations), policy_iterations=int(cfg.train.iterations),
                         half_budget_check=cfg.seed in half_budget_seeds(cfg),
-                        rates=measured_rates(cfg.general.root) if rates is None else rates)
+                        rates=measured_rates(cfg.general.root) if rates is None else rates,
+                        policies=OfflineSettings.from_cfg(cfg.train, "train").policy_seeds)
     try:  # the job would stop here: its folder holds another run
         check_run_model(run_dir, alg, PretrainSettings.from_cfg(cfg.pretrain, "pretrain"), record=False)
     except ValueError as refusal:
@@ -296,50 +301,110 @@ def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]
 
 
 def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or skip if complete) one A/B job; returns its summary (also in summary.json)."""
+    """Run (or resume, or skip if complete) one A/B job; returns the summary of its first policy (also in
+    summary.json), with ``policy_final_rewards`` listing every policy's last evaluation when
+    ``train.policy_seeds`` > 1."""
     check_optional_extras(cfg)  # before the dataset is collected, as are the settings' checks
     alg = variant_alg(cfg.alg, cfg.flow)
     cfg = with_variant_cap(cfg, alg)
     train_settings = OfflineSettings.from_cfg(cfg.train, "train")
     pretrain_settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
-    checked_seeds = half_budget_seeds(cfg)
     run_dir = run_dir_for(cfg, alg)
     set_threads(cfg.threads)
     set_matmul_precision(cfg.matmul_precision)
     commit = git_commit()  # the code this process loaded: the checkout may move during hours of pretraining
     with file_lock(run_dir / ".lock"):
         check_run_model(run_dir, alg, pretrain_settings)
-        summary_path = run_dir / "summary.json"
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            if summary_is_complete(summary, cfg.train.iterations):
-                return summary  # e.g. the shared baseline of a flow-only sweep, already run by another job
+        summary = _complete_summary(run_dir, cfg.train.iterations)
+        further = [index for index in range(1, train_settings.policy_seeds)
+                   if _complete_summary(run_dir / POLICY_FOLDER.format(index=index), cfg.train.iterations) is None]
+        if summary is not None and not further:
+            return _with_policy_rewards(summary, run_dir, train_settings.policy_seeds)
+        if summary is not None and summary.get("eval_episodes") != train_settings.eval_episodes:
+            recorded = summary.get("eval_episodes", "unrecorded")
+            raise ValueError(f"{run_dir}: its first policy was evaluated on {recorded} episodes, this job's "
+                             f"train.eval_episodes={train_settings.eval_episodes}: its further policies would be "
+                             "averaged with evaluations on other initial states; move the first policy's "
+                             "summary.json, metrics.csv and checkpoint.pt aside to extract it again")
         data_dir, data_facts = ensure_dataset(cfg)
         check_same_data(Path(cfg.general.root) / "runs" / cfg.task, data_facts["data_sha256"], data_dir)
-        half_budget = {}
-        if cfg.seed in checked_seeds:
-            half_budget = pretrain_half_budget(cfg, alg, data_dir, pretrain_settings, run_dir)
-        seed_everything(cfg.seed)  # after the check: the job's own run is the one it would be without
-        eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
-        buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
-        agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
-        check_offline_agent(agent)  # before pretraining spends minutes
-        label = variant_label(alg)
-        pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", pretrain_settings, alg.batch_size, cfg.seed,
-                                        world_model_meta(agent, alg, None), desc=f"{cfg.task} {label} wm")
-        agent.scale_model_lr(cfg.train.finetune_lr_scale)
-        run_info = {"task": cfg.task, "seed": cfg.seed, "setting": cfg.setting or "default", "variant": label,
-                    "is_flow": is_flow_config(alg), "expected_iterations": int(cfg.train.iterations),
-                    "pretrain_elapsed_s": pretrain["train_elapsed_s"],
-                    "pretrain_iterations": pretrain["iterations"], "pretrain_converged": pretrain["converged"],
-                    "pretrain_plateau_iterations": pretrain["plateau_iterations"],
-                    "pretrain_heldout_error": pretrain["heldout_error"],
-                    "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
-                    "finetune_wm": bool(cfg.train.train_world_model), "eval_episodes": int(cfg.train.eval_episodes),
-                    "commit": commit, "cpu": cpu_model(),
-                    **data_facts,
-                    "matmul_precision": cfg.matmul_precision,
-                    "alg": OmegaConf.to_container(alg)}
-        return train_offline(agent, buffer, eval_env, run_dir, train_settings, alg.batch_size, cfg.seed,
-                             run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}",
-                             time_offset_s=pretrain["train_elapsed_s"])
+        if summary is None:
+            summary, buffer, eval_env = _first_policy(cfg, alg, data_dir, data_facts, run_dir, commit)
+        else:
+            eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
+            buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
+        for index in further:  # each from the pretrained world model again, with its own policy seed
+            policy_seed = cfg.seed + index * POLICY_SEED_STRIDE
+            seed_everything(policy_seed)
+            agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
+            pretrain_world_model(agent, buffer, run_dir / "pretrain", pretrain_settings, alg.batch_size, cfg.seed,
+                                 world_model_meta(agent, alg, None), desc=f"{cfg.task} {summary['variant']} wm")
+            agent.scale_model_lr(cfg.train.finetune_lr_scale)
+            run_info = {key: value for key, value in summary.items() if key in RUN_INFO_KEYS or key in data_facts}
+            run_info.update({"policy_index": index, "policy_seed": policy_seed, "commit": commit,
+                             "eval_episodes": int(cfg.train.eval_episodes)})
+            train_offline(agent, buffer, eval_env, run_dir / POLICY_FOLDER.format(index=index), train_settings,
+                          alg.batch_size, policy_seed, run_info=run_info,
+                          desc=f"{cfg.task} {summary['variant']} s{cfg.seed} policy {index}",
+                          time_offset_s=float(summary["pretrain_elapsed_s"]), eval_seed=cfg.seed)
+        return _with_policy_rewards(summary, run_dir, train_settings.policy_seeds)
+
+
+#: Policy ``k`` of a job with seed ``s`` trains with seed ``s + k * POLICY_SEED_STRIDE`` (batches, actor and
+#: critic initialisation, action noise); far from the job seeds of a study, so no two policies share one.
+POLICY_SEED_STRIDE = 1000
+#: The summary fields a further policy copies from its run's first one (what its world model is).
+RUN_INFO_KEYS = ("task", "seed", "setting", "variant", "is_flow", "expected_iterations", "pretrain_elapsed_s",
+                 "pretrain_iterations", "pretrain_converged", "pretrain_plateau_iterations", "pretrain_heldout_error",
+                 "pretrain_heldout_error_final", "finetune_wm", "cpu", "matmul_precision", "alg")
+
+
+def _complete_summary(run_dir: Path, iterations: int) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary_is_complete(summary, iterations) else None
+
+
+def _with_policy_rewards(summary: dict[str, Any], run_dir: Path, policies: int) -> dict[str, Any]:
+    if policies == 1:
+        return summary
+    further = [json.loads((run_dir / POLICY_FOLDER.format(index=index) / "summary.json").read_text())
+               for index in range(1, policies)]
+    return {**summary, "policy_final_rewards": [summary["final_reward"], *(s["final_reward"] for s in further)]}
+
+
+def _first_policy(cfg: DictConfig, alg: DictConfig, data_dir: Path, data_facts: dict[str, Any], run_dir: Path,
+                  commit: str) -> tuple[dict[str, Any], EpisodeBuffer, TaskEnv]:
+    """The job's world model (and, on a checked seed, its half-budget check) and its first policy, seeded with
+    the job seed; returns its summary, the dataset and the evaluation environment."""
+    pretrain_settings = PretrainSettings.from_cfg(cfg.pretrain, "pretrain")
+    half_budget = {}
+    if cfg.seed in half_budget_seeds(cfg):
+        half_budget = pretrain_half_budget(cfg, alg, data_dir, pretrain_settings, run_dir)
+    seed_everything(cfg.seed)  # after the check: the job's own run is the one it would be without
+    eval_env = make_env(cfg.task, seed=cfg.seed + EVAL_SEED_OFFSET)
+    buffer = load_dataset(data_dir, alg.horizon, num_tasks=1, heldout_fraction=cfg.pretrain.heldout_fraction)
+    agent = build_pwm(alg, buffer.obs_dim, buffer.act_dim, device=cfg.device)
+    check_offline_agent(agent)  # before pretraining spends minutes
+    label = variant_label(alg)
+    pretrain = pretrain_world_model(agent, buffer, run_dir / "pretrain", pretrain_settings, alg.batch_size, cfg.seed,
+                                    world_model_meta(agent, alg, None), desc=f"{cfg.task} {label} wm")
+    agent.scale_model_lr(cfg.train.finetune_lr_scale)
+    run_info = {"task": cfg.task, "seed": cfg.seed, "setting": cfg.setting or "default", "variant": label,
+                "is_flow": is_flow_config(alg), "expected_iterations": int(cfg.train.iterations),
+                "pretrain_elapsed_s": pretrain["train_elapsed_s"],
+                "pretrain_iterations": pretrain["iterations"], "pretrain_converged": pretrain["converged"],
+                "pretrain_plateau_iterations": pretrain["plateau_iterations"],
+                "pretrain_heldout_error": pretrain["heldout_error"],
+                "pretrain_heldout_error_final": pretrain["heldout_error_final"], **half_budget,
+                "finetune_wm": bool(cfg.train.train_world_model), "eval_episodes": int(cfg.train.eval_episodes),
+                "commit": commit, "cpu": cpu_model(),
+                **data_facts,
+                "matmul_precision": cfg.matmul_precision,
+                "alg": OmegaConf.to_container(alg)}
+    summary = train_offline(agent, buffer, eval_env, run_dir, OfflineSettings.from_cfg(cfg.train, "train"),
+                            alg.batch_size, cfg.seed, run_info=run_info, desc=f"{cfg.task} {label} s{cfg.seed}",
+                            time_offset_s=pretrain["train_elapsed_s"])
+    return summary, buffer, eval_env

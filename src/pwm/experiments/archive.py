@@ -57,7 +57,8 @@ def save(root: str | Path, archive: str | Path) -> int:
 def restore(archive: str | Path, root: str | Path) -> int:
     """Put archived runs back under ``<root>/runs`` where that run has no ``summary.json``; returns how many."""
     archive, runs, count = Path(archive), Path(root) / "runs", 0
-    for summary in sorted(archive.rglob("summary.json")):
+    # a run before its further policies (policy<k> folders): restoring a run clears an interrupted attempt at it
+    for summary in sorted(archive.rglob("summary.json"), key=lambda path: (len(path.parts), path)):
         target = runs / summary.parent.relative_to(archive)
         if (target / "summary.json").exists():
             continue

@@ -97,6 +97,11 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
              "tie when it lies within that tolerance, else inconclusive. Thresholds are fixed per task "
              "(fractions of TD-MPC2's published reward where one exists) and count once held for "
              f"{crit['hold_evals']} consecutive evaluations.", ""]
+    if "policies" in table and table.policies.max() > 1:
+        counts = ", ".join(str(int(n)) for n in sorted(table.policies.unique()))
+        lines += [f"Each run's evaluations are the mean over the policies extracted from its world model "
+                  f"(train.policy_seeds; {counts} per run here), on the same initial states: a seed's reward is its "
+                  "world model's, not one policy seed's draw.", ""]
     if "commit" in table:
         commits = sorted({str(c) for c in table.commit.dropna()})
         lines += [f"Runs made at commit {', '.join(f'`{c}`' for c in commits) or 'unknown (not recorded)'}.", ""]

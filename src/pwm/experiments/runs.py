@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +16,60 @@ import pandas as pd
 from pwm.experiments.statistics import REWARD, coefficient_of_variation, final_reward
 
 
+#: The folder, inside a run's, of the ``k``-th further policy extracted from the run's world model
+#: (``train.policy_seeds``): ``policy1``, ``policy2``, ...
+POLICY_FOLDER = "policy{index}"
+_POLICY_FOLDER = re.compile(r"policy(\d+)")
+
+
 @dataclass
 class Run:
-    """One finished (or partial) A/B run."""
+    """One finished (or partial) A/B run: a world model and the policies extracted from it.
+
+    ``metrics``: the first policy's log (its H1 diagnostics are the run's); ``policies``: the logs of the
+    further finished policies of the same world model (``train.policy_seeds`` > 1), evaluated on the same
+    initial states.
+    """
 
     path: Path
     summary: dict[str, Any]
     metrics: pd.DataFrame
     pretrain: pd.DataFrame | None
+    policies: list[pd.DataFrame] = field(default_factory=list)
 
     @property
     def evals(self) -> pd.DataFrame:
-        """Evaluation rows with the total wall-clock (pretraining + policy training) ``wall_s``."""
-        rows = self.metrics[self.metrics[REWARD].notna()] if REWARD in self.metrics else self.metrics.iloc[:0]
-        rows = rows.copy()
+        """Evaluation rows with the total wall-clock (pretraining + policy training) ``wall_s``. With further
+        policies, ``eval/episode_reward`` at each evaluation is the mean over the policies evaluated at that
+        iteration: the world model's expected policy, not one policy seed's draw."""
+        rows = policy_mean_evals(self.metrics, self.policies)
         rows["wall_s"] = rows["time/train_elapsed_s"] + float(self.summary.get("pretrain_elapsed_s", 0.0))
         return rows
+
+    @property
+    def policy_count(self) -> int:
+        return 1 + len(self.policies)
+
+
+def _eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics[metrics[REWARD].notna()] if REWARD in metrics else metrics.iloc[:0]
+
+
+def policy_mean_evals(metrics: pd.DataFrame, policies: list[pd.DataFrame]) -> pd.DataFrame:
+    """The evaluation rows of a run's first policy (``metrics``), ``eval/episode_reward`` replaced by the mean
+    over it and its further ``policies`` evaluated at the same iteration."""
+    rows = _eval_rows(metrics).copy()
+    if policies:
+        rewards = pd.concat([_eval_rows(frame).set_index("iteration")[REWARD] for frame in [metrics, *policies]],
+                            axis=1)
+        rows[REWARD] = rewards.mean(axis=1).reindex(rows["iteration"]).to_numpy()
+    return rows
+
+
+def policy_index(run_dir: Path, summary: dict[str, Any]) -> int:
+    """0 for a run's first policy (the run's own folder), ``k`` for its ``policy<k>`` folder."""
+    match = _POLICY_FOLDER.fullmatch(run_dir.name)
+    return int(summary.get("policy_index", match.group(1) if match else 0))
 
 
 def select_runs(runs: list[Run], task: str, setting: str, variants: tuple[str, ...] | None = None) -> list[Run]:
@@ -47,16 +85,25 @@ def metrics_file(path: Path) -> Path | None:
 
 
 def load_runs(root: str | Path) -> list[Run]:
-    """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv`` (or ``metrics.csv.gz``)."""
-    runs = []
+    """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv`` (or ``metrics.csv.gz``), with
+    the finished further policies of its world model (``policy<k>`` folders) attached to it."""
+    runs: dict[Path, Run] = {}
+    further: list[tuple[Path, pd.DataFrame]] = []
     for summary_path in sorted(Path(root).rglob("summary.json")):
         metrics_path = metrics_file(summary_path.parent / "metrics.csv")
         if metrics_path is None:
             continue
+        summary = json.loads(summary_path.read_text())
+        if policy_index(summary_path.parent, summary) > 0:
+            further.append((summary_path.parent.parent, pd.read_csv(metrics_path)))
+            continue
         pretrain_path = metrics_file(summary_path.parent / "pretrain" / "metrics.csv")
-        runs.append(Run(summary_path.parent, json.loads(summary_path.read_text()), pd.read_csv(metrics_path),
-                        pd.read_csv(pretrain_path) if pretrain_path is not None else None))
-    return runs
+        runs[summary_path.parent] = Run(summary_path.parent, summary, pd.read_csv(metrics_path),
+                                        pd.read_csv(pretrain_path) if pretrain_path is not None else None)
+    for run_dir, metrics in further:
+        if run_dir in runs:  # a further policy whose first one has not finished waits for it
+            runs[run_dir].policies.append(metrics)
+    return list(runs.values())
 
 
 def _logged(frame: pd.DataFrame | None, column: str) -> pd.Series:
@@ -189,6 +236,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "expected_iterations": int(s.get("expected_iterations", s.get("iterations", 0))),
             "stopped_by_budget": bool(s.get("stopped_by_budget", False)),
             "final_reward": final_reward(run.evals, final_evals),
+            "policies": run.policy_count,  # final_reward's mean is over these policies of one world model
             "last_reward": float(s.get("final_reward", math.nan)),
             "final_success": float(s.get("final_success", math.nan)),
             "best_reward": float(s.get("best_reward", math.nan)),

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from pwm.experiments.runs import metrics_file, model_size
+from pwm.experiments.runs import POLICY_FOLDER, metrics_file, model_size
 
 #: Phase folders of a run and their names in the status, in the order a job runs them.
 PHASES = (("pretrain_half", "check"), ("pretrain", "pretrain"), ("", "policy"))
@@ -88,6 +88,12 @@ def csv_progress(path: Path) -> tuple[int, float] | None:
     return int(last["iteration"]) + 1, float(last["time/elapsed_s"])
 
 
+def _summed_progress(paths: list[Path]) -> tuple[int, float] | None:
+    """:func:`csv_progress` summed over the logs of one phase run several times (a job's policies)."""
+    found = [progress for progress in map(csv_progress, paths) if progress is not None]
+    return (sum(done for done, _ in found), sum(seconds for _, seconds in found)) if found else None
+
+
 def _run_model(run_dir: Path) -> str:
     for name in ("job.json", "summary.json"):
         if (run_dir / name).exists():
@@ -122,19 +128,22 @@ def measured_rates(root: str | Path) -> dict[tuple[str, str], dict[str, float]]:
 
 def job_status(run_dir: Path, *, task: str, setting: str, variant: str, seed: int, model: str,
                pretrain_iterations: int, policy_iterations: int, half_budget_check: bool,
-               rates: dict[tuple[str, str], dict[str, float]]) -> JobStatus:
-    """The state of the job whose run folder is ``run_dir`` (see the module docstring)."""
+               rates: dict[tuple[str, str], dict[str, float]], policies: int = 1) -> JobStatus:
+    """The state of the job whose run folder is ``run_dir`` (see the module docstring); ``policies``: the
+    policies it extracts from its world model (``train.policy_seeds``), whose updates the policy phase counts."""
     status = JobStatus(task, setting, variant, seed, model, "waiting")
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary_is_complete(summary, policy_iterations):
-            status.state, status.remaining_s = "done", 0.0
-            status.last_reward = float(summary["final_reward"])  # the summary keeps the last evaluation's
-            return status
+    policy_dirs = [run_dir] + [run_dir / POLICY_FOLDER.format(index=index) for index in range(1, policies)]
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in policy_dirs
+                 if (folder / "summary.json").exists()]
+    if len(summaries) == policies and all(summary_is_complete(s, policy_iterations) for s in summaries):
+        status.state, status.remaining_s = "done", 0.0
+        status.last_reward = float(summaries[0]["final_reward"])  # the summary keeps the last evaluation's
+        return status
     totals = {"check": max(1, pretrain_iterations // 2) if half_budget_check else 0,
-              "pretrain": pretrain_iterations, "policy": policy_iterations}
-    logged = {name: csv_progress(run_dir / folder / "metrics.csv") for folder, name in PHASES if totals[name]}
+              "pretrain": pretrain_iterations, "policy": policy_iterations * policies}
+    logged = {name: csv_progress(run_dir / folder / "metrics.csv") if name != "policy" else
+              _summed_progress([folder / "metrics.csv" for folder in policy_dirs])
+              for folder, name in PHASES if totals[name]}
     started = [name for name, progress in logged.items() if progress is not None]
     measured = rates.get((variant, model), {})
     remaining: float | None = 0.0

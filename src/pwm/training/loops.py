@@ -69,11 +69,14 @@ def train_offline(
     run_info: dict[str, Any] | None = None,
     desc: str = "pwm",
     time_offset_s: float = 0.0,
+    eval_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` on windows of ``buffer`` and evaluate in ``eval_env``.
 
     Batches come from a generator seeded with ``seed``, so two agents given the same buffer and seed
-    train on exactly the same windows in the same order (the A/B data-parity control).
+    train on exactly the same windows in the same order (the A/B data-parity control). Evaluation
+    episode ``i`` resets with ``EVAL_SEED_OFFSET + eval_seed + i`` (``eval_seed`` defaults to ``seed``;
+    several policies of one job share their initial states by sharing it).
 
     ``settings``: :class:`~pwm.training.settings.OfflineSettings` (or the ``train`` section it is
     read from). With ``time_budget_s`` set, training stops (with a final evaluation and checkpoint)
@@ -100,8 +103,10 @@ def train_offline(
             loop.request_stop()
         return metrics
 
+    eval_seed = seed if eval_seed is None else eval_seed
+
     def evaluate_now(iteration: int) -> dict[str, float]:
-        metrics = evaluate(agent, eval_env, settings.eval_episodes, seed=EVAL_SEED_OFFSET + seed, task_id=task_id,
+        metrics = evaluate(agent, eval_env, settings.eval_episodes, seed=EVAL_SEED_OFFSET + eval_seed, task_id=task_id,
                            diagnostics_windows=settings.diagnostics_windows, video=video, step=iteration)
         loop.show(reward=f"{metrics['eval/episode_reward']:.1f}")
         return metrics

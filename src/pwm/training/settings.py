@@ -26,7 +26,7 @@ PRETRAIN_LR_SCHEDULES = ("constant", "linear")
 
 #: Fields that count iterations, episodes or windows between events: they must be >= 1.
 _POSITIVE = {"iterations", "eval_every", "checkpoint_every", "log_every", "episodes_per_iteration",
-             "updates_per_iteration", "eval_episodes", "patience", "window"}
+             "updates_per_iteration", "eval_episodes", "patience", "window", "policy_seeds"}
 #: Fields that may be 0 (off) but not negative.
 _NON_NEGATIVE = {"diagnostics_windows", "seed_episodes", "heldout_windows", "min_iterations", "min_improvement"}
 
@@ -108,6 +108,7 @@ class OfflineSettings(PolicyLoopSettings):
 
     train_world_model: bool = False
     time_budget_s: float | None = None  # stop once pretraining + policy seconds reach it (equal wall-clock)
+    policy_seeds: int = 1  # policies extracted from one pretrained world model (A/B jobs; see pwm.experiments.ab)
 
 
 @dataclass(frozen=True)
