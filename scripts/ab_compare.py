@@ -39,8 +39,11 @@ def main(cfg: DictConfig) -> float | dict[str, Any]:
         print(status_line(status))
         return status.as_dict()
     summary = run_ab_job(cfg)
-    print(f"{cfg.task} {summary['variant']} seed {cfg.seed}: final reward {summary['final_reward']:.2f}")
-    return summary["final_reward"]
+    policies = summary.get("policy_final_rewards", [summary["final_reward"]])
+    each = f" (last evaluation of each of its {len(policies)} policies: {', '.join(f'{r:.2f}' for r in policies)})"
+    print(f"{cfg.task} {summary['variant']} seed {cfg.seed}: final reward {sum(policies) / len(policies):.2f}"
+          f"{each if len(policies) > 1 else ''}")
+    return sum(policies) / len(policies)
 
 
 if __name__ == "__main__":
