@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pwm.experiments.runs import data_label, metrics_file, policy_index, policy_mean_evals  # noqa: E402
+from pwm.experiments.runs import (data_label, further_policy_logs, metrics_file, policy_index,  # noqa: E402
+                                  policy_mean_evals)
 from pwm.experiments.statistics import REWARD, final_reward  # noqa: E402
 from pwm.utils.common import atomic_savefig, atomic_write_text  # noqa: E402
 
@@ -47,7 +48,7 @@ def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:
         metrics = metrics_file(summary_path.parent / "metrics.csv")
         reward = math.nan  # a run whose policy has not finished
         if metrics is not None:
-            reward = final_reward(policy_mean_evals(pd.read_csv(metrics), _further_policies(summary_path.parent)),
+            reward = final_reward(policy_mean_evals(pd.read_csv(metrics), further_policy_logs(summary_path.parent)),
                                   final_evals)
         identity = (summary["task"], summary.get("setting", "default"), summary["variant"], int(summary["seed"]),
                     data_label(summary.get("data_sha256")))
@@ -64,13 +65,6 @@ def budget_points(folder: str | Path, final_evals: int = 3) -> pd.DataFrame:
             else:
                 rows[key] = row
     return pd.DataFrame(list(rows.values()), columns=COLUMNS).sort_values(COLUMNS[:6], ignore_index=True)
-
-
-def _further_policies(run_dir: Path) -> list[pd.DataFrame]:
-    """The logs of the finished further policies (``policy<k>`` folders) of the run in ``run_dir``."""
-    found = [metrics_file(path.parent / "metrics.csv") for path in sorted(run_dir.glob("policy*/summary.json"))
-             if policy_index(path.parent, json.loads(path.read_text())) > 0]
-    return [pd.read_csv(path) for path in found if path is not None]
 
 
 def _merge(kept: dict, other: dict) -> None:

@@ -87,23 +87,26 @@ def metrics_file(path: Path) -> Path | None:
 def load_runs(root: str | Path) -> list[Run]:
     """Every run under ``root`` that has a ``summary.json`` and a ``metrics.csv`` (or ``metrics.csv.gz``), with
     the finished further policies of its world model (``policy<k>`` folders) attached to it."""
-    runs: dict[Path, Run] = {}
-    further: list[tuple[Path, pd.DataFrame]] = []
+    runs = []
     for summary_path in sorted(Path(root).rglob("summary.json")):
         metrics_path = metrics_file(summary_path.parent / "metrics.csv")
         if metrics_path is None:
             continue
         summary = json.loads(summary_path.read_text())
         if policy_index(summary_path.parent, summary) > 0:
-            further.append((summary_path.parent.parent, pd.read_csv(metrics_path)))
-            continue
+            continue  # read with its run
         pretrain_path = metrics_file(summary_path.parent / "pretrain" / "metrics.csv")
-        runs[summary_path.parent] = Run(summary_path.parent, summary, pd.read_csv(metrics_path),
-                                        pd.read_csv(pretrain_path) if pretrain_path is not None else None)
-    for run_dir, metrics in further:
-        if run_dir in runs:  # a further policy whose first one has not finished waits for it
-            runs[run_dir].policies.append(metrics)
-    return list(runs.values())
+        runs.append(Run(summary_path.parent, summary, pd.read_csv(metrics_path),
+                        pd.read_csv(pretrain_path) if pretrain_path is not None else None,
+                        further_policy_logs(summary_path.parent)))
+    return runs
+
+
+def further_policy_logs(run_dir: Path) -> list[pd.DataFrame]:
+    """The logs of the finished further policies (``policy<k>`` folders with a ``summary.json``) of a run."""
+    found = [metrics_file(path.parent / "metrics.csv") for path in sorted(run_dir.glob("policy*/summary.json"))
+             if policy_index(path.parent, json.loads(path.read_text())) > 0]
+    return [pd.read_csv(path) for path in found if path is not None]
 
 
 def _logged(frame: pd.DataFrame | None, column: str) -> pd.Series:
