@@ -33,7 +33,7 @@ from pwm.envs.rollout import EVAL_SEED_OFFSET, evaluate_policy, random_policy
 from pwm.envs.tasks import make_env
 from pwm.envs.wrappers import TaskEnv
 from pwm.experiments.runs import POLICY_FOLDER, model_size
-from pwm.experiments.status import JobStatus, job_status, measured_rates, summary_is_complete
+from pwm.experiments.status import JobStatus, complete_summary, job_status, measured_rates
 from pwm.training.loops import check_offline_agent, pretrain_world_model, train_offline, world_model_meta
 from pwm.training.settings import OfflineSettings, PretrainSettings
 from pwm.utils.common import (atomic_write_text, cpu_model, file_lock, git_commit, seed_everything,
@@ -315,9 +315,9 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
     commit = git_commit()  # the code this process loaded: the checkout may move during hours of pretraining
     with file_lock(run_dir / ".lock"):
         check_run_model(run_dir, alg, pretrain_settings)
-        summary = _complete_summary(run_dir, cfg.train.iterations)
+        summary = complete_summary(run_dir, cfg.train.iterations)
         further = [index for index in range(1, train_settings.policy_seeds)
-                   if _complete_summary(run_dir / POLICY_FOLDER.format(index=index), cfg.train.iterations) is None]
+                   if complete_summary(run_dir / POLICY_FOLDER.format(index=index), cfg.train.iterations) is None]
         if summary is not None and not further:
             return _with_policy_rewards(summary, run_dir, train_settings.policy_seeds)
         if summary is not None and summary.get("eval_episodes") != train_settings.eval_episodes:
@@ -357,14 +357,6 @@ POLICY_SEED_STRIDE = 1000
 RUN_INFO_KEYS = ("task", "seed", "setting", "variant", "is_flow", "expected_iterations", "pretrain_elapsed_s",
                  "pretrain_iterations", "pretrain_converged", "pretrain_plateau_iterations", "pretrain_heldout_error",
                  "pretrain_heldout_error_final", "finetune_wm", "cpu", "matmul_precision", "alg")
-
-
-def _complete_summary(run_dir: Path, iterations: int) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary_is_complete(summary, iterations) else None
 
 
 def _with_policy_rewards(summary: dict[str, Any], run_dir: Path, policies: int) -> dict[str, Any]:

@@ -72,6 +72,15 @@ def summary_is_complete(summary: dict[str, Any], expected_iterations: int) -> bo
     return summary.get("iterations") == expected_iterations or bool(summary.get("stopped_by_budget"))
 
 
+def complete_summary(run_dir: Path, expected_iterations: int) -> dict[str, Any] | None:
+    """The ``summary.json`` of the policy in ``run_dir`` if it finished (:func:`summary_is_complete`), else None."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary_is_complete(summary, expected_iterations) else None
+
+
 def csv_progress(path: Path) -> tuple[int, float] | None:
     """Iterations done and wall-clock seconds of the phase whose ``metrics.csv`` (or ``.csv.gz``) is ``path``:
     its last logged ``iteration`` + 1 and ``time/elapsed_s``; None when nothing was logged."""
@@ -133,9 +142,8 @@ def job_status(run_dir: Path, *, task: str, setting: str, variant: str, seed: in
     policies it extracts from its world model (``train.policy_seeds``), whose updates the policy phase counts."""
     status = JobStatus(task, setting, variant, seed, model, "waiting")
     policy_dirs = [run_dir] + [run_dir / POLICY_FOLDER.format(index=index) for index in range(1, policies)]
-    summaries = [json.loads((folder / "summary.json").read_text()) for folder in policy_dirs
-                 if (folder / "summary.json").exists()]
-    if len(summaries) == policies and all(summary_is_complete(s, policy_iterations) for s in summaries):
+    summaries = [complete_summary(folder, policy_iterations) for folder in policy_dirs]
+    if all(summary is not None for summary in summaries):
         status.state, status.remaining_s = "done", 0.0
         status.last_reward = float(summaries[0]["final_reward"])  # the summary keeps the last evaluation's
         return status
