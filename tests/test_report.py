@@ -574,6 +574,13 @@ def test_a_runs_evaluations_are_the_mean_over_its_policies(tmp_path):
     assert runs[0].evals["eval/episode_reward"].tolist() == [300.0, 300.0]  # (100+300+500)/3, (200+600+100)/3
     table = run_table(runs, final_evals=1)
     assert table.final_reward.tolist() == [300.0] and table.policies.tolist() == [3]
+    assert table.policy_rewards.tolist() == ["200; 600; 100"]  # each policy's own final, the first one first
+    from pwm.experiments.markdown import _spread_sources
+
+    rows = [line for line in _spread_sources(table) if line.startswith("| cup-catch")]
+    policy_std = math.sqrt((100**2 + 300**2 + 200**2) / 2)
+    assert rows == [f"| cup-catch | default | baseline | 1 | 200 / 600 / 100 | n/a | {policy_std:.1f} | n/a | n/a |"]
+    assert _spread_sources(table.assign(policy_rewards="200")) == []  # one policy per run: nothing to split
     assert budget_points(tmp_path / "runs", final_evals=1).final_reward.tolist() == [300.0]
     (run / "policy2" / "summary.json").unlink()  # an unfinished policy is not averaged in yet
     assert load_runs(tmp_path / "runs")[0].evals["eval/episode_reward"].tolist() == [200.0, 400.0]

@@ -9,7 +9,7 @@ from scipy import stats
 
 from pwm.experiments.statistics import (
     Criteria, coefficient_of_variation, final_reward, paired_outcome, reward_at_wall, reward_criterion,
-    time_to_threshold)
+    time_to_threshold, variance_components)
 
 
 def evals(rewards, walls=None):
@@ -75,6 +75,25 @@ def test_grad_norm_instability_is_scale_free():
     assert coefficient_of_variation(small) == pytest.approx(coefficient_of_variation(large))
     assert coefficient_of_variation(large) == pytest.approx(1.0 / 2.0)
     assert np.var(small) < np.var(large)  # what the old raw-variance rule compared
+
+
+def test_variance_components_by_hand():
+    """Three world models with 2, 3 and 1 policies: policy variance pooled over (1 + 2 + 0) degrees of freedom,
+    the run means' variance less the policy variance's share mean(1/n_k) of it."""
+    spread = variance_components([np.array([1.0, 3.0]), np.array([5.0, 9.0, 7.0]), np.array([4.0])])
+    policy_var = (2.0 + 8.0) / 3                       # (1-2)^2 + (3-2)^2, (5-7)^2 + (9-7)^2 + 0
+    run_mean_var = np.var([2.0, 7.0, 4.0], ddof=1)     # 19 / 3
+    world_model_var = run_mean_var - policy_var * (1 / 2 + 1 / 3 + 1) / 3  # 116 / 27
+    assert spread["policy_std"] == pytest.approx(math.sqrt(policy_var))
+    assert spread["run_mean_std"] == pytest.approx(math.sqrt(19 / 3))
+    assert spread["world_model_std"] == pytest.approx(math.sqrt(116 / 27)) == math.sqrt(world_model_var)
+    assert spread["policy_share"] == pytest.approx(policy_var / (policy_var + 116 / 27))
+    # policies spread wide around equal means: all of it is the policy seed's (the estimate clips at 0)
+    same_means = variance_components([np.array([0.0, 1000.0]), np.array([1000.0, 0.0])])
+    assert same_means["world_model_std"] == 0.0 and same_means["policy_share"] == 1.0
+    # one policy per run cannot tell the two apart; one run cannot give a spread over runs
+    assert math.isnan(variance_components([np.array([1.0]), np.array([5.0])])["policy_std"])
+    assert math.isnan(variance_components([np.array([1.0, 3.0])])["run_mean_std"])
 
 
 def test_criteria_name_bad_values():

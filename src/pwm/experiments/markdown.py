@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from pwm.experiments.runs import HELDOUT_TREND_ITERATIONS
+from pwm.experiments.runs import HELDOUT_TREND_ITERATIONS, parse_policy_rewards
+from pwm.experiments.statistics import variance_components
 
 
 def _half_budget(group: pd.DataFrame) -> str:
@@ -81,6 +82,38 @@ def _settings_side_by_side(report: dict[str, Any], table: pd.DataFrame) -> list[
                          f"{_fmt(group.final_reward.std(ddof=0), 1)} | {learned} | {_fmt(group.esnr_mean.mean(), 3)} "
                          f"| {_fmt(group.actor_grad_norm_cv.mean(), 3)} | {_fmt(group.nan_skipped.sum(), 0)} "
                          f"| {_fmt(1000 * group.wm_update_s.mean(), 1)} | {_fmt(group.wall_s.mean(), 0)} |")
+    return lines
+
+
+def _spread_sources(table: pd.DataFrame) -> list[str]:
+    """The section splitting each variant's spread of final rewards between world models and policy seeds
+    (:func:`~pwm.experiments.statistics.variance_components`); empty unless some run has several policies."""
+    if "policy_rewards" not in table:
+        return []
+    groups = [(key, group, [parse_policy_rewards(cell) for cell in group.sort_values("seed").policy_rewards])
+              for key, group in table.groupby(["task", "setting", "variant"])]
+    groups = [(key, group, rewards) for key, group, rewards in groups if max(map(len, rewards), default=0) >= 2]
+    if not groups:
+        return []
+    lines = ["", "## Where the spread comes from: world models and policy seeds", "",
+             "Each run's final reward is the mean over the policies extracted from its world model "
+             "(`train.policy_seeds`). A variant's confidence intervals see the std over runs of those means, whose "
+             "square is the world models' variance plus the policy seeds' divided by the policies per run. "
+             "Policy-seed std: the pooled std of one world model's policies; world-model std: the rest "
+             "(estimated, one-way random effects). A policy-seed share near 1 says more policies per world model "
+             "narrow the intervals cheaply (a policy costs minutes, a world model up to hours); near 0, only more "
+             "seeds do.", "",
+             "| task | setting | variant | runs | each run's policies (by seed) | std over runs | policy-seed std "
+             "| world-model std | policy-seed share |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (task, setting, variant), group, rewards in groups:
+        spread = variance_components(rewards)
+        policies = " · ".join(" / ".join(f"{reward:.0f}" for reward in run) for run in rewards)
+        share = spread["policy_share"]
+        lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {policies} "
+                     f"| {_fmt(spread['run_mean_std'], 1)} | {_fmt(spread['policy_std'], 1)} "
+                     f"| {_fmt(spread['world_model_std'], 1)} "
+                     f"| {f'{share:.0%}' if math.isfinite(share) else 'n/a'} |")
     return lines
 
 
@@ -251,6 +284,7 @@ def render_markdown(report: dict[str, Any], parity_table: pd.DataFrame, table: p
         lines.append(f"| {task} | {setting} | {variant} | {len(group)} | {_fmt(imagined, 3)} | {_fmt(real, 3)} "
                      f"| {_fmt(ratio, 1)} | {_fmt(gap, 3)} | {f'{saturated:.0%}' if math.isfinite(saturated) else 'n/a'} "
                      f"| {_fmt(bias, 1)} |")
+    lines += _spread_sources(table)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in report["figures"]]
     return "\n".join(lines) + "\n"

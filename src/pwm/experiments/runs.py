@@ -50,6 +50,10 @@ class Run:
     def policy_count(self) -> int:
         return 1 + len(self.policies)
 
+    def policy_final_rewards(self, final_evals: int) -> list[float]:
+        """Each policy's own final reward (mean of its last ``final_evals`` evaluations), the first one first."""
+        return [final_reward(_eval_rows(frame), final_evals) for frame in [self.metrics, *self.policies]]
+
 
 def _eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics[REWARD].notna()] if REWARD in metrics else metrics.iloc[:0]
@@ -223,9 +227,26 @@ def pretraining_setting(setting: str) -> str:
     return ",".join(kept) if kept else "default"
 
 
+#: Separator of a run's policies' final rewards in its ``policy_rewards`` cell (one CSV column, readable as is).
+POLICY_REWARDS_SEPARATOR = "; "
+
+
+def format_policy_rewards(rewards: list[float]) -> str:
+    """``"455.2; 627.1; 415"``: the ``policy_rewards`` cell of :func:`run_table` (first policy first)."""
+    return POLICY_REWARDS_SEPARATOR.join(f"{reward:.6g}" for reward in rewards)
+
+
+def parse_policy_rewards(cell: Any) -> np.ndarray:
+    """The final rewards of a ``policy_rewards`` cell ``[policies]``; empty for a missing cell (older tables)."""
+    if not isinstance(cell, str) or not cell.strip():
+        return np.array([], dtype=float)
+    return np.array([float(part) for part in cell.split(POLICY_REWARDS_SEPARATOR.strip())], dtype=float)
+
+
 def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
     """One row per run: identity, outcome (``final_reward``: mean of the last ``final_evals``
-    evaluations; ``last_reward``: the last one), cost and stability statistics (``value_bias_final``:
+    evaluations, averaged over the run's policies; ``policy_rewards``: each policy's own, see
+    :func:`parse_policy_rewards`; ``last_reward``: the last one), cost and stability statistics (``value_bias_final``:
     the critic's mean overvaluation of real returns on the last ``final_evals`` evaluations)."""
     rows = []
     for run in runs:
@@ -240,6 +261,7 @@ def run_table(runs: list[Run], final_evals: int = 1) -> pd.DataFrame:
             "stopped_by_budget": bool(s.get("stopped_by_budget", False)),
             "final_reward": final_reward(run.evals, final_evals),
             "policies": run.policy_count,  # final_reward's mean is over these policies of one world model
+            "policy_rewards": format_policy_rewards(run.policy_final_rewards(final_evals)),
             "last_reward": float(s.get("final_reward", math.nan)),
             "final_success": float(s.get("final_success", math.nan)),
             "best_reward": float(s.get("best_reward", math.nan)),

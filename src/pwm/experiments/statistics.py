@@ -126,3 +126,31 @@ def coefficient_of_variation(values: pd.Series | np.ndarray) -> float:
     if len(values) < 2 or values.mean() == 0:
         return math.nan
     return float(values.std(ddof=1) / values.mean())
+
+
+def variance_components(policy_rewards: list[np.ndarray]) -> dict[str, float]:
+    """Split the spread of final rewards between world models and the policies extracted from each.
+
+    Args:
+        policy_rewards: one array per world model (run), the final rewards of its policies ``[n_k]``.
+
+    Returns (a one-way random-effects model, method of moments; NaN where the data cannot tell):
+        ``policy_std``: the pooled std of one world model's policies around their mean (the policy seed's
+        share), ``sqrt(sum_k (n_k - 1) s_k^2 / sum_k (n_k - 1))``; needs a run with 2 or more policies.
+        ``run_mean_std``: the observed std over runs of each run's mean over its policies (what a variant's
+        seed-level confidence interval sees); needs 2 or more runs.
+        ``world_model_std``: the std of the world models' expected rewards, the policy noise taken out,
+        ``sqrt(max(run_mean_std^2 - policy_std^2 * mean_k(1 / n_k), 0))``.
+        ``policy_share``: ``policy_std^2 / (policy_std^2 + world_model_std^2)``, the part of one policy's
+        variance that comes from its policy seed rather than its world model.
+    """
+    arrays = [np.asarray(rewards, dtype=float) for rewards in policy_rewards if len(rewards)]
+    dof = sum(len(a) - 1 for a in arrays)
+    policy_var = sum(((a - a.mean()) ** 2).sum() for a in arrays) / dof if dof else math.nan
+    means = np.array([a.mean() for a in arrays])
+    run_mean_var = float(means.var(ddof=1)) if len(means) >= 2 else math.nan
+    world_model_var = max(run_mean_var - policy_var * float(np.mean([1.0 / len(a) for a in arrays])), 0.0)
+    total = policy_var + world_model_var
+    return {"policy_std": math.sqrt(policy_var), "run_mean_std": math.sqrt(run_mean_var),
+            "world_model_std": math.sqrt(world_model_var),
+            "policy_share": float(policy_var / total) if total > 0 else math.nan}
