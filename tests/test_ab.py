@@ -519,7 +519,24 @@ def test_further_policies_share_the_world_model_and_the_initial_states(tmp_path,
     first_log = (run / "metrics.csv").read_text()
     assert len(job("train.policy_seeds=3")["policy_final_rewards"]) == 3
     assert (run / "metrics.csv").read_text() == first_log
-    with pytest.raises(ValueError, match="evaluated on 1 episodes, this job's train.eval_episodes=2"):
+    # policies extracted under other policy settings are refused, by the job and by its status, naming them:
+    # on other initial states, or on another batch (pwm_tiny's 16 windows here), even with no policy to add
+    with pytest.raises(ValueError, match=r"seed1 holds a policy .*\(train.eval_episodes: 1 -> 2\); move"):
         job("train.policy_seeds=4", "train.eval_episodes=2")
+    with pytest.raises(ValueError, match=r"\(train.batch_size: 16 -> 32\)"):
+        job("train.policy_seeds=3", "train.batch_size=32")
+    assert job("train.policy_seeds=3", "train.batch_size=16")["policy_final_rewards"]  # the same batch, set
+    from pwm.experiments.ab import ab_job_status
+
+    status = ab_job_status(compose_ab("alg=pwm_tiny_flow", "setting=default", "seed=1", f"general.root={tmp_path}",
+                                      *TINY_AB, "train.policy_seeds=3", "train.batch_size=32"), rates={})
+    assert status.state == "refused" and "train.batch_size: 16 -> 32" in status.note
+    policy2 = json.loads((run / "policy2" / "summary.json").read_text())
+    for name in ("summary.json", "metrics.csv", "checkpoint.pt"):  # as the message says: its policies moved away
+        for folder in (run, run / "policy1", run / "policy2"):
+            (folder / name).rename(tmp_path / f"{folder.name}_{name}")
+    again = job("train.policy_seeds=3", "train.batch_size=32")
+    assert json.loads((run / "policy2" / "summary.json").read_text())["policy_batch_size"] == 32
+    assert again["pretrain_heldout_error_final"] == policy2["pretrain_heldout_error_final"]  # the same world model
     with pytest.raises(ValueError, match="train.policy_seeds must be >= 1"):
         job("train.policy_seeds=0")

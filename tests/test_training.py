@@ -255,6 +255,29 @@ def test_a_wall_clock_budget_stops_training_with_a_final_evaluation(tmp_path):
     assert not summary["stopped_by_budget"] and summary["iterations"] == 30
 
 
+def test_the_policy_phase_batch_is_train_batch_size_else_the_callers(tmp_path):
+    """train.batch_size sets the windows per policy update (the world model's batch is the caller's
+    alg.batch_size); unset, the caller's; recorded in the summary; a bad value is named."""
+    buffer = linear_buffer()
+    sizes = []
+    sample = buffer.sample
+
+    def recording_sample(batch_size, *args, **kwargs):
+        sizes.append(batch_size)
+        return sample(batch_size, *args, **kwargs)
+
+    buffer.sample = recording_sample
+    summary = train_offline(agent(), buffer, LinearEnv(), tmp_path / "set", offline_cfg(iterations=3, batch_size=12,
+                            train_world_model=False), batch_size=8, seed=0)
+    assert summary["policy_batch_size"] == 12 and set(sizes) == {12} and len(sizes) == 3
+    sizes.clear()
+    summary = train_offline(agent(), buffer, LinearEnv(), tmp_path / "unset", offline_cfg(iterations=3), batch_size=8,
+                            seed=0)
+    assert summary["policy_batch_size"] == 8 and set(sizes) == {8}
+    with pytest.raises(ValueError, match="train.batch_size must be >= 1, got 0"):
+        train_offline(agent(), buffer, LinearEnv(), tmp_path / "bad", offline_cfg(batch_size=0), batch_size=8, seed=0)
+
+
 def test_resuming_with_a_checkpoint_of_another_model_names_it(tmp_path):
     train_offline(agent(), linear_buffer(), LinearEnv(), tmp_path, offline_cfg(iterations=2, eval_every=2,
                                                                                checkpoint_every=2), batch_size=8, seed=0)

@@ -293,8 +293,9 @@ def ab_job_status(cfg: DictConfig, rates: dict[tuple[str, str], dict[str, float]
                         half_budget_check=cfg.seed in half_budget_seeds(cfg),
                         rates=measured_rates(cfg.general.root) if rates is None else rates,
                         policies=OfflineSettings.from_cfg(cfg.train, "train").policy_seeds)
-    try:  # the job would stop here: its folder holds another run
+    try:  # the job would stop here: its folder holds another run, or policies of other policy settings
         check_run_model(run_dir, alg, PretrainSettings.from_cfg(cfg.pretrain, "pretrain"), record=False)
+        check_policy_settings(run_dir, OfflineSettings.from_cfg(cfg.train, "train"), alg, int(cfg.train.iterations))
     except ValueError as refusal:
         status.state, status.note, status.remaining_s = "refused", str(refusal), None
     return status
@@ -318,14 +319,9 @@ def run_ab_job(cfg: DictConfig) -> dict[str, Any]:
         summary = complete_summary(run_dir, cfg.train.iterations)
         further = [index for index in range(1, train_settings.policy_seeds)
                    if complete_summary(run_dir / POLICY_FOLDER.format(index=index), cfg.train.iterations) is None]
+        check_policy_settings(run_dir, train_settings, alg, cfg.train.iterations)
         if summary is not None and not further:
             return _with_policy_rewards(summary, run_dir, train_settings.policy_seeds)
-        if summary is not None and summary.get("eval_episodes") != train_settings.eval_episodes:
-            recorded = summary.get("eval_episodes", "unrecorded")
-            raise ValueError(f"{run_dir}: its first policy was evaluated on {recorded} episodes, this job's "
-                             f"train.eval_episodes={train_settings.eval_episodes}: its further policies would be "
-                             "averaged with evaluations on other initial states; move the first policy's "
-                             "summary.json, metrics.csv and checkpoint.pt aside to extract it again")
         data_dir, data_facts = ensure_dataset(cfg)
         check_same_data(Path(cfg.general.root) / "runs" / cfg.task, data_facts["data_sha256"], data_dir)
         if summary is None:
@@ -357,6 +353,33 @@ POLICY_SEED_STRIDE = 1000
 RUN_INFO_KEYS = ("task", "seed", "setting", "variant", "is_flow", "expected_iterations", "pretrain_elapsed_s",
                  "pretrain_iterations", "pretrain_converged", "pretrain_plateau_iterations", "pretrain_heldout_error",
                  "pretrain_heldout_error_final", "finetune_wm", "cpu", "matmul_precision", "alg")
+
+
+def policy_setting_changes(summary: dict[str, Any], settings: OfflineSettings, alg: DictConfig) -> list[str]:
+    """The ``train`` settings that shape a policy's result in which a finished policy (its ``summary``) differs
+    from ``settings``, as ``"train.key: recorded -> current"``: its evaluation's initial states
+    (``eval_episodes``) and its batch (``batch_size``; a summary from before ``policy_batch_size`` was recorded
+    trained on ``alg.batch_size``). A value the summary does not record counts as changed (``unrecorded``)."""
+    recorded_alg = summary.get("alg") or {}
+    recorded = {"eval_episodes": summary.get("eval_episodes"),
+                "batch_size": summary.get("policy_batch_size", recorded_alg.get("batch_size"))}
+    current = {"eval_episodes": settings.eval_episodes, "batch_size": settings.policy_batch_size(alg.batch_size)}
+    return [f"train.{key}: {'unrecorded' if recorded[key] is None else recorded[key]} -> {value}"
+            for key, value in current.items() if recorded[key] != value]
+
+
+def check_policy_settings(run_dir: Path, settings: OfflineSettings, alg: DictConfig, expected_iterations: int) -> None:
+    """Refuse a run whose finished policies (its first, ``policy<k>`` up to ``settings.policy_seeds``) were extracted
+    under other policy settings (:func:`policy_setting_changes`): the job would average its new policies with them,
+    or return them as its own. The world model (``pretrain/``) stays valid; the message says how to keep it."""
+    folders = [run_dir, *(run_dir / POLICY_FOLDER.format(index=index) for index in range(1, settings.policy_seeds))]
+    for folder in folders:
+        summary = complete_summary(folder, expected_iterations)
+        changes = policy_setting_changes(summary, settings, alg) if summary is not None else []
+        if changes:
+            raise ValueError(f"{folder} holds a policy extracted under other policy settings ({'; '.join(changes)}); "
+                             "move its summary.json, metrics.csv and checkpoint.pt out of the runs folder to extract "
+                             "it again from the same world model (pretrain/ is kept)")
 
 
 def _with_policy_rewards(summary: dict[str, Any], run_dir: Path, policies: int) -> dict[str, Any]:

@@ -9,7 +9,8 @@ as the real run, so the list is the one Hydra would launch; each job reads its r
 - ``started``: some phase has progress (an interrupted or running job; it resumes from its checkpoints);
 - ``waiting``: nothing yet;
 - ``refused``: its folder holds a run of another model, alg settings or pretraining budget (a preset's cap
-  changed): the job would stop with that message until the folder is moved.
+  changed), or policies extracted under other policy settings (``pwm.experiments.ab.check_policy_settings``):
+  the job would stop with that message until the folder (or those policies) is moved.
 
 A job's phases, in the order it runs them: the half-budget check (seeds of ``pretrain.half_budget_seeds``),
 world-model pretraining, policy extraction. Progress is read from each phase's ``metrics.csv`` (its last

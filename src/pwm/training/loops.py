@@ -73,8 +73,9 @@ def train_offline(
 ) -> dict[str, Any]:
     """Train ``agent`` on windows of ``buffer`` and evaluate in ``eval_env``.
 
-    Batches come from a generator seeded with ``seed``, so two agents given the same buffer and seed
-    train on exactly the same windows in the same order (the A/B data-parity control). Evaluation
+    Batches of ``settings.batch_size`` windows (``batch_size`` when that is unset) come from a generator seeded
+    with ``seed``, so two agents given the same buffer and seed train on exactly the same windows in the same
+    order (the A/B data-parity control); the summary records the size (``policy_batch_size``). Evaluation
     episode ``i`` resets with ``EVAL_SEED_OFFSET + eval_seed + i`` (``eval_seed`` defaults to ``seed``;
     several policies of one job share their initial states by sharing it).
 
@@ -84,6 +85,7 @@ def train_offline(
     it, so variants of different cost can get equal wall-clock instead of equal iterations.
     """
     settings = OfflineSettings.from_cfg(settings, "train")
+    batch_size = settings.policy_batch_size(batch_size)
     check_offline_agent(agent)
     run_dir = Path(run_dir)
     loop = TrainingLoop(run_dir, Schedule(settings.iterations, settings.eval_every, settings.checkpoint_every),
@@ -113,7 +115,7 @@ def train_offline(
 
     loop.run(step, evaluate_now)
     summary = _summarise(loop.rows, agent, loop.progress, run_info)
-    summary.update({"time_budget_s": budget, "stopped_by_budget": loop.stop_requested})
+    summary.update({"time_budget_s": budget, "stopped_by_budget": loop.stop_requested, "policy_batch_size": batch_size})
     _write_summary(run_dir, summary)
     return summary
 

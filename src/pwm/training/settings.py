@@ -26,7 +26,7 @@ PRETRAIN_LR_SCHEDULES = ("constant", "linear")
 
 #: Fields that count iterations, episodes or windows between events: they must be >= 1.
 _POSITIVE = {"iterations", "eval_every", "checkpoint_every", "log_every", "episodes_per_iteration",
-             "updates_per_iteration", "eval_episodes", "patience", "window", "policy_seeds"}
+             "updates_per_iteration", "eval_episodes", "patience", "window", "policy_seeds", "batch_size"}
 #: Fields that may be 0 (off) but not negative.
 _NON_NEGATIVE = {"diagnostics_windows", "seed_episodes", "heldout_windows", "min_iterations", "min_improvement"}
 
@@ -85,7 +85,7 @@ class LoopSettings:
                     raise ValueError(f"{key} is missing")
                 continue
             value = _check_type(values[field.name], hints[field.name], key)
-            if field.name in _POSITIVE and value < 1:
+            if field.name in _POSITIVE and value is not None and value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
             if field.name in _NON_NEGATIVE and value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
@@ -109,6 +109,11 @@ class OfflineSettings(PolicyLoopSettings):
     train_world_model: bool = False
     time_budget_s: float | None = None  # stop once pretraining + policy seconds reach it (equal wall-clock)
     policy_seeds: int = 1  # policies extracted from one pretrained world model (A/B jobs; see pwm.experiments.ab)
+    batch_size: int | None = None  # windows per policy update; None: the world model's (the caller's alg.batch_size)
+
+    def policy_batch_size(self, default: int) -> int:
+        """Windows per update of this phase: ``batch_size``, or ``default`` (``alg.batch_size``) when unset."""
+        return default if self.batch_size is None else self.batch_size
 
 
 @dataclass(frozen=True)
