@@ -343,6 +343,8 @@ def test_second_study_preset_checks_convergence_by_the_budget_on_its_first_seed(
     assert v2.train.iterations == v1.train.iterations and set(v2.sweeps.tasks.split(",")) <= set(tasks)
     # policies are judged on the random policy's initial states (the learned bar's), all of them
     assert v2.train.eval_episodes == v2.data.random_episodes == 20 and v1.train.eval_episodes == 5
+    # policies extract on TD-MPC2's batch; the world models keep pwm_tiny's (the first version: one batch for both)
+    assert (v2.train.batch_size, v2.alg.batch_size, v1.train.batch_size) == (256, 64, None)
 
 
 def test_first_study_preset_keeps_its_recipe():

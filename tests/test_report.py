@@ -589,7 +589,12 @@ def test_a_runs_evaluations_are_the_mean_over_its_policies(tmp_path):
 
     assert save(tmp_path, tmp_path / "archive") == 2
     fresh = tmp_path / "fresh" / "runs" / run.relative_to(tmp_path / "runs")
-    fresh.mkdir(parents=True)
+    (fresh / "pretrain").mkdir(parents=True)
     (fresh / "metrics.csv").write_text("iteration\n0\n")
+    (fresh / "pretrain" / "checkpoint.pt").write_text("hours of pretraining")
     assert restore(tmp_path / "archive", tmp_path / "fresh") == 2
     assert load_runs(tmp_path / "fresh" / "runs")[0].evals["eval/episode_reward"].tolist() == [200.0, 400.0]
+    # the attempt is moved out of runs/, not deleted: its world model's checkpoint is kept
+    (moved,) = (tmp_path / "fresh" / "superseded").rglob("checkpoint.pt")
+    assert moved.read_text() == "hours of pretraining" and moved.parent.parent.name.startswith("seed0-")
+    assert not (fresh / "pretrain" / "checkpoint.pt").exists() and not (fresh / "metrics.csv").exists()

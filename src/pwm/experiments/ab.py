@@ -378,8 +378,9 @@ def check_policy_settings(run_dir: Path, settings: OfflineSettings, alg: DictCon
         changes = policy_setting_changes(summary, settings, alg) if summary is not None else []
         if changes:
             raise ValueError(f"{folder} holds a policy extracted under other policy settings ({'; '.join(changes)}); "
-                             "move its summary.json, metrics.csv and checkpoint.pt out of the runs folder to extract "
-                             "it again from the same world model (pretrain/ is kept)")
+                             "move its summary.json, metrics.csv and checkpoint.pt out of the runs folder (and out of "
+                             "the archive a study restores from, <report dir>/runs) to extract it again from the same "
+                             "world model (pretrain/ is kept)")
 
 
 def _with_policy_rewards(summary: dict[str, Any], run_dir: Path, policies: int) -> dict[str, Any]:

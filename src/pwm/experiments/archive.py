@@ -5,7 +5,10 @@ archive as ``summary.json`` plus gzipped ``metrics.csv.gz``, ``pretrain/metrics.
 half-budget check's ``pretrain_half/metrics.csv.gz``) with floats
 kept to 6 significant digits (about 60 KB a run; no checkpoints, no data). ``restore`` puts archived
 runs back under a root where they are missing: an A/B job that finds its ``summary.json`` is done and
-is skipped, so a study resumed on a fresh checkout runs only what the archive does not hold. The
+is skipped, so a study resumed on a fresh checkout runs only what the archive does not hold. A run folder
+without ``summary.json`` that the archive holds finished (an interrupted attempt, or a run whose policies were
+moved out to be extracted again) is moved to ``<root>/superseded/`` first, never deleted: its checkpoints may
+hold hours of pretraining. To extract a run's policies again, remove them from the archive too. The
 report reads archived runs directly (:func:`pwm.experiments.runs.load_runs` takes ``.csv.gz``).
 
     python -m pwm.experiments.archive save runs/study results/study/runs
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +29,9 @@ import pandas as pd
 from pwm.utils.common import atomic_write_text
 
 METRICS = ("metrics.csv", "pretrain/metrics.csv", "pretrain_half/metrics.csv")  # the last: half-budget checks
+#: Where :func:`restore` moves the unfinished folder of a run the archive holds finished (``<root>/superseded``,
+#: outside ``runs/``, so no report or job reads it).
+SUPERSEDED = "superseded"
 
 
 def _runs_dir(root: Path) -> Path:
@@ -55,15 +63,21 @@ def save(root: str | Path, archive: str | Path) -> int:
 
 
 def restore(archive: str | Path, root: str | Path) -> int:
-    """Put archived runs back under ``<root>/runs`` where that run has no ``summary.json``; returns how many."""
+    """Put archived runs back under ``<root>/runs`` where that run has no ``summary.json``; returns how many.
+    A folder already there without one is moved to ``<root>/superseded/<its path>-<UTC time>`` first."""
     archive, runs, count = Path(archive), Path(root) / "runs", 0
-    # a run before its further policies (policy<k> folders): restoring a run clears an interrupted attempt at it
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # a run before its further policies (policy<k> folders): restoring a run moves an attempt at it, theirs too
     for summary in sorted(archive.rglob("summary.json"), key=lambda path: (len(path.parts), path)):
-        target = runs / summary.parent.relative_to(archive)
+        relative = summary.parent.relative_to(archive)
+        target = runs / relative
         if (target / "summary.json").exists():
             continue
-        if target.exists():  # an interrupted attempt at a run the archive holds finished: the archive wins
-            shutil.rmtree(target)
+        if target.exists():  # an unfinished attempt at a run the archive holds finished: the archive wins
+            aside = Path(root) / SUPERSEDED / f"{relative}-{stamp}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(target), str(aside))
+            print(f"restore: {target} had no summary.json; moved to {aside}", file=sys.stderr)
         for name in METRICS:
             source = summary.parent / f"{name}.gz"
             if source.exists():
